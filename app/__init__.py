@@ -1,0 +1,1 @@
+"""seqlens.app (filled by later issues)."""

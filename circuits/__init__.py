@@ -1,0 +1,1 @@
+"""seqlens.circuits (filled by later issues)."""

@@ -1,0 +1,159 @@
+"""`ModelConfig`: one frozen dataclass describing every architecture seqlens builds.
+
+The config is saved beside every checkpoint (`config.json`, key ``"seqlens"``) so a model can be
+rebuilt exactly. Fields that an architecture does not use keep their defaults and are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHS = ("transformer", "fox", "mamba")
+POSITIONS = ("learned", "rotary", "none")
+NORMS = ("layernorm", "rmsnorm")
+ACTS = ("gelu_new", "gelu", "silu", "relu")
+MLPS = ("plain", "gated")
+
+
+def _check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"ModelConfig.{name}: expected one of {list(options)}, got {value!r}")
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"ModelConfig.{name}: expected a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of one model.
+
+    Common: ``arch`` (one of :data:`ARCHS`), ``vocab_size``, ``d_model``, ``n_layers``, ``n_ctx``
+    (the context the model was trained on; a hard limit only with learned positions),
+    ``norm``/``norm_eps``, ``tied_embeddings``.
+
+    Attention (``transformer``, ``fox``): ``n_heads``, ``d_head`` (default ``d_model // n_heads``),
+    ``n_kv_heads`` (grouped-query attention; default ``n_heads``), ``positions``, ``rotary_dim``
+    (partial rotary as in GPT-NeoX; default ``d_head``), ``rotary_base``, ``attn_bias``,
+    ``attn_out_bias``; MLP: ``mlp`` ("plain" = fc_out(act(fc_in x)), "gated" = SwiGLU-style
+    fc_out(act(fc_gate x) * fc_in x)), ``d_mlp``, ``act``, ``mlp_bias``, ``attn_only``,
+    ``parallel_residual`` (GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)).
+
+    Mamba: ``d_state`` (N), ``d_conv``, ``expand`` (d_inner = expand * d_model), ``dt_rank``
+    (default ceil(d_model / 16)), ``conv_bias``, ``proj_bias``, ``pattern_heads`` (channel groups
+    that :meth:`SeqModel.mixer_pattern` averages implicit attention over; must divide d_inner).
+    """
+
+    arch: str = "transformer"
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_ctx: int = 256
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    tied_embeddings: bool = False
+    # attention
+    n_heads: int = 4
+    d_head: int | None = None
+    n_kv_heads: int | None = None
+    positions: str = "learned"
+    rotary_dim: int | None = None
+    rotary_base: float = 10000.0
+    attn_bias: bool = False
+    attn_out_bias: bool = False
+    # mlp
+    mlp: str = "plain"
+    d_mlp: int | None = None
+    act: str = "gelu_new"
+    mlp_bias: bool = False
+    attn_only: bool = False
+    parallel_residual: bool = False
+    # mamba
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None
+    conv_bias: bool = True
+    proj_bias: bool = False
+    pattern_heads: int = 8
+    # free-form provenance (e.g. {"source": "hf:gpt2"}); not used by the model
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        _check_choice("arch", self.arch, ARCHS)
+        _check_choice("positions", self.positions, POSITIONS)
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("act", self.act, ACTS)
+        _check_choice("mlp", self.mlp, MLPS)
+        for name in ("vocab_size", "d_model", "n_layers", "n_ctx", "n_heads", "d_head",
+                     "n_kv_heads", "d_mlp", "d_state", "d_conv", "expand", "dt_rank",
+                     "pattern_heads", "rotary_dim"):
+            _check_positive(name, getattr(self, name))
+        if self.arch in ("transformer", "fox"):
+            if self.d_head is None and self.d_model % self.n_heads:
+                raise ValueError(
+                    f"ModelConfig.n_heads: d_model={self.d_model} is not divisible by "
+                    f"n_heads={self.n_heads}; set d_head explicitly")
+            if self.n_heads % self.kv_heads:
+                raise ValueError(f"ModelConfig.n_kv_heads: {self.kv_heads} must divide "
+                                 f"n_heads={self.n_heads}")
+            if self.positions == "rotary" and self.rot_dim % 2:
+                raise ValueError(f"ModelConfig.rotary_dim: expected an even number, got {self.rot_dim}")
+            if self.rot_dim > self.head_dim:
+                raise ValueError(f"ModelConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim}")
+        if self.arch == "mamba" and self.d_inner % self.pattern_heads:
+            raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
+                             f"d_inner={self.d_inner}")
+
+    # derived sizes -----------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def rot_dim(self) -> int:
+        return self.rotary_dim if self.rotary_dim is not None else self.head_dim
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def dt_rank_(self) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(self.d_model / 16)
+
+    @property
+    def is_recurrent(self) -> bool:
+        """True when the mixer carries a fixed-size state (no context limit)."""
+        return self.arch == "mamba"
+
+    # (de)serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown fields {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

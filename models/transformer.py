@@ -1,0 +1,199 @@
+"""Softmax attention and forgetting attention (FoX) Transformers.
+
+One file covers GPT-2 style (learned positions, LayerNorm, GELU MLP), GPT-NeoX / Pythia
+(partial rotary, parallel residual) and Llama style (rotary, RMSNorm, SwiGLU, grouped-query
+attention) models, plus the Forgetting Transformer (Lin et al. 2025, "Forgetting Transformer:
+Softmax Attention with a Forget Gate"): a per-head scalar forget gate ``f_t = σ(w_f·x_t + b_f)``
+adds ``Σ_{k=j+1..i} log f_k`` to the attention logit of query i and key j (paper eq. 4).
+
+Hooks of an attention mixer (``blocks.{l}.mixer.*``): ``hook_q [B, L, H, d_head]``, ``hook_k``,
+``hook_v [B, L, H_kv, d_head]``, ``hook_rot_q`` / ``hook_rot_k`` (after rotary; rotary models
+only), ``hook_attn_scores [B, H, L_q, L_k]`` (scaled logits incl. the FoX forget bias, masked
+entries -inf), ``hook_pattern [B, H, L_q, L_k]``, ``hook_z [B, L, H, d_head]`` (per-head output
+before ``o``), ``hook_out [B, L, d_model]``; FoX adds ``hook_log_forget [B, L, H]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from .base import Mixer, SeqModel, hook_active
+from .config import ModelConfig
+
+
+def rotary_cos_sin(positions: Tensor, rot_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """``cos, sin [T, rot_dim]`` for absolute ``positions [T]`` (rotate-half layout, fp32)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, device=positions.device, dtype=torch.float32) / rot_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first ``rot_dim`` features of ``x [B, T, H, d_head]`` (GPT-NeoX / Llama
+    ``rotate_half`` convention); the remaining features pass through (partial rotary)."""
+    rd = cos.shape[-1]
+    xr, xp = x[..., :rd], x[..., rd:]
+    x1, x2 = xr[..., : rd // 2], xr[..., rd // 2:]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = (xr.float() * c + rotated.float() * s).to(x.dtype)
+    return torch.cat([out, xp], dim=-1)
+
+
+class Attention(Mixer):
+    """Causal multi-head softmax attention with optional rotary and grouped-query attention.
+
+    The state is a KV cache ``{"k", "v": [B, H_kv, S, d_head]}``. The explicit path computes
+    scores and pattern (so their hooks see them); PyTorch's fused ``scaled_dot_product_attention``
+    runs only when no hook observes ``hook_attn_scores`` or ``hook_pattern``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.n_kv, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, self.n_heads * self.d_head, bias=cfg.attn_bias)
+        self.k = nn.Linear(cfg.d_model, self.n_kv * self.d_head, bias=cfg.attn_bias)
+        self.v = nn.Linear(cfg.d_model, self.n_kv * self.d_head, bias=cfg.attn_bias)
+        self.o = nn.Linear(self.n_heads * self.d_head, cfg.d_model, bias=cfg.attn_out_bias)
+        self.rotary = cfg.positions == "rotary"
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        if self.rotary:
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    # -- state -----------------------------------------------------------------------------------
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        empty = torch.zeros(batch, self.n_kv, 0, self.d_head, device=device, dtype=dtype)
+        return {"k": empty, "v": empty.clone()}
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def project(self, x: Tensor, pos: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``q [B, T, H, dh]``, ``k, v [B, T, H_kv, dh]`` for ``x`` starting at position ``pos``."""
+        B, T, _ = x.shape
+        q = self.hook_q(self.q(x).view(B, T, self.n_heads, self.d_head))
+        k = self.hook_k(self.k(x).view(B, T, self.n_kv, self.d_head))
+        v = self.hook_v(self.v(x).view(B, T, self.n_kv, self.d_head))
+        if self.rotary:
+            positions = torch.arange(pos, pos + T, device=x.device)
+            cos, sin = rotary_cos_sin(positions, self.cfg.rot_dim, self.cfg.rotary_base)
+            q = self.hook_rot_q(apply_rotary(q, cos, sin))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        return q, k, v
+
+    def score_bias(self, x: Tensor, state: dict | None) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """Additive logit bias ``[B, H, T, S]`` (None for plain softmax attention) and the extra
+        state entries it needs. Overridden by forgetting attention."""
+        return None, {}
+
+    def expand_kv(self, t: Tensor) -> Tensor:
+        """``[B, H_kv, S, dh] -> [B, H, S, dh]``: query head h reads kv head h // (H / H_kv)."""
+        return t if self.n_kv == self.n_heads else t.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+
+    def causal_mask(self, T: int, S: int, device: torch.device) -> Tensor:
+        """``[T, S]`` True where query i (absolute S - T + i) may read key j."""
+        qi = torch.arange(S - T, S, device=device)[:, None]
+        return torch.arange(S, device=device)[None, :] <= qi
+
+    def scores(self, q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
+        """Masked, scaled logits ``[B, H, T, S]`` for ``q [B, H, T, dh]``, ``k [B, H, S, dh]``."""
+        T, S = q.shape[2], k.shape[2]
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
+        if bias is not None:
+            s = s + bias
+        return s.masked_fill(~self.causal_mask(T, S, q.device), float("-inf"))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        """``z [B, H, T, dh]``; explicit when a score/pattern hook is active, fused otherwise."""
+        if hook_active(self.hook_attn_scores) or hook_active(self.hook_pattern):
+            s = self.hook_attn_scores(self.scores(q, k, bias))
+            p = self.hook_pattern(torch.softmax(s.float(), dim=-1).to(q.dtype))
+            return p @ v
+        T, S = q.shape[2], k.shape[2]
+        if bias is None and T == S:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        mask = torch.zeros(T, S, device=q.device, dtype=q.dtype)
+        mask = mask.masked_fill(~self.causal_mask(T, S, q.device), float("-inf"))
+        if bias is not None:
+            mask = bias + mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
+        B, T, _ = x.shape
+        q, k, v = self.project(x, pos)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, H_kv, T, dh]
+        if state is not None:
+            k = torch.cat([state["k"], k], dim=2)
+            v = torch.cat([state["v"], v], dim=2)
+        bias, extra = self.score_bias(x, state)
+        z = self.attend(q.transpose(1, 2), self.expand_kv(k), self.expand_kv(v), bias)
+        z = self.hook_z(z.transpose(1, 2))  # [B, T, H, dh]
+        out = self.hook_out(self.o(z.reshape(B, T, self.n_heads * self.d_head)))
+        new_state = None if state is None else {"k": k, "v": v, **extra}
+        return out, new_state
+
+    @torch.no_grad()
+    def pattern(self, x: Tensor) -> Tensor:
+        """Softmax attention pattern ``[B, H, L, L]`` for the normalised input ``x [B, L, d]``."""
+        q, k, _ = self.project(x, 0)
+        bias, _ = self.score_bias(x, None)
+        k = self.expand_kv(k.transpose(1, 2))
+        return torch.softmax(self.scores(q.transpose(1, 2), k, bias).float(), dim=-1)
+
+
+class ForgettingAttention(Attention):
+    """FoX attention: logits ``q_i·k_j/√d + c_i − c_j`` with ``c_t = Σ_{k≤t} log f_k`` and
+    ``f_t = σ(w_f·x_t + b_f)`` per head (paper eq. 3-4). The state adds ``"c"`` ``[B, H, S]``,
+    the cumulative log forget of every cached key, stored relative to the newest token so it
+    stays bounded however long the stream."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.forget = nn.Linear(cfg.d_model, cfg.n_heads, bias=True)
+        self.hook_log_forget = HookPoint()
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        st = super().init_state(batch, device, dtype)
+        st["c"] = torch.zeros(batch, self.n_heads, 0, device=device, dtype=torch.float32)
+        return st
+
+    def score_bias(self, x: Tensor, state: dict | None) -> tuple[Tensor, dict[str, Tensor]]:
+        log_f = self.hook_log_forget(F.logsigmoid(self.forget(x).float()))  # [B, T, H]
+        c_new = log_f.cumsum(dim=1).transpose(1, 2)  # [B, H, T], relative to the previous token
+        c_keys = c_new if state is None else torch.cat([state["c"], c_new], dim=2)
+        bias = c_new[..., :, None] - c_keys[..., None, :]  # [B, H, T, S]
+        return bias.to(x.dtype), {"c": c_keys - c_new[..., -1:]}
+
+
+class Transformer(SeqModel):
+    """Softmax (``arch="transformer"``) or forgetting (``arch="fox"``) attention Transformer."""
+
+    def make_mixer(self, layer: int) -> Mixer:
+        return ForgettingAttention(self.cfg) if self.cfg.arch == "fox" else Attention(self.cfg)
+
+    def build_extras(self) -> None:
+        if self.cfg.positions == "learned":
+            self.pos_embed = nn.Embedding(self.cfg.n_ctx, self.cfg.d_model)
+            self.hook_pos_embed = HookPoint()
+
+    def embed_tokens(self, tokens: Tensor, pos: int) -> Tensor:
+        x = self.hook_embed(self.embed(tokens))
+        if self.cfg.positions != "learned":
+            return x
+        end = pos + tokens.shape[1]
+        if end > self.cfg.n_ctx:
+            raise ValueError(
+                f"tokens: positions up to {end} exceed the model's context n_ctx={self.cfg.n_ctx} "
+                "(learned position embeddings cannot extrapolate); pass at most "
+                f"{self.cfg.n_ctx - pos} more tokens")
+        positions = torch.arange(pos, end, device=tokens.device)
+        return x + self.hook_pos_embed(self.pos_embed(positions))[None]

@@ -1,0 +1,1 @@
+"""seqlens.probes (filled by later issues)."""

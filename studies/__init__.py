@@ -1,0 +1,1 @@
+"""seqlens.studies (filled by later issues)."""
