@@ -412,7 +412,8 @@ class SeqModel(HookedRootModule):
         """Attention matrix ``[B, H, L, L]`` of layer ``layer``'s sequence mixer: the softmax
         pattern for attention, the implicit attention (METHODS.md §7) for recurrent mixers, averaged
         over the mixer's head groups (see the mixer's ``pattern`` docstring)."""
-        return self.blocks[layer].mixer.pattern(self.mixer_input(tokens, layer))
+        x = self.mixer_input(tokens, layer)  # validates layer
+        return self.blocks[layer].mixer.pattern(x)
 
     def _check_layer(self, layer: int) -> None:
         if not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:

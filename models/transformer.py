@@ -196,4 +196,5 @@ class Transformer(SeqModel):
                 "(learned position embeddings cannot extrapolate); pass at most "
                 f"{self.cfg.n_ctx - pos} more tokens")
         positions = torch.arange(pos, end, device=tokens.device)
-        return x + self.hook_pos_embed(self.pos_embed(positions))[None]
+        pe = self.pos_embed(positions)[None].expand(tokens.shape[0], -1, -1)  # TL: [B, L, d]
+        return x + self.hook_pos_embed(pe)
