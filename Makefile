@@ -1,0 +1,45 @@
+# seqlens: one-command setup, main job and tests.
+#
+#   make app     set everything up and run the main job
+#   make test    set everything up and run the test suite (PYTEST_ARGS="..." to narrow it)
+#
+# Setup installs the CPU torch pin FIRST: on these machines `torch==2.13.0` is a local CPU wheel,
+# whereas resolving pyproject's open `torch>=2.4` from scratch would fetch a multi-GB CUDA build.
+# pyproject keeps the range open for real users; only this Makefile pins.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup app test bench clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-run the installs only when the dependencies (pyproject.toml) change.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+# The main job. Until the dashboard lands this is the CLI's self-check and environment report;
+# the dashboard issue replaces these two lines with: $(VENV)/bin/streamlit run app/main.py
+app: setup
+	$(VENV)/bin/seqlens demo tiny-mamba
+	$(VENV)/bin/seqlens info
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# CPU benchmark of the Mamba selective scan (module written by the lead).
+bench: setup
+	$(PY) -m seqlens.studies.bench_cpu_mamba
+
+clean:
+	rm -rf build dist .pytest_cache

@@ -1,0 +1,341 @@
+"""The ``seqlens`` command line: environment report, hook tables and a quick self-check.
+
+    seqlens info                      versions, devices, zoo models, kernel backends
+    seqlens hooks MODEL [--json]      every hook name with its shape, in execution order
+    seqlens demo [MODEL]              load a model and check forward == step == stream
+
+``MODEL`` is a zoo name (``seqlens info`` lists them) or a local checkpoint directory (seqlens
+or Hugging Face format). Nothing here touches the network. Bad input (unknown model, sequence
+longer than a learned-position context, ...) ends with a one-line message on stderr and exit
+status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from typing import Any, Sequence
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # argparse's own status for bad arguments; we use it for bad models / inputs too
+
+# distributions reported by `seqlens info` (display name, distribution name)
+REPORTED_PACKAGES = (
+    ("torch", "torch"),
+    ("transformer_lens", "transformer-lens"),
+    ("nnsight", "nnsight"),
+    ("transformers", "transformers"),
+    ("triton", "triton"),
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line on stderr, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def package_version(dist: str) -> str:
+    """Installed version of distribution ``dist``, or ``"not installed"`` (no import needed)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for ``exc``; KeyError's repr-quoting of its message is undone."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def load_model(name: str):
+    """``seqlens.load(name)``, turning the loader's documented failures into a CLIError."""
+    import seqlens
+
+    try:
+        return seqlens.load(name)
+    except (FileNotFoundError, KeyError, ValueError, NotImplementedError) as e:
+        raise CLIError(error_text(e)) from None
+
+
+def random_tokens(model, batch: int, seq_len: int, seed: int):
+    """Seeded uniform token ids ``[batch, seq_len]`` on the model's device."""
+    import torch
+
+    if batch <= 0:
+        raise CLIError(f"--batch: expected a positive integer, got {batch}")
+    if seq_len <= 0:
+        raise CLIError(f"--seq-len: expected a positive integer, got {seq_len}")
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=gen)
+    return tokens.to(model.device)
+
+
+def count_parameters(model) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def arch_summary(model) -> dict[str, Any]:
+    """The config fields that say what a model is, for the header line and ``--json``."""
+    cfg = model.cfg
+    out: dict[str, Any] = {"arch": cfg.arch, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
+                           "vocab_size": cfg.vocab_size, "n_ctx": cfg.n_ctx, "norm": cfg.norm}
+    if cfg.arch == "mamba":
+        out.update(d_inner=cfg.d_inner, d_state=cfg.d_state, d_conv=cfg.d_conv,
+                   dt_rank=cfg.dt_rank_, pattern_heads=cfg.pattern_heads)
+    else:
+        out.update(n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim,
+                   positions=cfg.positions, mlp="none" if cfg.attn_only else cfg.mlp,
+                   parallel_residual=cfg.parallel_residual)
+    out["parameters"] = count_parameters(model)
+    return out
+
+
+def arch_line(summary: dict[str, Any]) -> str:
+    rest = " ".join(f"{k}={v}" for k, v in summary.items() if k != "arch")
+    return f"arch: {summary['arch']} {rest}"
+
+
+def supports_taps(model) -> bool:
+    return all(getattr(b.mixer, "supports_state_taps", False) for b in model.blocks)
+
+
+def format_table(rows: Sequence[tuple[str, str]], header: tuple[str, str]) -> str:
+    width = max(len(header[0]), *(len(r[0]) for r in rows)) if rows else len(header[0])
+    lines = [f"{header[0]:<{width}}  {header[1]}", f"{'-' * width}  {'-' * len(header[1])}"]
+    lines += [f"{a:<{width}}  {b}" for a, b in rows]
+    return "\n".join(lines)
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def kernel_backends(cuda: bool) -> dict[str, list[str]]:
+    """Kernel backends per operation. Uses the dispatch module's own list when
+    ``seqlens.models.kernels`` exposes one (``available_backends()`` or ``BACKENDS``), else the
+    selective scan's known backends: chunked (CPU) and ref everywhere, triton only with CUDA."""
+    try:
+        import seqlens.models.kernels as kernels
+    except ImportError:
+        kernels = None
+    listed = getattr(kernels, "available_backends", None)
+    if callable(listed):
+        try:
+            found = listed()
+        except Exception:  # a broken probe should not break `info`
+            found = None
+        if isinstance(found, dict):
+            return {str(k): [str(b) for b in v] for k, v in found.items()}
+        if found:
+            return {"selective_scan": [str(b) for b in found]}
+    listed = getattr(kernels, "BACKENDS", None)
+    if isinstance(listed, dict):
+        return {str(k): [str(b) for b in v] for k, v in listed.items()}
+    scan = ["chunked", "ref"] + (["triton"] if cuda else [])
+    return {"selective_scan": scan}
+
+
+def gather_info() -> dict[str, Any]:
+    import torch
+
+    import seqlens
+    from seqlens.models import zoo
+
+    cuda = torch.cuda.is_available()
+    return {
+        "seqlens": seqlens.__version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "packages": {name: package_version(dist) for name, dist in REPORTED_PACKAGES},
+        "cuda": torch.cuda.get_device_name(0) if cuda else "no",
+        "cpu_threads": {"torch": torch.get_num_threads(), "os": os.cpu_count()},
+        "zoo": {name: zoo.describe(name) for name in zoo.names()},
+        "kernel_backends": kernel_backends(cuda),
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = gather_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    rows = [("seqlens", info["seqlens"]), ("python", info["python"])]
+    rows += list(info["packages"].items())
+    rows.append(("CUDA", info["cuda"]))
+    threads = info["cpu_threads"]
+    rows.append(("CPU threads", f"{threads['torch']} (torch), {threads['os']} (os)"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    print("\nzoo models:")
+    print("\n".join(f"  {name:<18} {text}" for name, text in info["zoo"].items()))
+    print("\nkernel backends:")
+    print("\n".join(f"  {op}: {', '.join(b)}" for op, b in info["kernel_backends"].items()))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+def collect_hooks(model, tokens, taps: list[int] | None) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """``(name, shape)`` of every hook that fired on ``tokens`` in execution order, and the
+    names of declared hooks that did not fire. With ``taps``, runs inside ``tap_states`` so
+    recurrent mixers' ``hook_state`` fires."""
+    import contextlib
+
+    import torch
+
+    ctx = model.tap_states(taps) if taps else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        _, cache = model.run_with_cache(tokens)
+    fired = [(name, list(t.shape)) for name, t in cache.items()]
+    seen = {name for name, _ in fired}
+    silent = [name for name in model.hook_dict if name not in seen]
+    return fired, silent
+
+
+def parse_taps(text: str | None, seq_len: int) -> list[int]:
+    """Tap positions from ``--taps`` (default: the last position), each in ``[0, seq_len)``."""
+    if text is None:
+        return [seq_len - 1]
+    try:
+        taps = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise CLIError(f"--taps: expected comma-separated integers, got {text!r}") from None
+    bad = [p for p in taps if not 0 <= p < seq_len]
+    if not taps or bad:
+        raise CLIError(f"--taps: expected positions in [0, {seq_len}) (--seq-len {seq_len}), got {text!r}")
+    return taps
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    tokens = random_tokens(model, args.batch, args.seq_len, args.seed)
+    if args.taps is not None and not supports_taps(model):
+        raise CLIError(f"--taps: arch {model.cfg.arch!r} has no fixed-size recurrent state to tap "
+                       "(its state is the KV cache)")
+    taps = parse_taps(args.taps, args.seq_len) if supports_taps(model) else None
+    try:
+        fired, silent = collect_hooks(model, tokens, taps)
+    except (ValueError, NotImplementedError) as e:
+        raise CLIError(error_text(e)) from None
+    summary = arch_summary(model)
+    if args.json:
+        print(json.dumps({"model": str(args.model), **summary, "batch": args.batch, "seq_len": args.seq_len,
+                          "seed": args.seed, "tap_positions": taps,
+                          "hooks": [{"name": n, "shape": s} for n, s in fired],
+                          "not_fired": silent}, indent=2))
+        return EXIT_OK
+    print(f"model: {args.model}")
+    print(arch_line(summary))
+    tap_note = f", state taps at positions {taps}" if taps else ""
+    print(f"input: batch={args.batch} seq_len={args.seq_len} seed={args.seed}{tap_note}; {len(fired)} hooks\n")
+    print(format_table([(n, shape_text(s)) for n, s in fired], ("hook", "shape")))
+    if silent:
+        print(f"\nnot fired on this input: {', '.join(silent)}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def agreement(model, tokens, chunk_size: int) -> dict[str, float]:
+    """Max |Δ logits| of step-by-step and chunked streaming against the parallel forward."""
+    import torch
+
+    with torch.no_grad():
+        ref = model(tokens)
+        state = model.init_state(tokens.shape[0])
+        steps = []
+        for t in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, t], state)
+            steps.append(logits)
+        stepped = torch.stack(steps, dim=1)
+        streamed = model.stream(tokens, chunk_size=chunk_size).logits
+    return {"step": float((stepped - ref).abs().max()), "stream": float((streamed - ref).abs().max())}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    load_s = time.perf_counter() - t0
+    tokens = random_tokens(model, 1, args.seq_len, args.seed)
+    chunk = max(1, args.seq_len // 3)
+    try:
+        diffs = agreement(model, tokens, chunk)
+        pattern = model.mixer_pattern(tokens, 0)
+    except (ValueError, NotImplementedError) as e:
+        raise CLIError(error_text(e)) from None
+    summary = arch_summary(model)
+    ok = max(diffs.values()) <= args.tol
+    print(f"model: {args.model}")
+    print(arch_line(summary))
+    print(f"parameters: {summary['parameters']:,}")
+    print(f"hook points: {len(model.hook_dict)}")
+    print(f"input: batch=1 seq_len={args.seq_len} seed={args.seed}")
+    print(f"max |forward - step|:   {diffs['step']:.3e}")
+    print(f"max |forward - stream|: {diffs['stream']:.3e} (chunk_size={chunk})")
+    print(f"agreement (tol {args.tol:g}): {'ok' if ok else 'FAILED'}")
+    print(f"mixer_pattern(tokens, layer=0): {shape_text(pattern.shape)}  [batch, heads, L, L]")
+    print(f"time: load {load_s:.2f} s, total {time.perf_counter() - t0:.2f} s")
+    return EXIT_OK if ok else 1
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqlens", description="seqlens: interpretability workbench "
+                                     "for sequence models (no network access).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("info", help="versions, devices, zoo models and kernel backends")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("hooks", help="list every hook name with its shape")
+    p.add_argument("model", metavar="MODEL", help="zoo name or local checkpoint directory")
+    p.add_argument("--seq-len", type=int, default=8, help="input length (default 8)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--taps", default=None, help="recurrent models: comma-separated positions for "
+                   "hook_state (default: the last position)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_hooks)
+
+    p = sub.add_parser("demo", help="load a model and check forward == step == stream")
+    p.add_argument("model", metavar="MODEL", nargs="?", default="tiny-mamba",
+                   help="zoo name or local checkpoint directory (default tiny-mamba)")
+    p.add_argument("--seq-len", type=int, default=32, help="input length (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max allowed |Δ logits| (default 1e-4)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help (0) and on bad arguments (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        return args.func(args)
+    except CLIError as e:
+        print(f"seqlens {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
