@@ -37,9 +37,9 @@ app: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# CPU benchmark of the Mamba selective scan (module written by the lead).
+# CPU benchmark: our Mamba forward vs transformers' MambaForCausalLM fallback (README table).
 bench: setup
-	$(PY) -m seqlens.studies.bench_cpu_mamba
+	$(VENV)/bin/seqlens bench mamba-cpu
 
 clean:
 	rm -rf build dist .pytest_cache

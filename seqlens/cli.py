@@ -291,6 +291,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else 1
 
 
+# ----------------------------------------------------------------------------- bench
+
+# benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
+BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba"}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"seqlens.studies.{BENCHMARKS[args.name]}")
+    return module.main(args.bench_args)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -320,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--tol", type=float, default=1e-4, help="max allowed |Δ logits| (default 1e-4)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark study (args after NAME go to the study)")
+    p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -175,3 +175,16 @@ def test_demo(capsys, model, heads):
     assert f"mixer_pattern(tokens, layer=0): [1, {heads}, 12, 12]" in out
     n_params = sum(p.numel() for p in seqlens.load(model).parameters())
     assert f"parameters: {n_params:,}" in out
+
+
+def test_bench_mamba_cpu_runs_at_toy_size(capsys, tmp_path):
+    import json
+
+    rc = main(["bench", "mamba-cpu", "--lengths", "40", "--repeats", "1", "--d-model", "32",
+               "--d-state", "4", "--vocab", "50", "--out", str(tmp_path)])
+    assert rc == 0
+    assert "| 40 |" in capsys.readouterr().out
+    row = json.loads((tmp_path / "metrics.json").read_text())["rows"][0]
+    assert row["max_abs_logit_diff"] < 1e-4  # the two models really hold the same weights
+    assert row["hf_largest"] == [1, 64, 40, 4]  # control: the tracker sees HF's [B, D, L, N]
+    assert not row["ours_allocates_BDLN"]
