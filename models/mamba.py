@@ -89,6 +89,9 @@ class MambaMixer(Mixer):
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
         p = self.ssm_inputs(x, None if state is None else state["conv"])
         taps = self.local_taps(pos, x.shape[1])
+        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= x.shape[1]:
+            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
+                             f"the {x.shape[1]}-token input (use stream() to tap across chunks)")
         res = selective_scan(
             p["u"].transpose(1, 2), p["delta"].transpose(1, 2), self.A,
             p["B"].transpose(1, 2), p["C"].transpose(1, 2), D=self.D.float(),

@@ -103,6 +103,12 @@ def test_hook_state_silent_outside_tap_states():
     assert not any(k.endswith("hook_state") for k in cache.keys())
 
 
+def test_tap_position_past_the_input_raises():
+    model = make("mamba")
+    with model.tap_states([3, 12]), pytest.raises(ValueError, match="positions: tap position 12"):
+        model(tokens(1, 10))
+
+
 @pytest.mark.parametrize("name", ["gpt2", "fox"])
 def test_tap_states_on_attention_raises(name):
     with pytest.raises(NotImplementedError, match="KV cache"):
