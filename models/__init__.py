@@ -8,15 +8,27 @@ from .base import ModelState, SeqModel, StreamOutput, hook_active
 from .config import ARCHS, ModelConfig
 
 
+# arch -> (module, class); modules are imported on first use
+ARCH_CLASSES: dict[str, tuple[str, str]] = {
+    "transformer": ("transformer", "Transformer"),
+    "fox": ("transformer", "Transformer"),
+    "mamba": ("mamba", "Mamba"),
+    "gla": ("gla", "GLA"),
+    "retnet": ("gla", "GLA"),
+    "mingru": ("mingru", "MinGRU"),
+    "minlstm": ("mingru", "MinGRU"),
+    "lstm": ("lstm", "LSTM"),
+}
+
+
 def model_class(arch: str) -> type[SeqModel]:
     """The `SeqModel` subclass implementing ``arch``."""
-    if arch in ("transformer", "fox"):
-        from .transformer import Transformer
-        return Transformer
-    if arch == "mamba":
-        from .mamba import Mamba
-        return Mamba
-    raise ValueError(f"arch: unsupported architecture {arch!r}; supported: {list(ARCHS)}")
+    import importlib
+
+    if arch not in ARCH_CLASSES:
+        raise ValueError(f"arch: unsupported architecture {arch!r}; supported: {list(ARCHS)}")
+    module, name = ARCH_CLASSES[arch]
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def from_hf(path_or_model, **kwargs) -> SeqModel:

@@ -134,6 +134,7 @@ class Mixer(nn.Module):
     for the normalised mixer input ``x``. Every mixer ends with ``hook_out``."""
 
     supports_state_taps: bool = False
+    state_key: str | None = None  # the state entry hook_state reports (see tap_value)
 
     def __init__(self) -> None:
         super().__init__()
@@ -145,6 +146,11 @@ class Mixer(nn.Module):
 
     def pattern(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def tap_value(self, state: dict[str, Tensor]) -> Tensor:
+        """What ``hook_state`` reports for one position, read off this mixer's state dict (tests
+        compare taps with the step loop through it). Default: ``state[self.state_key]``."""
+        return state[self.state_key]
 
     def local_taps(self, pos: int, length: int) -> Tensor | None:
         """Tap positions falling in ``[pos, pos + length)``, shifted to chunk-local indices."""

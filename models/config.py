@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-ARCHS = ("transformer", "fox", "mamba")
+ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
+RECURRENT_ARCHS = ("mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
 POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTS = ("gelu_new", "gelu", "silu", "relu")
@@ -47,6 +48,11 @@ class ModelConfig:
     Mamba: ``d_state`` (N), ``d_conv``, ``expand`` (d_inner = expand * d_model), ``dt_rank``
     (default ceil(d_model / 16)), ``conv_bias``, ``proj_bias``, ``pattern_heads`` (channel groups
     that :meth:`SeqModel.mixer_pattern` averages implicit attention over; must divide d_inner).
+
+    GLA / RetNet: ``n_heads``, ``d_key`` / ``d_value`` (summed over heads; default d_model),
+    ``gate_low_rank`` (rank of GLA's gate projection), ``gate_normalizer`` (GLA divides the gate
+    logit by it). minGRU / minLSTM / LSTM: ``d_hidden`` (default d_model); ``pattern_heads``
+    channel groups of the hidden state (must divide d_hidden).
     """
 
     arch: str = "transformer"
@@ -81,6 +87,13 @@ class ModelConfig:
     conv_bias: bool = True
     proj_bias: bool = False
     pattern_heads: int = 8
+    # gated linear attention / RetNet (n_heads heads; key and value widths summed over heads)
+    d_key: int | None = None
+    d_value: int | None = None
+    gate_low_rank: int = 16
+    gate_normalizer: float = 16.0
+    # minGRU / minLSTM / LSTM
+    d_hidden: int | None = None
     # free-form provenance (e.g. {"source": "hf:gpt2"}); not used by the model
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -106,9 +119,17 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.rotary_dim: expected an even number, got {self.rot_dim}")
             if self.rot_dim > self.head_dim:
                 raise ValueError(f"ModelConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim}")
+        for name in ("d_key", "d_value", "d_hidden", "gate_low_rank"):
+            _check_positive(name, getattr(self, name))
         if self.arch == "mamba" and self.d_inner % self.pattern_heads:
             raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
                              f"d_inner={self.d_inner}")
+        if self.arch in ("gla", "retnet") and (self.key_dim % self.n_heads or self.value_dim % self.n_heads):
+            raise ValueError(f"ModelConfig.n_heads: {self.n_heads} must divide d_key={self.key_dim} and "
+                             f"d_value={self.value_dim}")
+        if self.arch in ("mingru", "minlstm", "lstm") and self.hidden_dim % self.pattern_heads:
+            raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
+                             f"d_hidden={self.hidden_dim}")
 
     # derived sizes -----------------------------------------------------------------------
     @property
@@ -136,9 +157,21 @@ class ModelConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.d_model / 16)
 
     @property
+    def key_dim(self) -> int:
+        return self.d_key if self.d_key is not None else self.d_model
+
+    @property
+    def value_dim(self) -> int:
+        return self.d_value if self.d_value is not None else self.d_model
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.d_hidden if self.d_hidden is not None else self.d_model
+
+    @property
     def is_recurrent(self) -> bool:
         """True when the mixer carries a fixed-size state (no context limit)."""
-        return self.arch == "mamba"
+        return self.arch in RECURRENT_ARCHS
 
     # (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class MambaMixer(Mixer):
     inputs), ``"ssm": [B, D, N]}``."""
 
     supports_state_taps = True
+    state_key = "ssm"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
