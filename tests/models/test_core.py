@@ -9,7 +9,7 @@ import torch
 
 import seqlens
 from seqlens.models import ModelState, build
-from tiny_models import CONFIGS, V, make, tokens
+from tiny_models import CONFIGS, FOUNDATION, RECURRENT, V, make, tokens
 
 ARCHS = list(CONFIGS)
 
@@ -58,33 +58,42 @@ def test_stream_accepts_iterables_and_resumes_state(name):
     assert model.stream(toks, chunk_size=6, return_logits=False).logits is None
 
 
-def test_recurrent_state_has_fixed_size_attention_cache_grows():
-    mamba, tf = make("mamba"), make("llama")
-    for model, grows in ((mamba, False), (tf, True)):
-        small = model.stream(tokens(1, 8), chunk_size=4).state.nbytes()
-        big = model.stream(tokens(1, 64), chunk_size=4).state.nbytes()
-        assert (big > small) == grows
+@pytest.mark.parametrize("name", RECURRENT + ["llama"])
+def test_recurrent_state_has_fixed_size_attention_cache_grows(name):
+    model, grows = make(name), not CONFIGS[name].is_recurrent
+    small = model.stream(tokens(1, 8), chunk_size=4).state.nbytes()
+    big = model.stream(tokens(1, 64), chunk_size=4).state.nbytes()
+    assert (big > small) == grows
 
 
 # ----------------------------------------------------------------------------- state taps
 
 
-def test_tap_states_equal_step_loop_states():
-    model = make("mamba")
+@pytest.mark.parametrize("name", RECURRENT)
+def test_tap_states_equal_step_loop_states(name):
+    model = make(name)
     toks = tokens(2, 41)
     positions = [0, 5, 17, 40]
     _, states = step_loop(model, toks)
     with model.tap_states(positions):
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_state"))
-    for layer in range(model.cfg.n_layers):
+    for layer, block in enumerate(model.blocks):
         tapped = cache[f"blocks.{layer}.mixer.hook_state"]
-        assert tapped.shape == (2, len(positions), model.cfg.d_inner, model.cfg.d_state)
-        expected = torch.stack([states[p].layers[layer]["ssm"] for p in positions], 1)
+        expected = torch.stack([block.mixer.tap_value(states[p].layers[layer]) for p in positions], 1)
+        assert tapped.shape[:2] == (2, len(positions))
         torch.testing.assert_close(tapped, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_tap_states_across_stream_chunks_use_absolute_positions():
+def test_mamba_tap_shape():
     model = make("mamba")
+    with model.tap_states([2, 3]):
+        _, cache = model.run_with_cache(tokens(2, 5))
+    assert cache["blocks.0.mixer.hook_state"].shape == (2, 2, model.cfg.d_inner, model.cfg.d_state)
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_tap_states_across_stream_chunks_use_absolute_positions(name):
+    model = make(name)
     toks = tokens(1, 50)
     positions = [3, 9, 10, 31, 49]
     _, states = step_loop(model, toks)
@@ -93,7 +102,7 @@ def test_tap_states_across_stream_chunks_use_absolute_positions():
     with model.tap_states(positions), model.hooks(fwd_hooks=[hook]):
         model.stream(toks, chunk_size=10)
     assert [g.shape[1] for g in got] == [2, 1, 1, 1]  # chunks [0,10) [10,20) [30,40) [40,50)
-    expected = torch.stack([states[p].layers[1]["ssm"] for p in positions], 1)
+    expected = torch.stack([model.blocks[1].mixer.tap_value(states[p].layers[1]) for p in positions], 1)
     torch.testing.assert_close(torch.cat(got, 1), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -207,7 +216,7 @@ def expected_hooks(name: str, B: int, L: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
-@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("name", FOUNDATION)
 def test_every_documented_hook_fires_with_its_shape(name):
     model = make(name)
     logits, cache = model.run_with_cache(tokens(2, 9))
@@ -270,21 +279,21 @@ def test_single_head_ablation_changes_only_that_head(name):
     assert not torch.allclose(ablated["ln_final.hook_normalized"], clean["ln_final.hook_normalized"])
 
 
-def test_ablation_at_one_position_is_causal():
-    for name in ("llama", "mamba", "fox"):
-        model = make(name)
-        toks = tokens(1, 20)
-        hook_name = "blocks.0.mixer.hook_out"
+@pytest.mark.parametrize("name", ["llama", "fox"] + RECURRENT)
+def test_ablation_at_one_position_is_causal(name):
+    model = make(name)
+    toks = tokens(1, 20)
+    hook_name = "blocks.0.mixer.hook_out"
 
-        def zero_pos(x, hook):
-            x = x.clone()
-            x[:, 11] = 0
-            return x
+    def zero_pos(x, hook):
+        x = x.clone()
+        x[:, 11] = 0
+        return x
 
-        clean = model(toks)
-        ablated = model.run_with_hooks(toks, fwd_hooks=[(hook_name, zero_pos)])
-        torch.testing.assert_close(ablated[:, :11], clean[:, :11])
-        assert (ablated[:, 11:] - clean[:, 11:]).abs().amax(-1).min() > 0
+    clean = model(toks)
+    ablated = model.run_with_hooks(toks, fwd_hooks=[(hook_name, zero_pos)])
+    torch.testing.assert_close(ablated[:, :11], clean[:, :11])
+    assert (ablated[:, 11:] - clean[:, 11:]).abs().amax(-1).min() > 0
 
 
 def test_mamba_channel_group_ablation_changes_only_that_group():
@@ -371,10 +380,10 @@ def test_bad_inputs_raise_clear_errors():
         model.mixer_pattern(tokens(1, 4), 5)
 
 
-def test_recurrent_and_rotary_models_run_past_n_ctx():
-    for name in ("mamba", "llama", "fox"):
-        model = make(name)
-        assert model(tokens(1, model.cfg.n_ctx + 5)).shape[1] == model.cfg.n_ctx + 5
+@pytest.mark.parametrize("name", RECURRENT + ["llama", "fox"])
+def test_recurrent_and_rotary_models_run_past_n_ctx(name):
+    model = make(name)
+    assert model(tokens(1, model.cfg.n_ctx + 5)).shape[1] == model.cfg.n_ctx + 5
 
 
 def test_config_validation():

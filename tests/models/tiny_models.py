@@ -27,7 +27,19 @@ CONFIGS: dict[str, ModelConfig] = {
                        norm="rmsnorm", mlp="gated", act="silu"),
     "mamba": ModelConfig(arch="mamba", vocab_size=V, d_model=32, n_layers=2, d_state=8, expand=2,
                          pattern_heads=4),
+    "gla": ModelConfig(arch="gla", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_key=16, d_value=32,
+                       gate_low_rank=8, norm="rmsnorm", mlp="gated", act="silu"),
+    "retnet": ModelConfig(arch="retnet", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_key=16,
+                          d_value=32, norm="rmsnorm", mlp="gated", act="silu"),
+    "mingru": ModelConfig(arch="mingru", vocab_size=V, d_model=32, n_layers=2, d_hidden=48, pattern_heads=4,
+                          norm="rmsnorm", mlp="gated", act="silu"),
+    "minlstm": ModelConfig(arch="minlstm", vocab_size=V, d_model=32, n_layers=2, d_hidden=48,
+                           pattern_heads=4, norm="rmsnorm", mlp="gated", act="silu"),
+    "lstm": ModelConfig(arch="lstm", vocab_size=V, d_model=32, n_layers=2, d_hidden=32, pattern_heads=4,
+                        norm="rmsnorm", mlp="gated", act="silu"),
 }
+FOUNDATION = ["gpt2", "llama", "neox", "attn_only", "fox", "mamba"]
+RECURRENT = [n for n, c in CONFIGS.items() if c.is_recurrent]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -1,0 +1,190 @@
+"""Classic LSTM (Hochreiter & Schmidhuber 1997; forget gate of Gers et al. 2000) as a sequence
+mixer, with hooks for the analyses of Karpathy et al. 2015 ("Visualizing and Understanding
+Recurrent Networks": gate saturation, interpretable cells).
+
+With ``x`` the normalised block input (gate order i, f, g, o, as in ``torch.nn.LSTM``):
+
+    i_t = σ(W_i x_t + U_i h_{t−1} + b_i)      f_t = σ(W_f x_t + U_f h_{t−1} + b_f)
+    g_t = tanh(W_g x_t + U_g h_{t−1} + b_g)   o_t = σ(W_o x_t + U_o h_{t−1} + b_o)
+    c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t           h_t = o_t ⊙ tanh(c_t)
+
+and the mixer returns ``out_proj(h)`` (hidden_dim -> d_model). ``in_proj`` holds ``W`` and ``b``,
+``hidden_proj`` holds ``U``; so ``torch.nn.LSTM`` weights map one-to-one (``weight_ih_l0 =
+in_proj.weight``, ``weight_hh_l0 = hidden_proj.weight``, ``bias_ih_l0 + bias_hh_l0 =
+in_proj.bias``). The forget-gate bias starts at +1 (Gers et al. 2000; Jozefowicz et al. 2015),
+the usual practice so that memory is kept early in training.
+
+The gates depend on ``h_{t−1}``, so there is no parallel form: forward is a loop over time, with
+``W x + b`` computed for the whole chunk in one matmul and ``U h`` per step. It always runs this
+explicit loop (no ``torch.nn.LSTM`` fast path): hooks see, and edits change, exactly what runs.
+
+Hooks (``blocks.{l}.mixer.*``): ``hook_i``, ``hook_f``, ``hook_o``, ``hook_g``, ``hook_c``,
+``hook_h`` (each ``[B, L, D_h]``), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
+``hook_state [B, T, 2, D_h]`` with ``[:, :, 0] = h`` and ``[:, :, 1] = c``.
+
+Hooks fire once per call on whole sequences. An edit made by a hook on ``i, f, g, o, c`` or
+``h`` feeds the recurrence (e.g. zeroing cell d of ``hook_c`` also changes every later gate):
+when any of these hooks changes its tensor, the loop is replayed step by step, calling the active
+hooks at each step t on the sequence computed so far (zeros after t) and using their value at t;
+a last call on the whole sequence is the one caches keep. Edits should therefore be causal
+(position t may depend on positions ≤ t only), and side-effecting hooks see the extra calls.
+
+State: ``{"h": [B, D_h], "c": [B, D_h]}`` (the values after any edits).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from .base import Mixer, SeqModel, hook_active
+from .config import ModelConfig
+from .mingru import decay_attention, grouped_pattern
+
+SEQ = ("i", "f", "g", "o", "c", "h")  # per-step quantities, in the order they are computed
+Edit = Callable[[str, int, Tensor], Tensor]  # (name, step, value) -> value used by the loop
+
+
+def _no_edit(name: str, t: int, value: Tensor) -> Tensor:
+    return value
+
+
+class LSTMMixer(Mixer):
+    """The LSTM sequence mixer. State ``{"h", "c"}``, both ``[B, D_h]``."""
+
+    supports_state_taps = True
+    state_key = None  # hook_state reports h and c together, see tap_value
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.hidden_dim = D = cfg.hidden_dim
+        self.in_proj = nn.Linear(cfg.d_model, 4 * D, bias=True)  # W x + b, gates [i f g o]
+        self.hidden_proj = nn.Linear(D, 4 * D, bias=False)  # U h
+        self.out_proj = nn.Linear(D, cfg.d_model, bias=cfg.proj_bias)
+        with torch.no_grad():
+            self.in_proj.bias[D:2 * D] += 1.0  # forget-gate bias +1
+        for name in SEQ + ("state",):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        zeros = torch.zeros(batch, self.hidden_dim, device=device, dtype=dtype)
+        return {"h": zeros, "c": zeros.clone()}
+
+    def tap_value(self, state: dict[str, Tensor]) -> Tensor:
+        """``stack([h, c], 1)``: ``[B, 2, D_h]``, what ``hook_state`` reports per position."""
+        return torch.stack([state["h"], state["c"]], 1)
+
+    # -- the recurrence ----------------------------------------------------------------------
+    def cell(self, pre: Tensor, h: Tensor, c: Tensor, edit: Callable[[str, Tensor], Tensor]) -> dict[str, Tensor]:
+        """One step of the module equations from the precomputed ``pre = W x_t + b [B, 4 D_h]``;
+        ``edit(name, value)`` may replace each quantity before later ones use it."""
+        i, f, g, o = (pre + self.hidden_proj(h)).chunk(4, dim=-1)
+        v = {"i": edit("i", torch.sigmoid(i)), "f": edit("f", torch.sigmoid(f)),
+             "g": edit("g", torch.tanh(g)), "o": edit("o", torch.sigmoid(o))}
+        v["c"] = edit("c", v["f"] * c + v["i"] * v["g"])
+        v["h"] = edit("h", v["o"] * torch.tanh(v["c"]))
+        return v
+
+    def loop(self, pre: Tensor, h: Tensor, c: Tensor, edit: Edit = _no_edit) -> dict[str, Tensor]:
+        """Run :meth:`cell` over ``pre [B, T, 4 D_h]`` from ``(h, c)``; returns every quantity in
+        :data:`SEQ` stacked over time, ``[B, T, D_h]``."""
+        steps = []
+        for t in range(pre.shape[1]):
+            v = self.cell(pre[:, t], h, c, lambda name, value: edit(name, t, value))
+            h, c = v["h"], v["c"]
+            steps.append(v)
+        return {k: torch.stack([s[k] for s in steps], 1) for k in SEQ}
+
+    # -- hooks ------------------------------------------------------------------------------
+    def fire_hooks(self, seq: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
+        """Pass each sequence through its hook; also report whether any hook changed its tensor
+        (returned other values, or edited in place)."""
+        out, edited = {}, False
+        for k in SEQ:
+            hp = getattr(self, f"hook_{k}")
+            if not hook_active(hp):
+                out[k] = seq[k]
+                continue
+            before = seq[k].clone()
+            out[k] = hp(seq[k])
+            edited = edited or not torch.equal(out[k], before)
+        return out, edited
+
+    def replay(self, pre: Tensor, h: Tensor, c: Tensor) -> dict[str, Tensor]:
+        """Re-run the loop so hook edits feed the recurrence (see the module docstring): at step
+        t each active hook gets its sequence so far (raw values, zeros after t) and its output at
+        t is used; then one call per hook on the whole raw sequence."""
+        active = {k for k in SEQ if hook_active(getattr(self, f"hook_{k}"))}
+        raw = {k: pre.new_zeros(*pre.shape[:2], self.hidden_dim) for k in active}
+
+        def edit(name: str, t: int, value: Tensor) -> Tensor:
+            if name not in active:
+                return value
+            raw[name][:, t] = value
+            return getattr(self, f"hook_{name}")(raw[name].clone())[:, t]
+
+        seq = self.loop(pre, h, c, edit)
+        for k in sorted(active, key=SEQ.index):
+            getattr(self, f"hook_{k}")(raw[k])
+        return seq
+
+    def sequence(self, x: Tensor, h: Tensor | None = None, c: Tensor | None = None) -> dict[str, Tensor]:
+        """Every hooked quantity of :data:`SEQ` for the normalised input ``x [B, T, d_model]``,
+        continuing from ``(h, c)`` (zeros if None)."""
+        pre = self.in_proj(x)  # W x + b for the whole chunk in one matmul
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_dim)
+            c = torch.zeros_like(h)
+        seq, edited = self.fire_hooks(self.loop(pre, h, c))
+        return self.replay(pre, h, c) if edited else seq
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
+        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= x.shape[1]:
+            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
+                             f"the {x.shape[1]}-token input (use stream() to tap across chunks)")
+        h, c = (None, None) if state is None else (state["h"], state["c"])
+        seq = self.sequence(x, h, c)
+        taps = self.local_taps(pos, x.shape[1])
+        if taps is not None:
+            self.hook_state(torch.stack([seq["h"][:, taps], seq["c"][:, taps]], 2))
+        out = self.hook_out(self.out_proj(seq["h"]))
+        new_state = None if state is None else {"h": seq["h"][:, -1], "c": seq["c"][:, -1]}
+        return out, new_state
+
+    # -- implicit attention (METHODS.md §7) --------------------------------------------------
+    @torch.no_grad()
+    def implicit_attention(self, x: Tensor, channels: slice | None = None) -> Tensor:
+        """Conditional decomposition of the cell, per channel: ``α[b, d, t, s] = i_{s,d}
+        ∏_{k=s+1..t} f_{k,d}`` (s ≤ t), ``[B, d, L, L]``, so that ``c_t = Σ_s α_{t,s} g_s`` with
+        values ``g`` (= ``hook_g``) from a zero state.
+
+        "Conditional": the gates are the ones realised on this input, and they depend on ``h``,
+        hence on earlier tokens. α decomposes ``c`` given those gates; it is not a linear map of
+        the inputs, and ``h = o ⊙ tanh(c)`` adds a per-token nonlinearity outside α."""
+        seq = self.sequence(x)
+        sl = channels or slice(None)
+        return decay_attention(seq["f"][..., sl], seq["i"][..., sl])
+
+    @torch.no_grad()
+    def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
+        """The conditional decomposition averaged over ``cfg.pattern_heads`` contiguous channel
+        groups of the cell (signed mean of α), ``[B, H, L, L]``; channel blocks of at most about
+        ``budget`` elements."""
+        seq = self.sequence(x)
+        alpha = lambda sl: decay_attention(seq["f"][..., sl], seq["i"][..., sl])  # noqa: E731
+        return grouped_pattern(alpha, self.hidden_dim, self.cfg.pattern_heads, tuple(x.shape[:2]),
+                               budget, x.device)
+
+
+class LSTM(SeqModel):
+    """LSTM language model: residual blocks of norm -> LSTM mixer -> norm -> MLP."""
+
+    has_mlp = True
+
+    def make_mixer(self, layer: int) -> Mixer:
+        return LSTMMixer(self.cfg)
