@@ -1,16 +1,29 @@
-"""The model zoo: built-in model organisms.
+"""The model zoo: small model organisms trained by our own code, shipped in the repo.
 
-Until the trained organisms land (issue #3), the zoo holds seeded, *untrained* presets of each
-architecture — enough to exercise every interface (CLI, hooks, taps, patterns) with no files.
-Each entry says so in ``describe()``.
+Two kinds of entries:
+
+* **organisms** — a :class:`~seqlens.models.train.Recipe` each (architecture, task or corpus,
+  steps, seed) whose trained checkpoint ships in ``models/organisms/<name>/`` (``config.json``
+  records the recipe, metrics, library version and training time). ``seqlens zoo build NAME``
+  retrains one from its recipe; ``seqlens zoo list`` prints the table.
+* **presets** — ``tiny-*``: seeded, *untrained* random models of each foundation architecture,
+  for exercising interfaces without any files.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
 import torch
 
-from .base import SeqModel
+from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
+
+ORGANISM_DIR = Path(__file__).parent / "organisms"
 
 PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "tiny-transformer": (
@@ -33,23 +46,109 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
 }
 
 
+@dataclass(frozen=True)
+class Organism:
+    """A zoo organism: its recipe plus extra evaluations recorded beside the main metric
+    (``extra_evals``: label -> data-kwarg overrides, e.g. copying at twice the train length)."""
+
+    recipe: Any  # seqlens.models.train.Recipe (imported lazily: train imports tasks)
+    task: str
+    extra_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 def names() -> list[str]:
-    return sorted(PRESETS)
+    """Every loadable zoo name: untrained presets and the organisms with a shipped checkpoint."""
+    return sorted(PRESETS) + [n for n in sorted(organisms()) if is_built(n)]
 
 
-def describe(name: str) -> str:
-    return PRESETS[_check(name)][1]
+def all_names() -> list[str]:
+    """Presets and every organism recipe, built or not."""
+    return sorted(PRESETS) + sorted(organisms())
 
 
 def _check(name: str) -> str:
-    if name not in PRESETS:
-        raise KeyError(f"name: unknown zoo model {name!r}; available: {names()}")
+    if name not in PRESETS and name not in organisms():
+        raise KeyError(f"name: unknown zoo model {name!r}; available: {all_names()}")
     return name
+
+
+def describe(name: str) -> str:
+    if _check(name) in PRESETS:
+        return PRESETS[name][1]
+    return organisms()[name].recipe.description
+
+
+def checkpoint_dir(name: str) -> Path:
+    return ORGANISM_DIR / name
+
+
+def is_built(name: str) -> bool:
+    d = checkpoint_dir(name)
+    return (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file()
+
+
+def record(name: str) -> dict[str, Any]:
+    """The shipped ``config.json`` of a built organism (recipe, metrics, train time, version)."""
+    if not is_built(_check(name)):
+        raise FileNotFoundError(f"name: organism {name!r} has no shipped checkpoint; build it with "
+                                f"`seqlens zoo build {name}`")
+    return json.loads((checkpoint_dir(name) / CONFIG_FILE).read_text())
 
 
 def load(name: str, device: str | torch.device | None = None) -> SeqModel:
     from . import build
+    from .io import load_dir
 
-    model = build(PRESETS[_check(name)][0], seed=0)
-    model.tokenizer = None
-    return model.to(device) if device is not None else model
+    if _check(name) in PRESETS:
+        model = build(PRESETS[name][0], seed=0)
+        model.tokenizer = None
+        return model.to(device) if device is not None else model
+    record(name)  # clear error when not built
+    return load_dir(checkpoint_dir(name), device=device)
+
+
+def build_organism(name: str, out_dir: str | Path | None = None, progress: bool = True,
+                   resume: bool = True) -> dict[str, Any]:
+    """Retrain organism ``name`` from its recipe into ``out_dir`` (default: the shipped folder),
+    run its extra evaluations and return the recorded metrics."""
+    from .train import evaluate, train, write_checkpoint
+
+    org = organisms()[_check(name)] if name in organisms() else None
+    if org is None:
+        raise KeyError(f"name: {name!r} is a preset, not a trainable organism; organisms: {sorted(organisms())}")
+    out = Path(out_dir) if out_dir is not None else checkpoint_dir(name)
+    result = train(org.recipe, out, resume=resume, progress=progress)
+    metrics = dict(result.metrics)
+    for label, overrides in org.extra_evals.items():
+        metrics[label] = evaluate(result.model, org.recipe, overrides=overrides)[org.recipe.metric]
+    write_checkpoint(out, result.model, org.recipe, metrics,
+                     result.history, result.train_seconds)
+    return metrics
+
+
+def table() -> list[dict[str, Any]]:
+    """One row per organism: name, arch, parameters, task, metric, value, train seconds."""
+    from . import build
+
+    rows = []
+    for name, org in sorted(organisms().items()):
+        cfg = org.recipe.model
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in build(cfg, seed=None).parameters())
+        row = {"name": name, "arch": cfg.arch, "params": n_params, "task": org.task,
+               "metric": org.recipe.metric, "value": None, "train_s": None, "built": is_built(name)}
+        if row["built"]:
+            rec = record(name)
+            row["value"] = rec["metrics"].get(org.recipe.metric)
+            row["extra"] = {k: rec["metrics"].get(k) for k in org.extra_evals}
+            row["train_s"] = rec.get("train_seconds")
+        rows.append(row)
+    return rows
+
+
+@lru_cache(maxsize=1)
+def organisms() -> dict[str, Organism]:
+    """The organism recipes (defined in :mod:`seqlens.models.recipes`)."""
+    from .recipes import ORGANISMS
+
+    return ORGANISMS

@@ -291,6 +291,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else 1
 
 
+# ----------------------------------------------------------------------------- zoo / train
+
+
+def zoo_rows_text(rows: list[dict[str, Any]]) -> str:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    table = [("name", "arch", "params", "task", "metric", "value", "extra", "train s")]
+    for r in rows:
+        extra = ", ".join(f"{k}={fmt(v)}" for k, v in (r.get("extra") or {}).items())
+        table.append((r["name"], r["arch"], f"{r['params']:,}", r["task"], r["metric"],
+                      fmt(r["value"]) if r["built"] else "not built", extra or "-", fmt(r["train_s"])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from seqlens.models import zoo
+
+    if args.zoo_command == "list":
+        rows = zoo.table()
+        print(json.dumps(rows, indent=2) if args.json else zoo_rows_text(rows))
+        if not args.json:
+            print("\npresets (untrained): " + ", ".join(sorted(zoo.PRESETS)))
+        return EXIT_OK
+    try:
+        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart)
+    except KeyError as e:
+        raise CLIError(error_text(e)) from None
+    print(json.dumps(metrics, indent=2))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from seqlens.models import zoo
+    from seqlens.models.train import Recipe, train
+
+    if args.recipe in zoo.organisms():
+        recipe = zoo.organisms()[args.recipe].recipe
+    elif Path(args.recipe).is_file():
+        try:
+            recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text()))
+        except (ValueError, TypeError, KeyError) as e:
+            raise CLIError(f"RECIPE: {args.recipe} is not a valid recipe file: {error_text(e)}") from None
+    else:
+        raise CLIError(f"RECIPE: {args.recipe!r} is neither an organism ({sorted(zoo.organisms())}) nor a "
+                       "recipe JSON file")
+    if args.steps is not None:
+        recipe = recipe.replace(steps=args.steps)
+    result = train(recipe, args.out, resume=not args.restart)
+    print(json.dumps({"metrics": result.metrics, "train_seconds": round(result.train_seconds, 1),
+                      "out": str(args.out)}, indent=2))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- bench
 
 # benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
@@ -333,6 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--tol", type=float, default=1e-4, help="max allowed |Δ logits| (default 1e-4)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("zoo", help="list the model organisms or rebuild one from its recipe")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    z = zsub.add_parser("list", help="name, arch, parameters, task, recorded metric, train time")
+    z.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    z = zsub.add_parser("build", help="retrain an organism from its recipe")
+    z.add_argument("name", metavar="NAME", help="organism name (see `seqlens zoo list`)")
+    z.add_argument("--out", default=None, help="output directory (default: the shipped folder)")
+    z.add_argument("--restart", action="store_true", help="ignore an interrupted run's resume point")
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("train", help="train a recipe (organism name or recipe JSON file)")
+    p.add_argument("recipe", metavar="RECIPE", help="organism name or path to a recipe .json")
+    p.add_argument("--out", required=True, help="output directory (resumable)")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted run's resume point")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="run a benchmark study (args after NAME go to the study)")
     p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")

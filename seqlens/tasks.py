@@ -506,7 +506,7 @@ PASSKEY_NEEDLE = (" The pass key is", ". Remember it.")
 PASSKEY_QUESTION = " What is the pass key? The pass key is"
 
 
-def passkey(batch: int, seq_len: int, depth: float = 0.5, key_len: int = 5, seed: SeedLike = 0,
+def passkey(batch: int, seq_len: int, depth: float | None = 0.5, key_len: int = 5, seed: SeedLike = 0,
             tokenizer: Any = None) -> TaskBatch:
     """Passkey retrieval (Mohtashami & Jaggi 2023; the capacity test of Stuffed Mamba).
 
@@ -518,24 +518,25 @@ def passkey(batch: int, seq_len: int, depth: float = 0.5, key_len: int = 5, seed
     ``loss_mask`` covers the positions predicting the answer (the key digits at the end).
     meta: ``key`` (list[str]), ``key_span``/``answer_span``/``needle_span`` ``LongTensor[B, 2]``
     (half-open token spans), ``depth`` (requested), ``actual_depth [B]`` (filler fraction before
-    the needle).
+    the needle). ``depth=None`` draws each row's depth uniformly from [0, 1] (for training).
     """
     batch = _check_int("batch", batch, low=1)
     seq_len = _check_int("seq_len", seq_len, low=1)
     key_len = _check_int("key_len", key_len, low=1)
-    if not isinstance(depth, numbers.Real) or not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth: expected a float in [0, 1], got {depth!r}")
+    if depth is not None and (not isinstance(depth, numbers.Real) or not 0.0 <= depth <= 1.0):
+        raise ValueError(f"depth: expected a float in [0, 1] or None (random per row), got {depth!r}")
     encoder, g = _Encoder(tokenizer), make_generator(seed)
     digits = torch.randint(0, 10, (batch, key_len), generator=g)
     digits[:, 0] = torch.randint(1, 10, (batch,), generator=g)
     keys = ["".join(map(str, row)) for row in digits.tolist()]
-    rows = [_passkey_row(encoder, key, seq_len, float(depth)) for key in keys]
+    depths = torch.rand(batch, generator=g).tolist() if depth is None else [float(depth)] * batch
+    rows = [_passkey_row(encoder, key, seq_len, d) for key, d in zip(keys, depths)]
     vocab = encoder.vocab()
     tokens = _pack([r[0] for r in rows], vocab.pad, seq_len)
     spans = {name: torch.tensor([r[1][name] for r in rows]) for name in ("key", "answer", "needle")}
     mask = _span_mask(tuple(tokens.shape), [[tuple(s)] for s in spans["answer"].tolist()])
     meta = {"key": keys, "key_span": spans["key"], "answer_span": spans["answer"],
-            "needle_span": spans["needle"], "depth": float(depth),
+            "needle_span": spans["needle"], "depth": depth if depth is None else float(depth),
             "actual_depth": torch.tensor([r[2] for r in rows])}
     return TaskBatch(tokens, _shift_targets(tokens, vocab.pad), mask, meta, vocab, "passkey")
 

@@ -1,0 +1,318 @@
+"""Train model organisms from a `Recipe`: AdamW, linear warm-up + cosine decay, gradient clipping,
+periodic evaluation, tqdm progress, resumable, deterministic on CPU given the seed.
+
+A recipe names a model config, a data source (a synthetic task from :mod:`seqlens.tasks` or the
+standard-library text corpus from :mod:`seqlens.corpus`) and an evaluation metric. ``train``
+writes ``model.safetensors`` + ``config.json`` (``{"seqlens": cfg, "recipe": ..., "seed": ...,
+"metrics": ..., "version": ...}``) — the same format ``seqlens.load`` opens — and, while running,
+a ``resume/`` folder (model + optimizer state as safetensors, step counter as JSON) so an
+interrupted run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
+from .config import ModelConfig
+
+RESUME_DIR = "resume"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything needed to reproduce one trained model.
+
+    ``data`` is ``"task:<name>"`` (kwargs in ``data_kwargs``, passed to
+    :func:`seqlens.tasks.make_task` with ``batch`` and ``seed`` added) or ``"corpus:stdlib"``
+    (``data_kwargs["seq_len"]``). ``metric`` names an entry of :data:`METRICS`.
+    """
+
+    name: str
+    model: ModelConfig
+    data: str
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 4
+    eval_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides data_kwargs at evaluation
+    metric: str = "accuracy"
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"Recipe.model: expected a ModelConfig, got {type(self.model).__name__}")
+        if not (self.data.startswith("task:") or self.data == "corpus:stdlib"):
+            raise ValueError(f"Recipe.data: expected 'task:<name>' or 'corpus:stdlib', got {self.data!r}")
+        for name in ("steps", "batch_size", "eval_every", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Recipe.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.metric not in METRICS:
+            raise ValueError(f"Recipe.metric: unknown metric {self.metric!r}; known: {sorted(METRICS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        d = dict(d)
+        d["model"] = ModelConfig.from_dict(d["model"])
+        d["betas"] = tuple(d.get("betas", (0.9, 0.98)))
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Batch:
+    """Inputs ``[B, L]``, next-token targets ``[B, L]`` and the mask of positions that count."""
+
+    tokens: Tensor
+    targets: Tensor
+    loss_mask: Tensor
+    source: Any = None  # the TaskBatch, when the data is a task
+
+
+def step_seed(seed: int, step: int, split: str) -> int:
+    """Seed of the batch at ``step``: batches depend only on (seed, step, split), so a resumed run
+    sees exactly the data an uninterrupted one would."""
+    return (seed * 1_000_003 + step * 7919 + (0 if split == "train" else 104_729)) % (2**63 - 1)
+
+
+def get_batch(recipe: Recipe, step: int, split: str = "train") -> Batch:
+    """The batch for ``step`` (``split="eval"``: the fixed evaluation batch number ``step``)."""
+    seed = step_seed(recipe.seed, step, split)
+    kwargs = dict(recipe.data_kwargs)
+    if split != "train":
+        kwargs.update(recipe.eval_kwargs)
+    if recipe.data == "corpus:stdlib":
+        from seqlens.corpus import StdlibCorpus
+
+        windows = next(iter(StdlibCorpus().batches(recipe.batch_size, kwargs.get("seq_len", 128), seed=seed,
+                                                   split="train" if split == "train" else "val", steps=1)))
+        x, y = windows[:, :-1], windows[:, 1:]
+        return Batch(x, y, torch.ones_like(x, dtype=torch.bool))
+    from seqlens import tasks
+
+    tb = tasks.make_task(recipe.data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
+    return Batch(tb.tokens, tb.targets, tb.loss_mask, tb)
+
+
+def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """Mean cross-entropy over the positions in ``batch.loss_mask``."""
+    flat = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
+    mask = batch.loss_mask.flatten().float()
+    return (flat * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _accuracy(logits: Tensor, batch: Batch) -> float:
+    hit = (logits.argmax(-1) == batch.targets) & batch.loss_mask
+    return hit.sum().item() / max(1, batch.loss_mask.sum().item())
+
+
+def _bits_per_byte(logits: Tensor, batch: Batch) -> float:
+    return masked_loss(logits, batch).item() / math.log(2)
+
+
+def _sequence_accuracy(logits: Tensor, batch: Batch) -> float:
+    """Fraction of sequences whose every masked position is predicted exactly (string accuracy)."""
+    wrong = (logits.argmax(-1) != batch.targets) & batch.loss_mask
+    return (~wrong.any(-1)).float().mean().item()
+
+
+def _induction_loss_drop(logits: Tensor, batch: Batch) -> float:
+    """Mean loss predicting tokens 2..m of the first occurrence of the repeated block minus the
+    loss predicting the same tokens in the second occurrence (Olsson et al.'s in-context learning
+    score, in nats); positive = the model uses the context."""
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
+    nll = nll.view_as(batch.targets)
+    meta = batch.source.meta
+    first, second = meta["first_pos"][: meta["repeat_len"] - 1], meta["second_pos"][:-1]
+    return (nll[:, first].mean() - nll[:, second].mean()).item()
+
+
+METRICS: dict[str, tuple[Callable[[Tensor, Batch], float], str]] = {
+    "accuracy": (_accuracy, "masked next-token accuracy"),
+    "bits_per_byte": (_bits_per_byte, "validation bits per byte"),
+    "sequence_accuracy": (_sequence_accuracy, "exact-match string accuracy"),
+    "induction_loss_drop": (_induction_loss_drop, "loss(1st occurrence) − loss(2nd occurrence), nats"),
+}
+
+
+@torch.no_grad()
+def evaluate(model: SeqModel, recipe: Recipe, n_batches: int | None = None,
+             overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """Metric and loss averaged over the recipe's fixed evaluation batches (``overrides`` replaces
+    evaluation data kwargs, e.g. a longer length)."""
+    if overrides:
+        recipe = recipe.replace(eval_kwargs={**recipe.eval_kwargs, **overrides})
+    fn = METRICS[recipe.metric][0]
+    was_training = model.training
+    model.eval()
+    scores, losses = [], []
+    for i in range(n_batches or recipe.eval_batches):
+        batch = get_batch(recipe, i, split="eval")
+        logits = model(batch.tokens)
+        scores.append(fn(logits, batch))
+        losses.append(masked_loss(logits, batch).item())
+    model.train(was_training)
+    return {recipe.metric: sum(scores) / len(scores), "loss": sum(losses) / len(losses)}
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def lr_at(recipe: Recipe, step: int) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: SeqModel, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases, embeddings' 1-d params)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
+
+
+# ----------------------------------------------------------------------------- resume files
+
+
+def _save_resume(directory: Path, model: SeqModel, opt: torch.optim.Optimizer, step: int,
+                 history: list[dict], elapsed: float) -> None:
+    from safetensors.torch import save_file, save_model
+
+    tmp = directory / (RESUME_DIR + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(tmp / WEIGHTS_FILE))
+    tensors = {f"{pid}.{key}": value.detach().clone()
+               for pid, st in opt.state_dict()["state"].items() for key, value in st.items()}
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history, "elapsed_s": elapsed}))
+    final = directory / RESUME_DIR
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)  # atomic switch: a crash mid-write leaves the previous resume point intact
+
+
+def _load_resume(directory: Path, model: SeqModel, opt: torch.optim.Optimizer) -> tuple[int, list, float]:
+    from safetensors.torch import load_file, load_model
+
+    res = directory / RESUME_DIR
+    load_model(model, str(res / WEIGHTS_FILE))
+    tensors = load_file(str(res / "optimizer.safetensors"))
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    progress = json.loads((res / "progress.json").read_text())
+    return progress["step"], progress["history"], progress["elapsed_s"]
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class TrainResult:
+    model: SeqModel
+    metrics: dict[str, float]
+    history: list[dict]
+    train_seconds: float
+    directory: Path | None
+
+
+def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool = True,
+          progress: bool = True, save_every: int | None = None) -> TrainResult:
+    """Train ``recipe``'s model; write the checkpoint to ``out_dir`` when given.
+
+    Deterministic on CPU: weights come from ``build(cfg, seed)``, every batch from
+    ``(seed, step)``. With ``resume=True`` an existing ``out_dir/resume`` continues the run
+    (saved every ``save_every`` steps, default every evaluation).
+    """
+    from tqdm.auto import tqdm
+
+    from . import build
+
+    torch.manual_seed(recipe.seed)
+    model = build(recipe.model, seed=recipe.seed).train()
+    opt = make_optimizer(model, recipe)
+    directory = Path(out_dir) if out_dir is not None else None
+    start, history, elapsed = 0, [], 0.0
+    if directory is not None and resume and (directory / RESUME_DIR / "progress.json").is_file():
+        start, history, elapsed = _load_resume(directory, model, opt)
+    save_every = save_every or recipe.eval_every
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(range(start, recipe.steps), desc=recipe.name, disable=not progress, initial=start,
+               total=recipe.steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(recipe, step)
+        batch = get_batch(recipe, step)
+        loss = masked_loss(model(batch.tokens), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % recipe.eval_every == 0 or done == recipe.steps:
+            history.append({"step": done, "train_loss": loss.item(), **evaluate(model, recipe)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{recipe.metric: f"{history[-1][recipe.metric]:.3f}"})
+        if directory is not None and (done % save_every == 0) and done < recipe.steps:
+            _save_resume(directory, model, opt, done, history, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else evaluate(model, recipe)
+    if directory is not None:
+        write_checkpoint(directory, model, recipe, metrics, history, seconds)
+    return TrainResult(model, metrics, history, seconds, directory)
+
+
+def write_checkpoint(directory: Path, model: SeqModel, recipe: Recipe, metrics: dict[str, float],
+                     history: list[dict], seconds: float) -> None:
+    """Final files: weights, and config.json with config, recipe, seed, metrics and version."""
+    import seqlens
+
+    model.save(directory, extra={
+        "recipe": recipe.to_dict(), "seed": recipe.seed, "metrics": metrics, "history": history,
+        "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+        "version": seqlens.__version__})
+    if (directory / RESUME_DIR).exists():
+        shutil.rmtree(directory / RESUME_DIR)
