@@ -23,7 +23,7 @@ across chunks the state. ``gla_recurrent_ref`` is its plain step-by-step twin.
 
 Hooks (``blocks.{l}.mixer.*``): ``hook_q``, ``hook_k [B, L, H, d_k]`` (q before its d_k^-0.5
 scale), ``hook_v [B, L, H, d_v]``, ``hook_log_decay [B, L, H, d_k]`` (log g_t; constant log γ_h for
-RetNet), ``hook_o [B, L, H, d_v]`` (per-head output before the group norm: the "z" that head
+RetNet), ``hook_z [B, L, H, d_v]`` (per-head output before the group norm: the "z" that head
 ablations edit), ``g_norm.hook_normalized [B, L, H, d_v]``, ``hook_gate [B, L, value_dim]``
 (SiLU(g_proj x)), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``, ``hook_state
 [B, T, H, d_k, d_v]``.
@@ -212,7 +212,7 @@ class LinearAttentionMixer(Mixer):
         self.g_proj = nn.Linear(cfg.d_model, self.value_dim, bias=False)
         self.g_norm = RMSNorm(self.d_v, cfg.norm_eps)  # per-head "group norm" over d_v
         self.o_proj = nn.Linear(self.value_dim, cfg.d_model, bias=False)
-        for name in ("q", "k", "v", "log_decay", "o", "gate", "state"):
+        for name in ("q", "k", "v", "log_decay", "z", "gate", "state"):
             setattr(self, f"hook_{name}", HookPoint())
         self.chunk_size = 16  # fastest on CPU: the intra-chunk decay costs C·d_k per token
 
@@ -255,7 +255,7 @@ class LinearAttentionMixer(Mixer):
                           taps=taps, chunk_size=self.chunk_size)
         if res.taps is not None:
             self.hook_state(res.taps)
-        o = self.hook_o(res.o.to(x.dtype))
+        o = self.hook_z(res.o.to(x.dtype))
         new_state = None if state is None else {"S": res.final_state.float()}
         return self.output(x, o), new_state
 
@@ -263,7 +263,7 @@ class LinearAttentionMixer(Mixer):
     @torch.no_grad()
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
         """Implicit attention per head ``[B, H, L, L]``: ``α_{t,s} = Σ_i q_{t,i} k_{s,i}
-        ∏_{j=s+1..t} g_{j,i}`` with q including its d_k^-0.5 scale; ``hook_o[t] = Σ_s α_{t,s}
+        ∏_{j=s+1..t} g_{j,i}`` with q including its d_k^-0.5 scale; ``hook_z[t] = Σ_s α_{t,s}
         v_s``. The group norm and output gate are per-token factors outside α."""
         q, k, _, log_g = self.project(x)
         return gla_attention_matrix(q, k, log_g, scale=self.scale, budget=budget)

@@ -37,7 +37,7 @@ def _organisms() -> dict[str, Organism]:
         model=ModelConfig(arch="transformer", vocab_size=64, d_model=64, n_layers=2, n_heads=4,
                           n_ctx=128, attn_only=True, norm="rmsnorm", positions="rotary"),
         data="task:induction", data_kwargs={"seq_len": 64, "vocab_size": 64},
-        steps=1500, batch_size=32, lr=3e-3, warmup=100, metric="induction_loss_drop"), "induction")
+        steps=400, batch_size=32, lr=3e-3, warmup=50, eval_every=100, metric="induction_loss_drop"), "induction")
     for arch, cfg in _mqar_models().items():
         orgs[f"mqar-{arch}"] = Organism(Recipe(
             name=f"mqar-{arch}", description=f"{arch} on multi-query associative recall (Zoology): 8 "

@@ -121,17 +121,17 @@ def test_mixer_output_matches_formula(name):
     Bt, T, _ = x.shape
     heads = lambda t: t.view(Bt, T, m.n_heads, -1)  # noqa: E731
     o = gla_recurrent_ref(heads(m.q_proj(x)), heads(m.k_proj(x)), heads(m.v_proj(x)), m.log_decay(x)).o
-    torch.testing.assert_close(o, cache["blocks.1.mixer.hook_o"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(o, cache["blocks.1.mixer.hook_z"], atol=1e-5, rtol=1e-4)
     normed = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + model.cfg.norm_eps) * m.g_norm.weight
     out = m.o_proj(normed.reshape(Bt, T, -1) * F.silu(m.g_proj(x)))
     torch.testing.assert_close(out, cache["blocks.1.mixer.hook_out"], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["gla", "retnet"])
-def test_pattern_rebuilds_hook_o(name):
+def test_pattern_rebuilds_hook_z(name):
     model = make(name)
     for block in model.blocks:
-        block.mixer.chunk_size = 8  # hook_o then comes from five chunks and their states
+        block.mixer.chunk_size = 8  # hook_z then comes from five chunks and their states
     toks = tokens(2, 40)
     _, cache = model.run_with_cache(toks)
     for layer in range(model.cfg.n_layers):
@@ -139,7 +139,7 @@ def test_pattern_rebuilds_hook_o(name):
         assert pattern.shape == (2, model.cfg.n_heads, 40, 40)
         assert pattern.triu(1).abs().max() == 0
         rebuilt = torch.einsum("bhts,bshd->bthd", pattern, cache[f"blocks.{layer}.mixer.hook_v"])
-        target = cache[f"blocks.{layer}.mixer.hook_o"]
+        target = cache[f"blocks.{layer}.mixer.hook_z"]
         rel = (rebuilt - target).norm() / target.norm()
         assert rel < 1e-3, f"layer {layer}: relative rebuild error {rel:.2e}"
 
@@ -174,7 +174,7 @@ def expected_mixer_hooks(name: str, Bt: int, L: int) -> dict[str, tuple[int, ...
     cfg = CONFIGS[name]
     H, dk, dv = cfg.n_heads, cfg.key_dim // cfg.n_heads, cfg.value_dim // cfg.n_heads
     shapes = {"hook_q": (Bt, L, H, dk), "hook_k": (Bt, L, H, dk), "hook_v": (Bt, L, H, dv),
-              "hook_log_decay": (Bt, L, H, dk), "hook_o": (Bt, L, H, dv),
+              "hook_log_decay": (Bt, L, H, dk), "hook_z": (Bt, L, H, dv),
               "g_norm.hook_normalized": (Bt, L, H, dv),
               "hook_gate": (Bt, L, cfg.value_dim), "hook_out": (Bt, L, cfg.d_model)}
     return {f"blocks.{l}.mixer.{k}": v for l in range(cfg.n_layers) for k, v in shapes.items()}
@@ -226,7 +226,7 @@ def test_head_ablation_changes_only_that_heads_group_norm_output(name):
         o[:, :, head] = 0
         return o
 
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.mixer.hook_o", zero_head)]):
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.mixer.hook_z", zero_head)]):
         _, ablated = model.run_with_cache(toks)
     p = f"blocks.{layer}.mixer."
     normed, normed_ab = clean[p + "g_norm.hook_normalized"], ablated[p + "g_norm.hook_normalized"]
@@ -256,7 +256,7 @@ def test_open_gates_give_plain_causal_linear_attention():
         q, k, v = cache[p + "hook_q"], cache[p + "hook_k"], cache[p + "hook_v"]
         scores = torch.einsum("bthi,bshi->bhts", q * model.blocks[layer].mixer.scale, k)
         o = torch.einsum("bhts,bshd->bthd", scores.tril(), v)  # un-normalised, no softmax
-        torch.testing.assert_close(cache[p + "hook_o"], o, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cache[p + "hook_z"], o, atol=1e-5, rtol=1e-4)
 
 
 def test_gla_decays_vary_with_the_input():
