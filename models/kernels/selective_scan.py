@@ -332,6 +332,7 @@ def _scan_chunks_inplace(
     h: Tensor,
     chunk_size: int,
     taps_at: list[int] | None,
+    chunk_starts: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Chunked scan with preallocated buffers and in-place ops (no autograd).
 
@@ -347,6 +348,9 @@ def _scan_chunks_inplace(
         h: Initial state ``[Bt, Dn, N]``; it is overwritten with the final state.
         chunk_size: Steps per chunk.
         taps_at: Sorted positions whose states are returned, or ``None``.
+        chunk_starts: If given, a copy of the state at the start of every
+            chunk (``[Bt, Dn, N]`` each) is appended to this list; the
+            differentiable path keeps them to recompute chunks in backward.
 
     Returns:
         ``(y, h, taps)``: ``y`` as ``[Bt, L, Dn]`` (without the ``D`` skip or
@@ -371,6 +375,8 @@ def _scan_chunks_inplace(
     for start in range(0, seq_len, chunk_size):
         stop = min(start + chunk_size, seq_len)
         n = stop - start
+        if chunk_starts is not None:
+            chunk_starts.append(h.clone())
         # decay[:, t] = exp(dt_t * A);  states[:, t] = dt_t * u_t * B_t
         decay_c = torch.mul(dt[:, start:stop, :, None], A, out=decay[:, :n])
         decay_c.exp_()
@@ -397,46 +403,118 @@ def _scan_chunks_inplace(
     return y, h, taps
 
 
-def _scan_chunks_autograd(
-    dt: Tensor,
-    du: Tensor,
-    A: Tensor,
-    Bs: Tensor,
-    Cs: Tensor,
-    h: Tensor,
-    chunk_size: int,
-    taps_at: list[int] | None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Same algorithm and contract as :func:`_scan_chunks_inplace`, out of place.
+class _ChunkedScanFn(torch.autograd.Function):
+    """The in-place chunked scan with a hand-written backward (the training path).
 
-    Used when gradients are needed: every op is an ordinary differentiable
-    op, so autograd can record the graph (which itself keeps every state, so
-    this variant's memory is not bounded by the chunk size).
+    Forward runs :func:`_scan_chunks_inplace` unchanged, additionally keeping
+    a copy of the state at the start of every chunk.  Backward walks the
+    chunks in reverse; for each it recomputes the chunk's decays and states
+    from its start state into ``[Bt, chunk, Dn, N]`` buffers (the same
+    in-place recurrence as forward), runs the adjoint recurrence backwards
+    through the chunk::
+
+        lam_t = C_t (x) dy_t  (+ dtaps_t)  +  exp(dt_{t+1} A) * lam_{t+1}
+
+    (``lam`` is dLoss/dh_t; it enters the last chunk as dLoss/dfinal_state)
+    with one fused multiply-add per step, and then forms every input
+    gradient for the chunk with a few batched ops::
+
+        d(dt*u)_t = sum_n lam_t B_t          dB_t = sum_d lam_t (dt*u)_t
+        dC_t      = sum_d dy_t h_t           g_t  = lam_t * exp(dt_t A) * h_{t-1}
+        d dt_t    = sum_n g_t A              dA  += sum_{b,t} g_t dt_t
+        dh_init   = exp(dt_0 A) * lam_0
+
+    Memory: the inputs, one ``[Bt, Dn, N]`` state per chunk, and three chunk
+    buffers; nothing of size ``[Bt, L, Dn, N]``.  Not twice differentiable.
     """
-    batch, seq_len, d_inner = dt.shape
-    d_state = A.shape[1]
-    ys: list[Tensor] = []
-    tapped: list[Tensor] = []
-    next_tap = 0
-    for start in range(0, seq_len, chunk_size):
-        stop = min(start + chunk_size, seq_len)
-        decay = torch.exp(dt[:, start:stop, :, None] * A)
-        inputs = du[:, start:stop, :, None] * Bs[:, start:stop, None, :]
-        chunk_states = []
-        for i in range(stop - start):
-            h = torch.addcmul(inputs[:, i], decay[:, i], h)
-            chunk_states.append(h)
-        states = torch.stack(chunk_states, dim=1)  # [Bt, n, Dn, N]
-        ys.append(torch.einsum("btdn,btn->btd", states, Cs[:, start:stop]))
-        if taps_at is not None:
-            while next_tap < len(taps_at) and taps_at[next_tap] < stop:
-                tapped.append(chunk_states[taps_at[next_tap] - start])
-                next_tap += 1
-    y = torch.cat(ys, dim=1) if ys else dt.new_zeros((batch, 0, d_inner))
-    taps = None
-    if taps_at is not None:
-        taps = torch.stack(tapped, dim=1) if tapped else dt.new_zeros((batch, 0, d_inner, d_state))
-    return y, h, taps
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        dt: Tensor,
+        du: Tensor,
+        A: Tensor,
+        Bs: Tensor,
+        Cs: Tensor,
+        h0: Tensor,
+        chunk_size: int,
+        taps_at: list[int] | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch, _, d_inner = dt.shape
+        d_state = A.shape[1]
+        starts: list[Tensor] = []
+        h = h0.clone(memory_format=torch.contiguous_format)  # never write into the caller's tensor
+        y, h, taps = _scan_chunks_inplace(dt, du, A, Bs, Cs, h, chunk_size, taps_at, chunk_starts=starts)
+        if taps is None:
+            taps = dt.new_empty((batch, 0, d_inner, d_state))
+        ctx.save_for_backward(dt, du, A, Bs, Cs, *starts)
+        ctx.chunk_size = chunk_size
+        ctx.taps_at = list(taps_at or ())
+        return y, h, taps
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, gy: Tensor, gh: Tensor, gtaps: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        dt, du, A, Bs, Cs, *starts = ctx.saved_tensors
+        chunk_size: int = ctx.chunk_size
+        taps_at: list[int] = ctx.taps_at
+        batch, seq_len, d_inner = dt.shape
+        d_state = A.shape[1]
+        gy = gy.contiguous()
+        steps = min(chunk_size, seq_len)
+        shape = (batch, steps, d_inner, d_state)
+        decay, states, lam = dt.new_empty(shape), dt.new_empty(shape), dt.new_empty(shape)
+        decay_steps, state_steps, lam_steps = decay.unbind(1), states.unbind(1), lam.unbind(1)
+        d_dt = torch.empty_like(dt)
+        d_du = torch.empty_like(du)
+        d_B = torch.empty_like(Bs)
+        d_C = torch.empty_like(Cs)
+        d_A = torch.zeros(A.shape, dtype=A.dtype, device=A.device)
+        carry = gh  # exp(dt_{t+1} A) * lam_{t+1} for t = the last step of the current chunk
+        next_tap = len(taps_at) - 1
+
+        for ci in reversed(range(len(starts))):
+            start = ci * chunk_size
+            stop = min(start + chunk_size, seq_len)
+            n = stop - start
+            h_start = starts[ci]
+            # Recompute the chunk: decays and states, exactly as in forward.
+            dec = torch.mul(dt[:, start:stop, :, None], A, out=decay[:, :n])
+            dec.exp_()
+            st = torch.mul(du[:, start:stop, :, None], Bs[:, start:stop, None, :], out=states[:, :n])
+            prev = h_start
+            for i in range(n):
+                state_steps[i].addcmul_(decay_steps[i], prev)
+                prev = state_steps[i]
+            gy_c = gy[:, start:stop]
+            # dC_t[n] = sum_d dy_t[d] h_t[d, n]
+            d_C[:, start:stop] = torch.matmul(gy_c[:, :, None, :], st).squeeze(2)
+            # Adjoint recurrence, backwards through the chunk.
+            lm = torch.mul(gy_c[:, :, :, None], Cs[:, start:stop, None, :], out=lam[:, :n])
+            while next_tap >= 0 and taps_at[next_tap] >= start:
+                lam_steps[taps_at[next_tap] - start].add_(gtaps[:, next_tap])
+                next_tap -= 1
+            lam_steps[n - 1].add_(carry)
+            for i in range(n - 2, -1, -1):
+                lam_steps[i].addcmul_(decay_steps[i + 1], lam_steps[i + 1])
+            carry = decay_steps[0] * lam_steps[0]
+            # Gradients of x_t = (dt*u)_t B_t.
+            # (Reductions are written as multiply-then-sum into a scratch buffer:
+            # on CPU that is faster than einsum, which permutes for these.)
+            d_B[:, start:stop] = torch.matmul(du[:, start:stop, None, :], lm).squeeze(2)
+            # Gradient of dt_t A: lam_t * exp(dt_t A) * h_{t-1}  (in place over the decays).
+            # h_{t-1} is read from ``states`` before that buffer is reused as scratch.
+            g = dec.mul_(lm)
+            g[:, 1:].mul_(st[:, : n - 1])
+            g[:, 0].mul_(h_start)
+            scratch = torch.mul(lm, Bs[:, start:stop, None, :], out=st)
+            torch.sum(scratch, -1, out=d_du[:, start:stop])
+            torch.sum(torch.mul(g, A, out=scratch), -1, out=d_dt[:, start:stop])
+            d_A += torch.mul(g, dt[:, start:stop, :, None], out=scratch).sum((0, 1))
+
+        return d_dt, d_du, d_A, d_B, d_C, carry, None, None
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
@@ -471,9 +549,12 @@ def selective_scan_chunked(
     copied out of the chunk buffers as they pass.  The returned ``y`` is a
     view of ``[batch, seq_len, d_inner]`` memory (see the module docstring).
 
-    If autograd is enabled and any input requires a gradient, an out-of-place
-    variant of the same algorithm is used so that gradients flow (its memory
-    is then dominated by what autograd saves).
+    If autograd is enabled and any input requires a gradient, the same
+    forward runs inside a custom autograd function whose backward recomputes
+    each chunk from a saved per-chunk state and runs the adjoint recurrence
+    in reverse (see :class:`_ChunkedScanFn`).  Memory stays bounded: besides
+    the ``[batch, seq_len, ...]`` inputs it keeps one ``[batch, d_inner,
+    d_state]`` state per chunk.  The function is not twice differentiable.
 
     Args:
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
@@ -506,7 +587,9 @@ def selective_scan_chunked(
         h = initial_state.to(dtype)
 
     if _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state):
-        y_s, h, taps = _scan_chunks_autograd(dt, du, A_c, Bs, Cs, h, chunk_size, taps_at)
+        y_s, h, taps = _ChunkedScanFn.apply(dt, du, A_c, Bs, Cs, h, chunk_size, taps_at)
+        if taps_at is None:
+            taps = None
     else:
         h = h.clone(memory_format=torch.contiguous_format)  # never write into the caller's tensor
         y_s, h, taps = _scan_chunks_inplace(dt, du, A_c, Bs, Cs, h, chunk_size, taps_at)

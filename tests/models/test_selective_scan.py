@@ -357,6 +357,85 @@ def test_gradients_match_ref() -> None:
         assert_close(grads_chk[name], grad, atol=1e-10, rtol=1e-10)
 
 
+def _grad_run(fn: Any, base: dict[str, Any], positions: list[int] | None, **kwargs: Any
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and input gradients of a scan whose y, final state and taps all enter the loss."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in base.items() if v is not None}
+    out = fn(**leaves, delta_softplus=True, return_final_state=True, tap_positions=positions, **kwargs)
+    loss = out.y.sin().sum() + (out.final_state ** 2).sum()
+    if positions is not None:
+        loss = loss + out.taps.cos().sum()
+    loss.backward()
+    return loss.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["float64", "float32"]
+)
+@pytest.mark.parametrize(
+    ("seq_len", "chunk_size"), [(1, 4), (7, 1), (7, 3), (16, 4), (23, 8), (33, 16), (40, 64)]
+)
+@pytest.mark.parametrize("with_taps", [False, True])
+def test_gradients_match_ref_chunk_sizes(dtype: torch.dtype, tol: float, seq_len: int, chunk_size: int,
+                                         with_taps: bool) -> None:
+    """The training path (custom backward) against autograd through the reference."""
+    base = make_inputs(batch=2, d_inner=5, d_state=3, seq_len=seq_len, dtype=dtype, seed=10 + seq_len)
+    base["initial_state"] = torch.randn(2, 5, 3, dtype=dtype, generator=torch.Generator().manual_seed(seq_len))
+    positions = sorted({0, seq_len // 2, seq_len - 1, min(chunk_size, seq_len - 1)}) if with_taps else None
+    loss_ref, grads_ref = _grad_run(selective_scan_ref, base, positions)
+    loss_chk, grads_chk = _grad_run(selective_scan_chunked, base, positions, chunk_size=chunk_size)
+    assert_close(loss_chk, loss_ref, atol=tol, rtol=tol)
+    assert set(grads_chk) == set(grads_ref)
+    for name, grad in grads_ref.items():
+        assert grads_chk[name] is not None, name
+        assert_close(grads_chk[name], grad, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("requires", ["u", "delta", "A", "B", "C", "initial_state"])
+def test_gradients_partial_requires_grad_and_unused_outputs(requires: str) -> None:
+    """Only one input requires grad; y alone enters the loss (final state and taps unused)."""
+    base = make_inputs(batch=2, d_inner=4, d_state=3, seq_len=19, dtype=torch.float64, seed=11)
+    base["initial_state"] = torch.randn(2, 4, 3, dtype=torch.float64)
+
+    def grad(fn: Any, **kwargs: Any) -> torch.Tensor:
+        inputs = dict(base)
+        inputs[requires] = base[requires].clone().requires_grad_(True)
+        out = fn(**inputs, delta_softplus=True, return_final_state=True, tap_positions=[3, 9], **kwargs)
+        (out.y * torch.linspace(-1, 1, 19, dtype=torch.float64)).sum().backward()
+        return inputs[requires].grad
+
+    assert_close(grad(selective_scan_chunked, chunk_size=5), grad(selective_scan_ref), atol=1e-10, rtol=1e-10)
+
+
+def test_training_path_non_contiguous_and_gate() -> None:
+    """Grad path with transposed-view inputs (as Mamba passes them) matches the reference."""
+    base = make_inputs(batch=3, d_inner=8, d_state=4, seq_len=37, seed=12)
+    leaves_ref = {k: v.clone().requires_grad_(True) for k, v in base.items()}
+    leaves_chk = {k: v.clone().requires_grad_(True) for k, v in base.items()}
+    views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if k in ("u", "delta", "B", "C", "z") else v)
+             for k, v in leaves_chk.items()}
+    selective_scan_ref(**leaves_ref, delta_softplus=True).square().sum().backward()
+    y = selective_scan_chunked(**views, delta_softplus=True, chunk_size=16)
+    assert y.requires_grad
+    y.square().sum().backward()
+    for name, leaf in leaves_ref.items():
+        assert_close(leaves_chk[name].grad, leaf.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_gradcheck_chunked_state_and_taps() -> None:
+    inputs = make_inputs(batch=1, d_inner=2, d_state=2, seq_len=7, dtype=torch.float64, seed=13)
+    h0 = torch.randn(1, 2, 2, dtype=torch.float64)
+    names = ["u", "delta", "A", "B", "C"]
+    leaves = tuple(inputs[n].clone().requires_grad_(True) for n in names) + (h0.requires_grad_(True),)
+
+    def fn(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = selective_scan_chunked(*args[:5], D=inputs["D"], delta_softplus=True, initial_state=args[5],
+                                     return_final_state=True, tap_positions=[1, 4], chunk_size=3)
+        return out.y, out.final_state, out.taps
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
 def test_gradcheck_chunked() -> None:
     inputs = make_inputs(batch=1, d_inner=2, d_state=2, seq_len=5, dtype=torch.float64, seed=9)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
@@ -418,15 +497,28 @@ def test_recorder_catches_full_materialisation() -> None:
     assert _numel(rec.largest()[1]) >= full
 
 
+@pytest.mark.parametrize("with_grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("with_taps", [False, True])
-def test_chunked_never_allocates_full_state_sequence(with_taps: bool) -> None:
+def test_chunked_never_allocates_full_state_sequence(with_taps: bool, with_grad: bool) -> None:
     batch, d_inner, d_state, seq_len, chunk = 2, 8, 4, 256, 32
     inputs = make_inputs(batch=batch, d_inner=d_inner, d_state=d_state, seq_len=seq_len)
+    h0 = torch.zeros(batch, d_inner, d_state)
+    if with_grad:
+        inputs = {k: v.requires_grad_(True) for k, v in inputs.items()}
+        h0.requires_grad_(True)
     taps = [5, 100, 255] if with_taps else None
     with OutputSizeRecorder() as rec:
-        out = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=torch.zeros(batch, d_inner, d_state),
+        out = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0,
                                      return_final_state=True, tap_positions=taps, chunk_size=chunk)
+        if with_grad:
+            assert out.y.requires_grad
+            n_forward = len(rec.records)
+            loss = out.y.sum() + out.final_state.sum() + (out.taps.sum() if with_taps else 0)
+            loss.backward()
+            assert len(rec.records) > n_forward, "the recorder saw no backward ops"
     assert rec.records, "the recorder saw no ops"
+    if with_grad:
+        assert all(v.grad is not None for v in inputs.values()) and h0.grad is not None
     # Largest legitimate tensors: the two chunk buffers and the [B, D, L]-sized inputs/outputs.
     budget = max(batch * d_inner * d_state * chunk, batch * d_inner * seq_len)
     op, shape = rec.largest()
