@@ -160,7 +160,15 @@ def _induction_loss_drop(logits: Tensor, batch: Batch) -> float:
     return (nll[:, first].mean() - nll[:, second].mean()).item()
 
 
+def _legal_next_accuracy(logits: Tensor, batch: Batch) -> float:
+    """ICLL: fraction of predictions that are legal next symbols under the sequence's DFA."""
+    from seqlens.tasks import legal_next_accuracy
+
+    return legal_next_accuracy(batch.source, logits)
+
+
 METRICS: dict[str, tuple[Callable[[Tensor, Batch], float], str]] = {
+    "legal_next_accuracy": (_legal_next_accuracy, "ICLL: predictions legal under the DFA"),
     "accuracy": (_accuracy, "masked next-token accuracy"),
     "bits_per_byte": (_bits_per_byte, "validation bits per byte"),
     "sequence_accuracy": (_sequence_accuracy, "exact-match string accuracy"),
