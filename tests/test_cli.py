@@ -188,3 +188,34 @@ def test_bench_mamba_cpu_runs_at_toy_size(capsys, tmp_path):
     assert row["max_abs_logit_diff"] < 1e-4  # the two models really hold the same weights
     assert row["hf_largest"] == [1, 64, 40, 4]  # control: the tracker sees HF's [B, D, L, N]
     assert not row["ours_allocates_BDLN"]
+
+
+def test_zoo_list_prints_every_organism(capsys):
+    from seqlens.models import zoo
+
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in zoo.organisms():
+        assert name in out
+    assert main(["zoo", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(zoo.organisms())
+
+
+def test_train_cli_recipe_file_and_errors(capsys, tmp_path):
+    from seqlens.models import ModelConfig
+    from seqlens.models.train import Recipe
+
+    recipe = Recipe(name="cli", model=ModelConfig(arch="lstm", vocab_size=16, d_model=16, n_layers=1,
+                                                  d_hidden=16, pattern_heads=4),
+                    data="task:induction", data_kwargs={"seq_len": 12, "vocab_size": 16}, steps=3,
+                    batch_size=2, warmup=1, eval_every=3, eval_batches=1, metric="accuracy")
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe.to_dict()))
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] >= 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert main(["train", "no-such-recipe", "--out", str(tmp_path / "x")]) == 2
+    assert "RECIPE" in capsys.readouterr().err
+    path.write_text("{}")
+    assert main(["train", str(path), "--out", str(tmp_path / "y")]) == 2

@@ -200,6 +200,16 @@ def test_passkey_key_at_depth_and_targets_are_the_key(depth):
     assert bytes(b.tokens[0, n0:n1].tolist()).decode().startswith(" The pass key is ")
 
 
+def test_passkey_random_depth_varies_per_row_and_is_seeded():
+    a = T.passkey(16, 1200, depth=None, seed=3)
+    b = T.passkey(16, 1200, depth=None, seed=3)
+    assert torch.equal(a.tokens, b.tokens) and a.meta["depth"] is None
+    depths = a.meta["actual_depth"]
+    assert depths.min() < 0.3 and depths.max() > 0.7  # spread over the filler
+    for row, key in enumerate(a.meta["key"]):  # still a well-formed passkey prompt
+        assert bytes(a.targets[row][a.loss_mask[row]].tolist()).decode() == key
+
+
 def test_passkey_text_level_and_errors():
     tok = WordTokenizer()
     b = T.passkey(2, 300, depth=0.5, key_len=4, seed=0, tokenizer=tok)
