@@ -52,6 +52,19 @@ class MambaMixer(Mixer):
         for name in ("in", "conv", "delta", "B", "C", "ssm_out", "gate", "state"):
             setattr(self, f"hook_{name}", HookPoint())
         self.scan_backend = "auto"
+        self.init_dt()
+
+    @torch.no_grad()
+    def init_dt(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
+        """Official Mamba initialisation of the step size (paper sec. 3.6 / mamba_simple.py):
+        ``softplus(dt_proj.bias)`` log-uniform in ``[dt_min, dt_max]`` and ``dt_proj.weight``
+        uniform in ``±dt_rank^-½``. PyTorch's default bias init gives Δ ≈ 0.5-1, i.e. a state that
+        forgets within a few tokens, and small models then fail to learn recall or copying."""
+        self.dt_proj.weight.uniform_(-self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        u = torch.rand(self.d_inner)
+        dt = torch.exp(u * (torch.log(torch.tensor(dt_max)) - torch.log(torch.tensor(dt_min)))
+                       + torch.log(torch.tensor(dt_min))).clamp_min(dt_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         return {
