@@ -274,6 +274,12 @@ def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool
     ``(seed, step)``. With ``resume=True`` an existing ``out_dir/resume`` continues the run
     (saved every ``save_every`` steps, default every evaluation).
     """
+    with torch.enable_grad():  # robust to a caller's no_grad / set_grad_enabled(False)
+        return _train(recipe, out_dir, resume, progress, save_every)
+
+
+def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
+           save_every: int | None) -> TrainResult:
     from tqdm.auto import tqdm
 
     from . import build

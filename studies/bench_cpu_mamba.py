@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write metrics.json here")
     a = p.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # scoped: the CLI may run more work in this process afterwards
+        return _run(a)
+
+
+def _run(a: argparse.Namespace) -> int:
     hf, ours = build_pair(a.d_model, a.d_state, a.layers, a.vocab, a.seed)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     print(f"Mamba d_model={a.d_model} d_inner={ours.cfg.d_inner} N={a.d_state} layers={a.layers} "

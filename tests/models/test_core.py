@@ -432,7 +432,7 @@ def test_load_errors(tmp_path):
 def test_zoo_presets_load_and_are_labelled_untrained():
     from seqlens.models import zoo
 
-    for name in zoo.names():
+    for name in zoo.PRESETS:
         model = seqlens.load(name)
         assert "untrained" in zoo.describe(name)
         assert model(tokens(1, 4) % model.cfg.vocab_size).shape == (1, 4, model.cfg.vocab_size)
