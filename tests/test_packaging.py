@@ -65,6 +65,11 @@ def test_wheel_contents(tmp_path):
                      "seqlens/circuits/__init__.py", "seqlens/probes/__init__.py",
                      "seqlens/app/__init__.py", "seqlens/studies/__init__.py"):
         assert required in names, f"{required} missing from {wheel.name}"
+    # shipped model organisms (package data) travel with the wheel
+    for shipped in sorted((ROOT / "models" / "organisms").glob("*/model.safetensors")):
+        for f in ("model.safetensors", "config.json"):
+            assert f"seqlens/models/organisms/{shipped.parent.name}/{f}" in names
+    assert not any("/resume/" in n for n in names)
     stray = sorted(n for n in names if n.split("/")[0] in FOLDERS or n.startswith("tests/"))
     assert not stray, f"wheel has top-level files outside seqlens/: {stray[:10]}"
     (entry,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
