@@ -152,6 +152,13 @@ class Mixer(nn.Module):
         compare taps with the step loop through it). Default: ``state[self.state_key]``."""
         return state[self.state_key]
 
+    def check_tap_range(self, length: int, state: dict | None) -> None:
+        """In a single forward pass (no state) a tap past the input's end would silently never
+        fire: make it an error. Streams tap across chunks, so there it is allowed."""
+        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= length:
+            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
+                             f"the {length}-token input (use stream() to tap across chunks)")
+
     def local_taps(self, pos: int, length: int) -> Tensor | None:
         """Tap positions falling in ``[pos, pos + length)``, shifted to chunk-local indices."""
         if self.tap_positions is None:
@@ -159,6 +166,23 @@ class Mixer(nn.Module):
         p = self.tap_positions
         local = p[(p >= pos) & (p < pos + length)] - pos
         return local if local.numel() else None
+
+
+def grouped_pattern(alpha: Callable[[slice], Tensor], width: int, heads: int, shape: tuple[int, int],
+                    budget: int, device: torch.device) -> Tensor:
+    """Mean of a per-channel implicit attention over ``heads`` contiguous channel groups,
+    ``[B, H, L, L]`` (the "heads" of Mamba, minGRU and LSTM mixers). ``alpha(slice)`` returns
+    ``[B, d, L, L]`` for those channels; channels are processed in blocks so each block holds at
+    most about ``budget`` elements of output."""
+    B, L = shape
+    g = width // heads
+    block = max(1, budget // max(1, B * L * L))
+    out = torch.zeros(B, heads, L, L, device=device, dtype=torch.float32)
+    for start in range(0, width, block):
+        stop = min(start + block, width)
+        group = torch.arange(start, stop, device=device) // g
+        out.index_add_(1, group, alpha(slice(start, stop)).float())
+    return out / g
 
 
 # ----------------------------------------------------------------------------- blocks

@@ -247,9 +247,7 @@ class LinearAttentionMixer(Mixer):
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
         T = x.shape[1]
         taps = self.local_taps(pos, T)
-        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= T:
-            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
-                             f"the {T}-token input (use stream() to tap across chunks)")
+        self.check_tap_range(T, state)
         q, k, v, log_g = self.project(x)
         res = gla_chunked(q, k, v, log_g, None if state is None else state["S"], scale=self.scale,
                           taps=taps, chunk_size=self.chunk_size)

@@ -40,9 +40,9 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from .base import Mixer, SeqModel, hook_active
+from .base import Mixer, SeqModel, grouped_pattern, hook_active
 from .config import ModelConfig
-from .mingru import decay_attention, grouped_pattern
+from .mingru import decay_attention
 
 SEQ = ("i", "f", "g", "o", "c", "h")  # per-step quantities, in the order they are computed
 Edit = Callable[[str, int, Tensor], Tensor]  # (name, step, value) -> value used by the loop
@@ -144,9 +144,7 @@ class LSTMMixer(Mixer):
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
-        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= x.shape[1]:
-            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
-                             f"the {x.shape[1]}-token input (use stream() to tap across chunks)")
+        self.check_tap_range(x.shape[1], state)
         h, c = (None, None) if state is None else (state["h"], state["c"])
         seq = self.sequence(x, h, c)
         taps = self.local_taps(pos, x.shape[1])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from .base import Mixer, SeqModel
+from .base import Mixer, SeqModel, grouped_pattern
 from .config import ModelConfig
 from .kernels.selective_scan import selective_scan
 
@@ -103,9 +103,7 @@ class MambaMixer(Mixer):
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
         p = self.ssm_inputs(x, None if state is None else state["conv"])
         taps = self.local_taps(pos, x.shape[1])
-        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= x.shape[1]:
-            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
-                             f"the {x.shape[1]}-token input (use stream() to tap across chunks)")
+        self.check_tap_range(x.shape[1], state)
         res = selective_scan(
             p["u"].transpose(1, 2), p["delta"].transpose(1, 2), self.A,
             p["B"].transpose(1, 2), p["C"].transpose(1, 2), D=self.D.float(),
@@ -151,17 +149,9 @@ class MambaMixer(Mixer):
         signed mean of α over each group's ``d_inner / pattern_heads`` channels): ``[B, H, L, L]``.
         Channels are processed in blocks so the ``[B, d, N, L, L]`` decay tensor stays under
         ``budget`` elements."""
-        H = self.cfg.pattern_heads
-        g = self.d_inner // H
-        B, L, _ = x.shape
         p = self.ssm_inputs(x, None)
-        block = max(1, budget // max(1, B * self.d_state * L * L))
-        out = torch.zeros(B, H, L, L, device=x.device, dtype=torch.float32)
-        for start in range(0, self.d_inner, block):
-            stop = min(start + block, self.d_inner)
-            heads = torch.arange(start, stop, device=x.device) // g
-            out.index_add_(1, heads, self._alpha(p, slice(start, stop)))
-        return out / g
+        return grouped_pattern(lambda sl: self._alpha(p, sl), self.d_inner, self.cfg.pattern_heads,
+                               tuple(x.shape[:2]), budget // self.d_state, x.device)
 
 
 class Mamba(SeqModel):

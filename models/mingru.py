@@ -41,14 +41,13 @@ State: ``{"h": [B, D_h]}`` in float32 (float64 for float64 models).
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from .base import Mixer, SeqModel
+from .base import Mixer, SeqModel, grouped_pattern
 from .config import ModelConfig
 
 SCAN_CHUNK = 64  # positions per log-space chunk (bounds |a*|, see mingru_scan)
@@ -173,22 +172,6 @@ def decay_attention(a: Tensor, w: Tensor) -> Tensor:
     return torch.exp(seg) * w.to(dtype).transpose(1, 2)[:, :, None, :]
 
 
-def grouped_pattern(alpha: Callable[[slice], Tensor], width: int, heads: int, shape: tuple[int, int],
-                    budget: int, device: torch.device) -> Tensor:
-    """Mean of the per-channel implicit attention over ``heads`` contiguous channel groups,
-    ``[B, H, L, L]``. ``alpha(slice)`` returns ``[B, d, L, L]`` for those channels; channels are
-    processed in blocks so each block holds at most about ``budget`` elements."""
-    B, L = shape
-    g = width // heads
-    block = max(1, budget // max(1, B * L * L))
-    out = torch.zeros(B, heads, L, L, device=device, dtype=torch.float32)
-    for start in range(0, width, block):
-        stop = min(start + block, width)
-        group = torch.arange(start, stop, device=device) // g
-        out.index_add_(1, group, alpha(slice(start, stop)).float())
-    return out / g
-
-
 # ----------------------------------------------------------------------------- mixers
 
 
@@ -236,7 +219,7 @@ class MinRNNMixer(Mixer):
         return mingru_scan(a, b, h0)
 
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
-        self._check_taps(x, state)
+        self.check_tap_range(x.shape[1], state)
         a, w, cand = self.coefficients(x)
         h = self.recur(a, w * cand, None if state is None else state["h"])
         taps = self.local_taps(pos, x.shape[1])
@@ -246,11 +229,6 @@ class MinRNNMixer(Mixer):
         new_state = None if state is None else {"h": h[:, -1].clone()}
         out = self.hook_out(self.out_proj(self.hook_hidden(h.to(x.dtype))))
         return out, new_state
-
-    def _check_taps(self, x: Tensor, state: dict | None) -> None:
-        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= x.shape[1]:
-            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
-                             f"the {x.shape[1]}-token input (use stream() to tap across chunks)")
 
     # -- implicit attention (METHODS.md §7) ------------------------------------------------------
     @torch.no_grad()

@@ -112,8 +112,9 @@ def test_hook_state_silent_outside_tap_states():
     assert not any(k.endswith("hook_state") for k in cache.keys())
 
 
-def test_tap_position_past_the_input_raises():
-    model = make("mamba")
+@pytest.mark.parametrize("name", RECURRENT)
+def test_tap_position_past_the_input_raises(name):
+    model = make(name)
     with model.tap_states([3, 12]), pytest.raises(ValueError, match="positions: tap position 12"):
         model(tokens(1, 10))
 
