@@ -35,6 +35,11 @@ RESUME_DIR = "resume"
 class Recipe:
     """Everything needed to reproduce one trained model.
 
+    ``train_on="all"`` trains on every next-token target, as a language model would (evaluation
+    always uses the task's ``loss_mask``): the first half of the induction task is then calibrated,
+    so its loss drop is Olsson et al.'s in-context score rather than an artefact of untrained
+    positions.
+
     ``data`` is ``"task:<name>"`` (kwargs in ``data_kwargs``, passed to
     :func:`seqlens.tasks.make_task` with ``batch`` and ``seed`` added) or ``"corpus:stdlib"``
     (``data_kwargs["seq_len"]``). ``metric`` names an entry of :data:`METRICS`.
@@ -56,6 +61,7 @@ class Recipe:
     eval_batches: int = 4
     eval_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides data_kwargs at evaluation
     metric: str = "accuracy"
+    train_on: str = "mask"  # "mask": the task's loss_mask; "all": every next-token target (LM loss)
     seed: int = 0
     description: str = ""
 
@@ -67,6 +73,8 @@ class Recipe:
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Recipe.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.train_on not in ("mask", "all"):
+            raise ValueError(f"Recipe.train_on: expected 'mask' or 'all', got {self.train_on!r}")
         if self.metric not in METRICS:
             raise ValueError(f"Recipe.metric: unknown metric {self.metric!r}; known: {sorted(METRICS)}")
 
@@ -121,7 +129,11 @@ def get_batch(recipe: Recipe, step: int, split: str = "train") -> Batch:
     from seqlens import tasks
 
     tb = tasks.make_task(recipe.data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
-    return Batch(tb.tokens, tb.targets, tb.loss_mask, tb)
+    mask = tb.loss_mask
+    if split == "train" and recipe.train_on == "all":  # every position but the last (no next token)
+        mask = torch.ones_like(mask)
+        mask[:, -1] = False
+    return Batch(tb.tokens, tb.targets, mask, tb)
 
 
 def masked_loss(logits: Tensor, batch: Batch) -> Tensor:

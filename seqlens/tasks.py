@@ -504,10 +504,16 @@ PASSKEY_FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.
                   "There and back again.")
 PASSKEY_NEEDLE = (" The pass key is", ". Remember it.")
 PASSKEY_QUESTION = " What is the pass key? The pass key is"
+# style="compact": the same filler, no intro, and short needle / question sharing one cue, so a
+# prompt fits in ~30 tokens and short training lengths leave most of the sequence as haystack
+PASSKEY_STYLES = {
+    "standard": (PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION),
+    "compact": ("", (" key", "."), " key"),
+}
 
 
 def passkey(batch: int, seq_len: int, depth: float | None = 0.5, key_len: int = 5, seed: SeedLike = 0,
-            tokenizer: Any = None) -> TaskBatch:
+            tokenizer: Any = None, style: str = "standard") -> TaskBatch:
     """Passkey retrieval (Mohtashami & Jaggi 2023; the capacity test of Stuffed Mamba).
 
     ``intro · filler · " The pass key is K. Remember it." · filler · " What is the pass key? The
@@ -519,18 +525,23 @@ def passkey(batch: int, seq_len: int, depth: float | None = 0.5, key_len: int = 
     meta: ``key`` (list[str]), ``key_span``/``answer_span``/``needle_span`` ``LongTensor[B, 2]``
     (half-open token spans), ``depth`` (requested), ``actual_depth [B]`` (filler fraction before
     the needle). ``depth=None`` draws each row's depth uniformly from [0, 1] (for training).
+    ``style="compact"`` drops the intro and uses ``" key K."`` as needle and ``" key K"`` as
+    question (prompt overhead ~15 tokens instead of ~220), for small models trained on short
+    sequences; ``"standard"`` is the prompt of the papers.
     """
     batch = _check_int("batch", batch, low=1)
     seq_len = _check_int("seq_len", seq_len, low=1)
     key_len = _check_int("key_len", key_len, low=1)
     if depth is not None and (not isinstance(depth, numbers.Real) or not 0.0 <= depth <= 1.0):
         raise ValueError(f"depth: expected a float in [0, 1] or None (random per row), got {depth!r}")
+    if style not in PASSKEY_STYLES:
+        raise ValueError(f"style: expected one of {sorted(PASSKEY_STYLES)}, got {style!r}")
     encoder, g = _Encoder(tokenizer), make_generator(seed)
     digits = torch.randint(0, 10, (batch, key_len), generator=g)
     digits[:, 0] = torch.randint(1, 10, (batch,), generator=g)
     keys = ["".join(map(str, row)) for row in digits.tolist()]
     depths = torch.rand(batch, generator=g).tolist() if depth is None else [float(depth)] * batch
-    rows = [_passkey_row(encoder, key, seq_len, d) for key, d in zip(keys, depths)]
+    rows = [_passkey_row(encoder, key, seq_len, d, style) for key, d in zip(keys, depths)]
     vocab = encoder.vocab()
     tokens = _pack([r[0] for r in rows], vocab.pad, seq_len)
     spans = {name: torch.tensor([r[1][name] for r in rows]) for name in ("key", "answer", "needle")}
@@ -541,15 +552,16 @@ def passkey(batch: int, seq_len: int, depth: float | None = 0.5, key_len: int = 
     return TaskBatch(tokens, _shift_targets(tokens, vocab.pad), mask, meta, vocab, "passkey")
 
 
-def _passkey_row(encoder: _Encoder, key: str, seq_len: int,
-                 depth: float) -> tuple[list[int], dict[str, tuple[int, int]], float]:
+def _passkey_row(encoder: _Encoder, key: str, seq_len: int, depth: float,
+                 style: str) -> tuple[list[int], dict[str, tuple[int, int]], float]:
     """Tokens of one passkey prompt, its spans (key, answer, needle) and the actual depth."""
-    intro = encoder(PASSKEY_INTRO)
-    needle, key_span = _with_word(encoder, PASSKEY_NEEDLE[0], key, PASSKEY_NEEDLE[1])
-    question, answer_span = _with_word(encoder, PASSKEY_QUESTION, key, "")
+    intro_text, needle_text, question_text = PASSKEY_STYLES[style]
+    intro = encoder(intro_text) if intro_text else []
+    needle, key_span = _with_word(encoder, needle_text[0], key, needle_text[1])
+    question, answer_span = _with_word(encoder, question_text, key, "")
     n_fill = seq_len - len(intro) - len(needle) - len(question)
     if n_fill < 0:
-        raise ValueError(f"seq_len: {seq_len} is too short for the passkey prompt; "
+        raise ValueError(f"seq_len: {seq_len} is too short for the {style} passkey prompt; "
                          f"need at least {seq_len - n_fill}")
     hay, bounds = _filler_stream(encoder, PASSKEY_FILLER, n_fill)
     cut = min(bounds, key=lambda b: abs(b - depth * n_fill))

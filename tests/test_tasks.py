@@ -210,6 +210,22 @@ def test_passkey_random_depth_varies_per_row_and_is_seeded():
         assert bytes(a.targets[row][a.loss_mask[row]].tolist()).decode() == key
 
 
+def test_passkey_compact_style_is_short_and_well_formed():
+    b = T.passkey(8, 48, depth=None, key_len=5, seed=2, style="compact")
+    assert b.tokens.shape == (8, 48) and (b.tokens != 0).all()
+    for row, key in enumerate(b.meta["key"]):
+        text = b.text(row)
+        assert text.endswith(" key " + key) and text.count(" key " + key + ".") == 1
+        k0, k1 = b.meta["key_span"][row].tolist()
+        assert bytes(b.tokens[row, k0:k1].tolist()).decode() == key
+        assert bytes(b.targets[row][b.loss_mask[row]].tolist()).decode() == key
+    assert T.passkey(1, 21, key_len=5, style="compact").tokens.shape == (1, 21)  # needle + question
+    with pytest.raises(ValueError, match="style"):
+        T.passkey(1, 400, style="short")
+    with pytest.raises(ValueError, match="compact passkey prompt"):
+        T.passkey(1, 20, style="compact")
+
+
 def test_passkey_text_level_and_errors():
     tok = WordTokenizer()
     b = T.passkey(2, 300, depth=0.5, key_len=4, seed=0, tokenizer=tok)

@@ -97,6 +97,18 @@ def test_recipe_validation():
         tiny_recipe(metric="bleu")
     with pytest.raises(ValueError, match="Recipe.steps"):
         tiny_recipe(steps=0)
+    with pytest.raises(ValueError, match="Recipe.train_on"):
+        tiny_recipe(train_on="some")
+
+
+def test_train_on_all_widens_the_training_mask_only():
+    recipe = tiny_recipe(train_on="all")
+    task = T.get_batch(tiny_recipe(), 3)
+    train, evaluation = T.get_batch(recipe, 3), T.get_batch(recipe, 3, split="eval")
+    assert torch.equal(train.tokens, task.tokens)  # same data, wider mask
+    assert train.loss_mask[:, :-1].all() and not train.loss_mask[:, -1].any()
+    assert torch.equal(evaluation.loss_mask, T.get_batch(tiny_recipe(), 3, split="eval").loss_mask)
+    assert T.Recipe.from_dict(recipe.to_dict()) == recipe
 
 
 # ----------------------------------------------------------------------------- zoo
