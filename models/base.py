@@ -445,6 +445,21 @@ class SeqModel(HookedRootModule):
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)
 
+    def attention_stats(self, tokens: Tensor, layer: int, sink_k: int = 4,
+                        span: tuple[int, int] | Tensor | None = None, backend: str = "auto") -> Any:
+        """Per-query attention statistics of layer ``layer`` (softmax / forgetting attention):
+        an :class:`~seqlens.models.kernels.AttentionStats` with ``max_prob``, ``entropy``,
+        ``sink_mass`` (keys < ``sink_k``), ``span_mass``, ``argmax``, ``lse`` ``[B, H, L]`` and the
+        output, computed without the L×L matrix (Triton on CUDA). Recurrent mixers have no softmax
+        rows: use :meth:`mixer_pattern` (implicit attention) for them."""
+        x = self.mixer_input(tokens, layer)  # validates layer
+        mixer = self.blocks[layer].mixer
+        if not callable(getattr(mixer, "stats", None)):
+            raise NotImplementedError(
+                f"attention_stats: layer {layer}'s mixer ({type(mixer).__name__}) is not softmax attention; "
+                "use mixer_pattern(tokens, layer) for the implicit attention of recurrent mixers")
+        return mixer.stats(x, sink_k, span, backend)
+
     def _check_layer(self, layer: int) -> None:
         if not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.cfg.n_layers}), got {layer!r}")

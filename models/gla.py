@@ -17,9 +17,10 @@ in place of GroupNorm).
 Omitted: RetNet's xPos / rotary (positions come only from the decay), GLA's optional short
 convolutions, feature maps and grouped key / value heads.
 
-The sequence is computed in chunks (``gla_chunked``, the "chunkwise parallel form" of GLA §4.2):
-inside a chunk an attention-like matrix weighted by products of gates (exp of summed log gates),
-across chunks the state. ``gla_recurrent_ref`` is its plain step-by-step twin.
+The sequence runs through :func:`~seqlens.models.kernels.linear_attention.gated_linear_attention`
+(the "chunkwise parallel form" of GLA §4.2: inside a chunk an attention-like matrix weighted by
+products of gates, across chunks the state): Triton kernels on CUDA, ``gla_chunked`` on CPU;
+``gla_recurrent_ref`` is their plain step-by-step twin (all in ``models/kernels/linear_attention.py``).
 
 Hooks (``blocks.{l}.mixer.*``): ``hook_q``, ``hook_k [B, L, H, d_k]`` (q before its d_k^-0.5
 scale), ``hook_v [B, L, H, d_v]``, ``hook_log_decay [B, L, H, d_k]`` (log g_t; constant log γ_h for
@@ -31,8 +32,6 @@ ablations edit), ``g_norm.hook_normalized [B, L, H, d_v]``, ``hook_gate [B, L, v
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,128 +39,11 @@ from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, RMSNorm, SeqModel
 from .config import ModelConfig
+# the kernels live in models/kernels/linear_attention.py; re-exported here for existing imports
+from .kernels.linear_attention import (GLAResult, gated_linear_attention, gla_chunked,  # noqa: F401
+                                       gla_recurrent_ref, segment_decay, suffix_log_decay)
 
-
-class GLAResult(NamedTuple):
-    o: Tensor  # [B, T, H, d_v]
-    final_state: Tensor  # [B, H, d_k, d_v]
-    taps: Tensor | None  # [B, n_taps, H, d_k, d_v], states right after the tapped positions
-
-
-# ----------------------------------------------------------------------------- reference
-
-
-def _prepare(q: Tensor, k: Tensor, v: Tensor, log_g: Tensor, initial_state: Tensor | None,
-             scale: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Check shapes; return ``q·scale, k, log_g [B, H, T, d_k]``, ``v [B, H, T, d_v]`` and the
-    initial state ``[B, H, d_k, d_v]`` in a common dtype of at least float32."""
-    B, T, H, dk = q.shape
-    dv = v.shape[-1]
-    if k.shape != q.shape or log_g.shape != q.shape or v.shape[:3] != (B, T, H):
-        raise ValueError(f"q, k, log_g: expected equal shapes [B, T, H, d_k] and v [B, T, H, d_v], got "
-                         f"{list(q.shape)}, {list(k.shape)}, {list(log_g.shape)}, {list(v.shape)}")
-    if initial_state is not None and initial_state.shape != (B, H, dk, dv):
-        raise ValueError(f"initial_state: expected shape {[B, H, dk, dv]}, got {list(initial_state.shape)}")
-    dtype = torch.promote_types(q.dtype, torch.float32)
-    scale = dk ** -0.5 if scale is None else scale
-    q, k, v, log_g = (t.to(dtype).transpose(1, 2) for t in (q * scale, k, v, log_g))
-    S = q.new_zeros(B, H, dk, dv) if initial_state is None else initial_state.to(dtype)
-    return q, k, v, log_g, S
-
-
-def gla_recurrent_ref(q: Tensor, k: Tensor, v: Tensor, log_g: Tensor, initial_state: Tensor | None = None,
-                      scale: float | None = None, taps: Tensor | None = None) -> GLAResult:
-    """Plain step loop of ``S_t = diag(g_t) S_{t-1} + k_tᵀ v_t``, ``o_t = (scale·q_t) S_t``.
-
-    ``q, k, log_g [B, T, H, d_k]``, ``v [B, T, H, d_v]``, ``initial_state [B, H, d_k, d_v]`` (zeros
-    when None), ``scale`` (default d_k^-0.5), ``taps``: positions whose states to return. The
-    reference ``gla_chunked`` must equal (same arguments, plus its chunk size).
-    """
-    q, k, v, log_g, S = _prepare(q, k, v, log_g, initial_state, scale)
-    outs, states = [], []
-    for t in range(q.shape[2]):
-        S = log_g[:, :, t, :, None].exp() * S + k[:, :, t, :, None] * v[:, :, t, None, :]
-        outs.append(torch.einsum("bhi,bhij->bhj", q[:, :, t], S))
-        states.append(S)
-    o = torch.stack(outs, 1)
-    tapped = None if taps is None else torch.stack([states[int(p)] for p in taps], 1)
-    return GLAResult(o, S, tapped)
-
-
-# ----------------------------------------------------------------------------- chunked form
-
-
-def segment_decay(log_g: Tensor) -> Tensor:
-    """``D[..., t, s, i] = ∏_{j=s+1..t} g_{j,i} = exp(Σ_{j=s+1..t} log g_{j,i})`` for ``s ≤ t``, 0
-    above the diagonal: ``[..., C, C, d_k]`` from ``log_g [..., C, d_k]``.
-
-    Each exponent is summed directly (a suffix sum over the row's ``log g_j, j ≤ t``) rather than
-    as a difference ``b_t − b_s`` of prefix sums: all terms are ≤ 0, so there is no cancellation
-    and strong decays keep full fp32 precision. The mask goes on before ``exp``.
-    """
-    C = log_g.shape[-2]
-    pos = torch.arange(C, device=log_g.device)
-    causal = (pos[None, :] <= pos[:, None])[:, :, None]  # [t, j, 1]
-    rows = log_g[..., None, :, :].masked_fill(~causal, 0.0)  # row t keeps log g_j for j ≤ t
-    from_s = rows.flip(-2).cumsum(-2).flip(-2)  # Σ_{j ≥ s}
-    after_s = F.pad(from_s[..., 1:, :], (0, 0, 0, 1))  # Σ_{j > s}
-    return after_s.masked_fill(~causal, float("-inf")).exp()
-
-
-def suffix_log_decay(log_g: Tensor) -> Tensor:
-    """``Σ_{j=s+1..C} log g_j`` for every ``s`` of a chunk ``log_g [..., C, d_k]`` (same shape),
-    summed directly for the same reason as :func:`segment_decay`."""
-    from_s = log_g.flip(-2).cumsum(-2).flip(-2)
-    return F.pad(from_s[..., 1:, :], (0, 0, 0, 1))
-
-
-def _chunk(q: Tensor, k: Tensor, v: Tensor, log_g: Tensor, S: Tensor,
-           taps: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One chunk of the chunkwise form (GLA §4.2), inputs ``[B, H, C, d]``, state ``S``.
-
-    With ``b_t = Σ_{j≤t} log g_j`` (chunk-local) and ``D`` from :func:`segment_decay`:
-    ``o_t = (q_t ⊙ e^{b_t}) S + Σ_{s≤t} (Σ_i q_{t,i} k_{s,i} D_{t,s,i}) v_s`` and
-    ``S' = diag(e^{b_C}) S + Σ_s (k_s ⊙ e^{Σ_{j>s} log g_j})ᵀ v_s``. Every exponent is ≤ 0, so
-    nothing overflows however strong the decay. The states after the ``taps`` (chunk-local) reuse
-    rows of ``D`` instead of materialising every step's state."""
-    b = log_g.cumsum(2)
-    decay = segment_decay(log_g)  # [B, H, C, C, d_k]
-    A = torch.einsum("bhti,bhsi,bhtsi->bhts", q, k, decay)
-    o = (q * b.exp()) @ S + A @ v
-    tapped = None
-    if taps is not None:
-        carried = b[:, :, taps, :, None].exp() * S[:, :, None]
-        tapped = carried + torch.einsum("bhnsi,bhsi,bhsj->bhnij", decay[:, :, taps], k, v)
-    k_to_end = k * suffix_log_decay(log_g).exp()
-    S = b[:, :, -1, :, None].exp() * S + k_to_end.transpose(-1, -2) @ v
-    return o, S, tapped
-
-
-def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_g: Tensor, initial_state: Tensor | None = None,
-                scale: float | None = None, taps: Tensor | None = None, chunk_size: int = 16) -> GLAResult:
-    """Chunkwise-parallel gated linear attention; equals :func:`gla_recurrent_ref` (same
-    arguments). Memory is O(B·H·C²·d_k) for the intra-chunk decay, never O(T·d_k·d_v); ``taps``
-    (positions in ``[0, T)``) return the states right after those positions. The chunk loop
-    carries the state; per token it costs C·d_k (intra-chunk decay) plus d_k·d_v (state), so
-    small chunks (16) are fastest in PyTorch."""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
-    q, k, v, log_g, S = _prepare(q, k, v, log_g, initial_state, scale)
-    if q.shape[2] == 0:
-        return GLAResult(v.transpose(1, 2), S, None)
-    outs, tapped = [], []
-    for start in range(0, q.shape[2], chunk_size):
-        sl = slice(start, start + chunk_size)
-        local = None
-        if taps is not None:
-            local = taps[(taps >= start) & (taps < start + chunk_size)] - start
-            local = local if local.numel() else None
-        o, S, st = _chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], log_g[:, :, sl], S, local)
-        outs.append(o)
-        if st is not None:
-            tapped.append(st)
-    o = torch.cat(outs, 2).transpose(1, 2)
-    return GLAResult(o, S, torch.cat(tapped, 2).transpose(1, 2) if tapped else None)
+# ----------------------------------------------------------------------------- implicit attention
 
 
 def gla_attention_matrix(q: Tensor, k: Tensor, log_g: Tensor, scale: float | None = None,
@@ -214,7 +96,7 @@ class LinearAttentionMixer(Mixer):
         self.o_proj = nn.Linear(self.value_dim, cfg.d_model, bias=False)
         for name in ("q", "k", "v", "log_decay", "z", "gate", "state"):
             setattr(self, f"hook_{name}", HookPoint())
-        self.chunk_size = 16  # fastest on CPU: the intra-chunk decay costs C·d_k per token
+        self.chunk_size = 16  # of the CPU path (the Triton kernels' chunks are fixed); fastest there
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         return {"S": torch.zeros(batch, self.n_heads, self.d_k, self.d_v, device=device, dtype=torch.float32)}
@@ -249,8 +131,10 @@ class LinearAttentionMixer(Mixer):
         taps = self.local_taps(pos, T)
         self.check_tap_range(T, state)
         q, k, v, log_g = self.project(x)
-        res = gla_chunked(q, k, v, log_g, None if state is None else state["S"], scale=self.scale,
-                          taps=taps, chunk_size=self.chunk_size)
+        # log_g is hook_log_decay's output (also for RetNet), so edits made by hooks take effect
+        res = gated_linear_attention(q, k, v, g=log_g, scale=self.scale, tap_positions=taps,
+                                     initial_state=None if state is None else state["S"],
+                                     backend="auto", chunk_size=self.chunk_size)
         if res.taps is not None:
             self.hook_state(res.taps)
         o = self.hook_z(res.o.to(x.dtype))

@@ -17,8 +17,10 @@ w_t ⊙ h̃_t`` with a decay ``a`` (1 − z, or f') and a write weight ``w`` (z,
 Parallel mode solves the recurrence with Heinsen's log-space scan (Heinsen 2023, "Efficient
 Parallelization of a Ubiquitous Sequential Computation"), ``log h_t = a*_t + logcumsumexp_{s≤t}
 (log b_s − a*_s)`` with ``a*_t = Σ_{k≤t} log a_k`` and ``b = w ⊙ h̃``, see :func:`mingru_scan`;
-:func:`mingru_scan_ref` is its plain sequential twin. A one-token call (``step``) applies the
-recurrence directly.
+:func:`mingru_scan_ref` is its plain sequential twin. Both live in ``kernels/linear_recurrence.py``
+(re-exported here), whose dispatcher ``linear_recurrence`` the mixer calls: on CUDA it runs the
+Triton kernel, elsewhere the log-space scan. A one-token call (``step``) applies the recurrence
+directly.
 
 Hooks (``blocks.{l}.mixer.*``, all ``[B, L, D_h]`` except ``hook_out``):
 
@@ -40,8 +42,6 @@ State: ``{"h": [B, D_h]}`` in float32 (float64 for float64 models).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,106 +49,19 @@ from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, SeqModel, grouped_pattern
 from .config import ModelConfig
-
-SCAN_CHUNK = 64  # positions per log-space chunk (bounds |a*|, see mingru_scan)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Scans and states run in float32, or float64 when the inputs are float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .kernels.linear_recurrence import (  # noqa: F401 - re-exported: the scans used to live here
+    SCAN_CHUNK,
+    compute_dtype,
+    linear_recurrence,
+    mingru_scan,
+    mingru_scan_ref,
+)
 
 
 def positive_activation(v: Tensor) -> Tensor:
     """The paper's ``g(v) = v + 0.5 (v ≥ 0), σ(v) (v < 0)``: continuous, increasing and > 0, so
     the candidate has a real logarithm (log-space minGRU)."""
     return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
-
-
-# ----------------------------------------------------------------------------- scans
-
-
-def mingru_scan_ref(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
-    """Plain sequential twin of :func:`mingru_scan`: ``h_t = a_t ⊙ h_{t−1} + b_t`` for
-    ``a, b [B, L, D]`` from ``h_{−1} = h0 [B, D]`` (zeros if None). Returns ``h [B, L, D]`` in
-    :func:`compute_dtype`. Obviously correct and slow: the specification the scan must equal."""
-    dtype = compute_dtype(a.dtype)
-    a, b = a.to(dtype), b.to(dtype)
-    h = a.new_zeros(a.shape[0], a.shape[2]) if h0 is None else h0.to(dtype)
-    out = []
-    for t in range(a.shape[1]):
-        h = a[:, t] * h + b[:, t]
-        out.append(h)
-    return torch.stack(out, 1)
-
-
-def _log_floor(dtype: torch.dtype) -> float:
-    """``log(eps²)``: coefficients below ``eps²`` are numerically zero next to the O(1) terms
-    they are added to. Flooring keeps ``log 0 = −∞`` out of the scan (it would give ``∞ − ∞``
-    in forward and NaN gradients in backward)."""
-    return 2.0 * math.log(torch.finfo(dtype).eps)
-
-
-def _safe_log(x: Tensor) -> Tensor:
-    """``log(max(x, eps²))``: finite values and finite gradients, also at x = 0."""
-    return x.clamp_min(math.exp(_log_floor(x.dtype))).log()
-
-
-def _log_scan_chunk(log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:
-    """Heinsen's scan on one chunk: ``h_t = exp(a*_t + logcumsumexp_{s≤t}(log b_s − a*_s))
-    + exp(a*_t) h0`` with ``a*_t = Σ_{k≤t} log a_k``. The initial state enters linearly (it is
-    the ``s = −1`` term with ``b_{−1} = h0``) rather than as a prepended ``log h0``, so a zero or,
-    after a hook edit, negative ``h0`` needs no logarithm."""
-    a_star = log_a.cumsum(1)
-    h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, dim=1))
-    if h0 is not None:
-        h = h + torch.exp(a_star) * h0[:, None]
-    return h
-
-
-def _log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None, chunk_size: int) -> Tensor:
-    """Chunked log-space scan: each chunk continues from the previous chunk's last ``h``."""
-    out, h = [], h0
-    for start in range(0, log_a.shape[1], chunk_size):
-        sl = slice(start, start + chunk_size)
-        hs = _log_scan_chunk(log_a[:, sl], log_b[:, sl], h)
-        out.append(hs)
-        h = hs[:, -1]
-    return torch.cat(out, 1)
-
-
-def mingru_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, chunk_size: int = SCAN_CHUNK) -> Tensor:
-    """``h_t = a_t ⊙ h_{t−1} + b_t`` in parallel (log space); must equal
-    :func:`mingru_scan_ref` (same signature and return).
-
-    ``a [B, L, D] ≥ 0`` (decays), ``b [B, L, D]`` (writes), ``h0 [B, D]`` or None; returns
-    ``h [B, L, D]`` in :func:`compute_dtype`.
-
-    Precision: ``log h_t = a*_t + lcse(log b − a*)`` cancels two terms of size ``|a*|``, which
-    grows by ``|log a_k|`` per step (up to ``−log eps² ≈ 32`` for a saturated fp32 gate), and
-    float32 would lose ``6e-8 · |a*|`` relative accuracy (1e-5 after ten saturated steps). So the
-    log-space arithmetic runs in float64 (float32 only on MPS, which lacks float64), split into
-    ``chunk_size`` pieces that bound ``|a*|``; the result is exact to the output's rounding.
-
-    ``b`` is positive for minGRU / minLSTM (``h̃ > 0``); negative entries, possible only after a
-    hook edit, are handled exactly as two scans since ``h`` is linear in ``b``.
-    """
-    if a.shape != b.shape or a.dim() != 3:
-        raise ValueError(f"a, b: expected equal shapes [batch, seq_len, dim], got {list(a.shape)} "
-                         f"and {list(b.shape)}")
-    if bool((a < 0).any()):
-        raise ValueError("a: the log-space scan needs decays a ≥ 0 (gate values in [0, 1]); got a "
-                         "negative value (an edited hook_gate outside [0, 1]?)")
-    out_dtype = compute_dtype(a.dtype)
-    work = torch.float32 if a.device.type == "mps" else torch.float64
-    a, b = a.to(work), b.to(work)
-    h0 = None if h0 is None else h0.to(work)
-    log_a = _safe_log(a)
-    if not bool((b < 0).any()):
-        h = _log_scan(log_a, _safe_log(b), h0, chunk_size)
-    else:
-        h = _log_scan(log_a, _safe_log(b.clamp_min(0)), h0, chunk_size)
-        h = h - _log_scan(log_a, _safe_log((-b).clamp_min(0)), None, chunk_size)
-    return h.to(out_dtype)
 
 
 # ----------------------------------------------------------------------------- implicit attention
@@ -211,12 +124,13 @@ class MinRNNMixer(Mixer):
     @staticmethod
     def recur(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         """All ``h_t`` of ``h_t = a_t h_{t−1} + b_t``: one token applies the recurrence directly
-        (``step``), longer inputs use the log-space scan."""
+        (``step``); longer inputs go through :func:`linear_recurrence` with ``backend="auto"``
+        (the Triton kernel for CUDA tensors, the log-space scan otherwise)."""
         if a.shape[1] == 1:
             dtype = compute_dtype(a.dtype)
             a, b = a.to(dtype), b.to(dtype)
             return b if h0 is None else a * h0.to(dtype)[:, None] + b
-        return mingru_scan(a, b, h0)
+        return linear_recurrence(a, b, h0, backend="auto").h
 
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
         self.check_tap_range(x.shape[1], state)

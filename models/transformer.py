@@ -24,6 +24,7 @@ from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, SeqModel, hook_active
 from .config import ModelConfig
+from .kernels.attention_stats import AttentionStats, attention_stats, pattern_stats
 
 
 def rotary_cos_sin(positions: Tensor, rot_dim: int, base: float) -> tuple[Tensor, Tensor]:
@@ -141,6 +142,29 @@ class Attention(Mixer):
         new_state = None if state is None else {"k": k, "v": v, **extra}
         return out, new_state
 
+    def log_forget(self, x: Tensor) -> Tensor | None:
+        """Per-head log forget gates ``[B, T, H]`` (forgetting attention); None here."""
+        return None
+
+    @torch.no_grad()
+    def stats(self, x: Tensor, sink_k: int = 4, span: tuple[int, int] | Tensor | None = None,
+              backend: str = "auto") -> AttentionStats:
+        """Output and per-query statistics ``[B, H, L]`` (max probability, entropy, sink and span
+        mass, argmax key; :func:`~seqlens.models.kernels.attention_stats`) for the normalised input
+        ``x [B, L, d]``, without the L×L matrix. Hooks on q / k / v apply as in ``forward``; when a
+        hook on ``hook_attn_scores`` or ``hook_pattern`` is active the explicit path runs instead,
+        so its edits count (``backend == "explicit"`` in the result)."""
+        q, k, v = self.project(x, 0)
+        q, k, v = q.transpose(1, 2), self.expand_kv(k.transpose(1, 2)), self.expand_kv(v.transpose(1, 2))
+        if hook_active(self.hook_attn_scores) or hook_active(self.hook_pattern):
+            bias, _ = self.score_bias(x, None)
+            s = self.hook_attn_scores(self.scores(q, k, bias))
+            p = self.hook_pattern(torch.softmax(s.float(), dim=-1).to(q.dtype))
+            return pattern_stats(p, s, v, sink_k, span)
+        log_f = self.log_forget(x)
+        log_f = None if log_f is None else log_f.transpose(1, 2)
+        return attention_stats(q, k, v, log_f, sink_k, span, 1 / math.sqrt(self.d_head), backend)
+
     @torch.no_grad()
     def pattern(self, x: Tensor) -> Tensor:
         """Softmax attention pattern ``[B, H, L, L]`` for the normalised input ``x [B, L, d]``."""
@@ -166,8 +190,12 @@ class ForgettingAttention(Attention):
         st["c"] = torch.zeros(batch, self.n_heads, 0, device=device, dtype=torch.float32)
         return st
 
+    def log_forget(self, x: Tensor) -> Tensor:
+        """``log f_t = logsigmoid(w_f·x_t + b_f)`` per head, ``[B, T, H]`` float32 (hooked)."""
+        return self.hook_log_forget(F.logsigmoid(self.forget(x).float()))
+
     def score_bias(self, x: Tensor, state: dict | None) -> tuple[Tensor, dict[str, Tensor]]:
-        log_f = self.hook_log_forget(F.logsigmoid(self.forget(x).float()))  # [B, T, H]
+        log_f = self.log_forget(x)  # [B, T, H]
         c_new = log_f.cumsum(dim=1).transpose(1, 2)  # [B, H, T], relative to the previous token
         c_keys = c_new if state is None else torch.cat([state["c"], c_new], dim=2)
         bias = c_new[..., :, None] - c_keys[..., None, :]  # [B, H, T, S]

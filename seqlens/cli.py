@@ -122,36 +122,12 @@ def shape_text(shape: Sequence[int]) -> str:
 # ----------------------------------------------------------------------------- info
 
 
-def kernel_backends(cuda: bool) -> dict[str, list[str]]:
-    """Kernel backends per operation. Uses the dispatch module's own list when
-    ``seqlens.models.kernels`` exposes one (``available_backends()`` or ``BACKENDS``), else the
-    selective scan's known backends: chunked (CPU) and ref everywhere, triton only with CUDA."""
-    try:
-        import seqlens.models.kernels as kernels
-    except ImportError:
-        kernels = None
-    listed = getattr(kernels, "available_backends", None)
-    if callable(listed):
-        try:
-            found = listed()
-        except Exception:  # a broken probe should not break `info`
-            found = None
-        if isinstance(found, dict):
-            return {str(k): [str(b) for b in v] for k, v in found.items()}
-        if found:
-            return {"selective_scan": [str(b) for b in found]}
-    listed = getattr(kernels, "BACKENDS", None)
-    if isinstance(listed, dict):
-        return {str(k): [str(b) for b in v] for k, v in listed.items()}
-    scan = ["chunked", "ref"] + (["triton"] if cuda else [])
-    return {"selective_scan": scan}
-
-
 def gather_info() -> dict[str, Any]:
     import torch
 
     import seqlens
     from seqlens.models import zoo
+    from seqlens.models.kernels import available_backends
 
     cuda = torch.cuda.is_available()
     return {
@@ -161,7 +137,7 @@ def gather_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if cuda else "no",
         "cpu_threads": {"torch": torch.get_num_threads(), "os": os.cpu_count()},
         "zoo": {name: zoo.describe(name) for name in zoo.names()},
-        "kernel_backends": kernel_backends(cuda),
+        "kernel_backends": available_backends(cuda),
     }
 
 
@@ -351,7 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 
 # benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
-BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba"}
+BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -54,7 +54,10 @@ def test_info_json(capsys):
     assert set(info["zoo"]) == set(seqlens.models.zoo.names())
     scan = info["kernel_backends"]["selective_scan"]
     assert "chunked" in scan and "ref" in scan
-    assert ("triton" in scan) == torch.cuda.is_available()
+    triton_runs = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    assert ("triton" in scan) == triton_runs
+    assert set(info["kernel_backends"]) == {"selective_scan", "gated_linear_attention", "linear_recurrence",
+                                            "attention_stats"}
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -188,6 +191,21 @@ def test_bench_mamba_cpu_runs_at_toy_size(capsys, tmp_path):
     assert row["max_abs_logit_diff"] < 1e-4  # the two models really hold the same weights
     assert row["hf_largest"] == [1, 64, 40, 4]  # control: the tracker sees HF's [B, D, L, N]
     assert not row["ours_allocates_BDLN"]
+
+
+@pytest.mark.slow
+def test_bench_kernels_smoke_runs_every_case(capsys, tmp_path):
+    """The GPU suite's code on tiny shapes (Triton interpreter on CPU): every case reports."""
+    import json
+
+    assert main(["bench", "kernels", "--smoke", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert {r["case"] for r in rows} == {"selective_scan", "selective_scan taps every 64", "gla", "simple_gla",
+                                         "linear_recurrence", "attention_stats"}
+    assert all(r["ours_ms"] > 0 for r in rows)
+    sdpa = next(r for r in rows if r["case"] == "attention_stats")
+    assert sdpa["baseline"] == "SDPA forward" and sdpa["ratio"] > 0
+    assert "| selective_scan |" in capsys.readouterr().out
 
 
 def test_zoo_list_prints_every_organism(capsys):

@@ -42,6 +42,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def available_backends(cuda: bool) -> dict[str, list[str]]:
+    """Backends each operation can run here: Triton only with CUDA (or under the interpreter)."""
+    triton_ok = triton_available() and (cuda or interpreting())
+    return {op: [b for b in known if b != "triton" or triton_ok] for op, known in BACKENDS.items()}
+
+
 def resolve_backend(op: str, backend: str, tensor: Tensor) -> str:
     """The backend ``op`` runs with for inputs on ``tensor``'s device.
 

@@ -1,16 +1,19 @@
-"""Mamba-1 selective scan on the CPU.
+"""Mamba-1 selective scan: the reference, the CPU path and the dispatcher.
 
 This module provides three entry points sharing the argument layout of
 mamba-ssm's ``selective_scan_fn``:
 
 * :func:`selective_scan_ref` -- the plain twin: a Python loop over time in
   float32 (float64 if the inputs are float64).  Obviously correct, slow, and
-  the specification the fast path is tested against.
+  the specification the fast paths are tested against.
 * :func:`selective_scan_chunked` -- the fast CPU path.  It walks the sequence
   in chunks of ``chunk_size`` steps and never allocates a ``[batch, d_inner,
   seq_len, d_state]`` tensor: working memory is ``O(batch * d_inner * d_state
   * chunk_size)``.
-* :func:`selective_scan` -- a dispatcher choosing a backend.
+* :func:`selective_scan` -- a dispatcher choosing a backend: ``"triton"``
+  (the Triton kernels of ``selective_scan_triton.py``, forward and backward,
+  for CUDA tensors or under ``TRITON_INTERPRET=1``), ``"chunked"`` or
+  ``"ref"``; ``"auto"`` is Triton on CUDA and the chunked path otherwise.
 
 Shapes (``Bt`` = batch, ``Dn`` = d_inner, ``N`` = d_state, ``L`` = seq_len)::
 
@@ -43,10 +46,10 @@ Return convention (identical for every function here):
   ``None``.  States are in the compute dtype (float32, or float64 for float64
   inputs).
 
-Layout note: the chunked path works in ``[batch, seq_len, ...]`` memory
-layout.  Inputs that are transposed views of ``[batch, seq_len, ...]``
+Layout note: the chunked and Triton paths work in ``[batch, seq_len, ...]``
+memory layout.  Inputs that are transposed views of ``[batch, seq_len, ...]``
 tensors (as Mamba blocks naturally produce) are used without copies, and the
-``y`` it returns is a ``[Bt, Dn, L]`` view of ``[Bt, L, Dn]``-contiguous
+``y`` they return is a ``[Bt, Dn, L]`` view of ``[Bt, L, Dn]``-contiguous
 memory, so ``y.transpose(1, 2)`` (what the output projection wants) is
 contiguous.  Call ``y.contiguous()`` if ``[Bt, Dn, L]`` memory is required.
 """
@@ -60,6 +63,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .dispatch import resolve_backend
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -76,8 +81,6 @@ __all__ = [
 #: buffers outgrow the caches).  32 is the smallest chunk at full speed; its
 #: two buffers take 2 x 3 MiB at that size.
 DEFAULT_CHUNK_SIZE = 32
-
-_BACKENDS = ("auto", "chunked", "ref")
 
 TapPositions = Tensor | Sequence[int]
 
@@ -626,9 +629,13 @@ def selective_scan(
     Args:
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         return_final_state, tap_positions: As for :func:`selective_scan_ref`.
-        backend: ``"chunked"`` (:func:`selective_scan_chunked`), ``"ref"``
-            (:func:`selective_scan_ref`) or ``"auto"``.
-        chunk_size: Passed to the chunked backend; ignored by ``"ref"``.
+        backend: ``"triton"`` (the Triton kernels, forward and backward; CUDA
+            tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
+            ``"chunked"`` (:func:`selective_scan_chunked`), ``"ref"``
+            (:func:`selective_scan_ref`) or ``"auto"`` (Triton for CUDA
+            tensors when Triton imports, the chunked path otherwise); see
+            :func:`~seqlens.models.kernels.dispatch.resolve_backend`.
+        chunk_size: Passed to the chunked backend; ignored by the others.
 
     Returns:
         ``y`` alone, or a :class:`ScanOutput` if ``return_final_state`` or
@@ -636,12 +643,17 @@ def selective_scan(
 
     Raises:
         ValueError: for an unknown ``backend``.
+        RuntimeError: for ``backend="triton"`` when Triton cannot run on
+            ``u``'s device.
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend: expected one of {list(_BACKENDS)}, got {backend!r}")
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, tap_positions)
-    if backend == "ref":
+    chosen = resolve_backend("selective_scan", backend, u)
+    if chosen == "ref":
         return selective_scan_ref(*args)
-    # "auto" is the chunked scan on every device for now.  A Triton kernel for
-    # CUDA tensors is planned; "auto" will route CUDA inputs to it once it exists.
+    if chosen == "triton":
+        # Imported here, not at the top: triton.jit fixes interpreter-vs-compiler when the
+        # kernels are defined, so the module must not load before the backend is chosen.
+        from .selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton(*args)
     return selective_scan_chunked(*args, chunk_size=chunk_size)
