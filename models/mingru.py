@@ -19,8 +19,9 @@ Parallelization of a Ubiquitous Sequential Computation"), ``log h_t = a*_t + log
 (log b_s − a*_s)`` with ``a*_t = Σ_{k≤t} log a_k`` and ``b = w ⊙ h̃``, see :func:`mingru_scan`;
 :func:`mingru_scan_ref` is its plain sequential twin. Both live in ``kernels/linear_recurrence.py``
 (re-exported here), whose dispatcher ``linear_recurrence`` the mixer calls: on CUDA it runs the
-Triton kernel, elsewhere the log-space scan. A one-token call (``step``) applies the recurrence
-directly.
+Triton kernel, elsewhere a plain loop with a reverse-time backward (faster on CPU than the
+log-space scan, which stays available as ``backend="chunked"``). A one-token call (``step``)
+applies the recurrence directly.
 
 Hooks (``blocks.{l}.mixer.*``, all ``[B, L, D_h]`` except ``hook_out``):
 
@@ -125,7 +126,7 @@ class MinRNNMixer(Mixer):
     def recur(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         """All ``h_t`` of ``h_t = a_t h_{t−1} + b_t``: one token applies the recurrence directly
         (``step``); longer inputs go through :func:`linear_recurrence` with ``backend="auto"``
-        (the Triton kernel for CUDA tensors, the log-space scan otherwise)."""
+        (the Triton kernel for CUDA tensors, the loop with a reverse-time backward otherwise)."""
         if a.shape[1] == 1:
             dtype = compute_dtype(a.dtype)
             a, b = a.to(dtype), b.to(dtype)

@@ -128,6 +128,8 @@ def cpu_suite(repeats: int, seed: int) -> list[Row]:
         "gated_linear_attention B1 T1024 H4 K=V=64": (
             lambda b: K.gated_linear_attention(**gl, backend=b), ("chunked", "ref")),
         "linear_recurrence B1 L4096 D1536": (
+            lambda b: K.linear_recurrence(rc["log_a"].exp(), rc["b"], backend=b), ("loop", "ref")),
+        "linear_recurrence log-space scan": (
             lambda b: K.linear_recurrence(rc["log_a"].exp(), rc["b"], backend=b), ("chunked", "ref")),
         "attention_stats B1 H4 L2048 d64": (lambda b: K.attention_stats(**at, backend=b), ("chunked", "ref")),
     }

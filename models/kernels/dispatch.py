@@ -1,8 +1,8 @@
 """Backend choice shared by every kernel dispatcher.
 
 Each operation (``selective_scan``, ``gated_linear_attention``, ``linear_recurrence``,
-``attention_stats``) has a plain PyTorch reference (``"ref"``), on some a faster PyTorch path
-(``"chunked"``), and a Triton kernel (``"triton"``). ``"auto"`` picks Triton for CUDA tensors when
+``attention_stats``) has a plain PyTorch reference (``"ref"``), faster PyTorch paths
+(``"chunked"``; ``"loop"`` for the linear recurrence), and a Triton kernel (``"triton"``). ``"auto"`` picks Triton for CUDA tensors when
 Triton imports, and the fastest PyTorch path otherwise. Analyses record the backend that ran
 (:func:`resolve_backend` is deterministic, so they can ask before or after the call).
 
@@ -21,7 +21,7 @@ from torch import Tensor
 BACKENDS: dict[str, tuple[str, ...]] = {
     "selective_scan": ("triton", "chunked", "ref"),
     "gated_linear_attention": ("triton", "chunked", "ref"),
-    "linear_recurrence": ("triton", "chunked", "ref"),
+    "linear_recurrence": ("triton", "loop", "chunked", "ref"),
     "attention_stats": ("triton", "chunked", "ref"),
 }
 

@@ -141,5 +141,5 @@ def test_shipped_organism_metric_reproduces(name):
     record = zoo.record(name)
     model = seqlens.load(name)
     fresh = org.recipe.replace(seed=org.recipe.seed + 1000)  # new evaluation batches
-    value = T.evaluate(model, fresh, n_batches=4)[org.recipe.metric]
+    value = T.evaluate(model, fresh, n_batches=org.recipe.eval_batches)[org.recipe.metric]  # same sample size
     assert value == pytest.approx(record["metrics"][org.recipe.metric], abs=TOLERANCE[org.recipe.metric])
