@@ -1,0 +1,227 @@
+"""Token-pattern heads: previous-token, duplicate-token and induction heads (METHODS.md §1).
+
+Every finder reads the (implicit) attention of each layer through ``model.mixer_pattern`` (see
+:mod:`seqlens.circuits.patterns`), so it runs on every architecture, and returns a
+:class:`~seqlens.circuits.heads.HeadScores` ``[n_layers, n_heads]``.
+
+Measures (``A`` one head's pattern for one sequence, ``P`` the family's 0/1 template, T = L):
+
+- ``"mul"`` (TransformerLens ``head_detector``): zero column 0 of ``A`` if ``exclude_bos``, its
+  diagonal if ``exclude_current``, then ``Σ(A⊙P) / ΣA``.
+- ``"abs"`` (TransformerLens): ``1 − Σ|A−P| / T`` after zeroing column 0 / the diagonal of
+  ``|A−P|``. TransformerLens rounds this to 3 decimals; we do not.
+- ``"prefix"``: attention mass on the template, ``mean_i Σ_{j<i} A[i,j] P[i,j]`` over the query
+  rows that have a target (``Σ_{j<i} P[i,j] > 0``), pooled over the batch. On the default
+  repeated-random-token data the induction version is exactly the prefix-matching score of
+  Olsson et al. (2022): ``mean A[i, i−(R−1)]`` over the second copy (``i ≥ R``).
+
+Batches: like TransformerLens' ``detect_head`` on a list of prompts, ``mul`` / ``abs`` score each
+sequence on its own template and average the per-sequence scores.
+
+Data: ``tokens`` (LongTensor ``[B, L]``), or text ``prompts`` (needs ``model.tokenizer``; each
+prompt is scored on its own, no BOS is added), or neither: ``batch`` sequences of ``seq_len // 2``
+uniform random tokens repeated once (``seq_len`` 100, ``batch`` 10, drawn with ``seed``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from seqlens.circuits.heads import HeadScores
+from seqlens.circuits.patterns import layer_patterns, resolve_normalisation
+
+MEASURES = ("mul", "abs", "prefix")
+Template = Callable[[Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def repeated_random_tokens(batch: int = 10, repeat_len: int = 50, vocab_size: int = 256,
+                           seed: int | torch.Generator = 0) -> Tensor:
+    """``[batch, 2 * repeat_len]``: ``repeat_len`` tokens uniform in ``[0, vocab_size)`` (repeats
+    within a copy are possible), then the same tokens again. ``seed``: int or torch.Generator."""
+    for name, value in (("batch", batch), ("repeat_len", repeat_len), ("vocab_size", vocab_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+    half = torch.randint(0, vocab_size, (batch, repeat_len), generator=g)
+    return torch.cat([half, half], dim=1)
+
+
+def _tokenize(model, prompts: str | Sequence[str]) -> list[Tensor]:
+    """Each prompt as a ``[1, L]`` LongTensor, via ``model.tokenizer`` (no BOS added)."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("prompts: this model has no tokenizer (model.tokenizer is None); "
+                         "pass token ids with tokens=[B, L] instead")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError("prompts: expected a non-empty string or list of non-empty strings")
+    return [torch.tensor([tok(p, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+            for p in prompts]
+
+
+def resolve_data(model, tokens: Tensor | None, prompts, seq_len: int, batch: int,
+                 seed: int) -> tuple[list[Tensor], dict, int | None]:
+    """``(token batches, settings entries, period)``: what the finders score. ``period`` is the
+    repeat length R of the default repeated-random-token data (None for user data)."""
+    if tokens is not None and prompts is not None:
+        raise ValueError("tokens, prompts: pass one of them, not both")
+    if prompts is not None:
+        return _tokenize(model, prompts), {"data": "prompts", "n_prompts": 1 if isinstance(prompts, str)
+                                           else len(prompts)}, None
+    if tokens is not None:
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+            raise ValueError(f"tokens: expected a LongTensor [batch, seq_len], got "
+                             f"{list(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}")
+        return [tokens.long()], {"data": "tokens", "batch": tokens.shape[0], "seq_len": tokens.shape[1]}, None
+    if not isinstance(seq_len, int) or seq_len < 4 or seq_len % 2:
+        raise ValueError(f"seq_len: expected an even integer >= 4, got {seq_len!r}")
+    data = repeated_random_tokens(batch, seq_len // 2, model.cfg.vocab_size, seed)
+    info = {"data": "repeated_random_tokens", "batch": batch, "seq_len": seq_len,
+            "repeat_len": seq_len // 2, "seed": seed}
+    return [data], info, seq_len // 2
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def previous_token_template(tokens: Tensor) -> Tensor:
+    """``P[b, i, j] = 1[j = i − 1]``, ``[B, L, L]`` float, for ``tokens [B, L]``."""
+    B, L = tokens.shape
+    return torch.diag(torch.ones(L - 1), -1).expand(B, L, L).clone()
+
+
+def duplicate_token_template(tokens: Tensor) -> Tensor:
+    """``P[b, i, j] = 1[x_i = x_j, j < i]``, ``[B, L, L]`` float (the current token excluded)."""
+    same = tokens[:, :, None] == tokens[:, None, :]
+    return torch.tril(same.float(), diagonal=-1)
+
+
+def induction_template(tokens: Tensor) -> Tensor:
+    """``P[b, i, j] = 1[x_i = x_{j−1}, 1 ≤ j ≤ i]``, ``[B, L, L]`` float: the token after an
+    earlier occurrence of the current token (TransformerLens' duplicate template shifted right by
+    one key; ``j = i`` counts when ``x_{i−1} = x_i``)."""
+    dup = duplicate_token_template(tokens)
+    out = torch.zeros_like(dup)
+    out[:, :, 1:] = dup[:, :, :-1]
+    return torch.tril(out)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def template_score(pattern: Tensor, template: Tensor, measure: str = "mul", exclude_bos: bool = False,
+                   exclude_current: bool = False) -> Tensor:
+    """TransformerLens' similarity score of ``pattern [B, H, L, L]`` with ``template [B, L, L]``
+    (or ``[L, L]``), averaged over the batch: ``[H]``.
+
+    ``mul``: ``Σ(A'⊙P)/ΣA'`` with A' = A with column 0 (``exclude_bos``) / the diagonal
+    (``exclude_current``) zeroed. ``abs``: ``1 − Σ D'/L``, D' = |A−P| with the same entries zeroed
+    (TransformerLens rounds to 3 decimals; this does not).
+    """
+    if pattern.dim() != 4 or pattern.shape[-1] != pattern.shape[-2]:
+        raise ValueError(f"pattern: expected [B, H, L, L], got {list(pattern.shape)}")
+    P = template.to(pattern)[None] if template.dim() == 2 else template.to(pattern)[:, None]
+    L = pattern.shape[-1]
+    keep = torch.ones(L, L, dtype=pattern.dtype, device=pattern.device)
+    if exclude_bos:
+        keep[:, 0] = 0
+    if exclude_current:
+        keep.fill_diagonal_(0)
+    if measure == "mul":
+        A = pattern * keep
+        per_seq = (A * P).sum((-1, -2)) / A.sum((-1, -2))
+    elif measure == "abs":
+        per_seq = 1 - ((pattern - P).abs() * keep).sum((-1, -2)) / L
+    else:
+        raise ValueError(f"measure: expected 'mul' or 'abs' for a template score, got {measure!r}")
+    return per_seq.mean(0)
+
+
+def prefix_score(pattern: Tensor, template: Tensor, period: int | None = None) -> Tensor:
+    """Attention mass on the template, ``[H]``: ``mean_i Σ_{j<i} A[i,j]P[i,j]`` over the query rows
+    (of every sequence) with a target. With ``period`` R (repeated random tokens of length 2R) it
+    is the prefix-matching score ``mean_{i ≥ R} A[i, i−(R−1)]`` and ``template`` is ignored."""
+    B, H, L, _ = pattern.shape
+    if period is not None:
+        if not 2 <= period <= L - 1:
+            raise ValueError(f"period: expected an integer in [2, {L - 1}], got {period!r}")
+        diag = pattern.diagonal(offset=-(period - 1), dim1=-2, dim2=-1)  # query i = k + R - 1
+        return diag[..., 1:].mean((0, -1))  # queries R .. L-1
+    P = torch.tril(template.to(pattern), diagonal=-1)
+    P = P[None].expand(B, L, L) if P.dim() == 2 else P
+    rows = P.sum(-1) > 0  # [B, L]
+    if not bool(rows.any()):
+        return torch.full((H,), float("nan"), device=pattern.device)
+    mass = (pattern * P[:, None]).sum(-1)  # [B, H, L]
+    return (mass * rows[:, None]).sum((0, -1)) / rows.sum()
+
+
+# ----------------------------------------------------------------------------- finders
+
+
+def _score_layers(patterns: list[Tensor], toks: Tensor, template_fn: Template, measure: str,
+                  exclude_bos: bool, exclude_current: bool, period: int | None) -> Tensor:
+    """``[n_layers, H]`` scores of the per-layer ``patterns [B, H, L, L]`` of ``toks [B, L]``."""
+    template = template_fn(toks.cpu())
+    if measure == "prefix":
+        return torch.stack([prefix_score(p, template, period) for p in patterns])
+    return torch.stack([template_score(p, template, measure, exclude_bos, exclude_current)
+                        for p in patterns])
+
+
+def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | None = None,
+                      prompts: str | Sequence[str] | None = None, measure: str = "mul",
+                      seq_len: int = 100, batch: int = 10, seed: int = 0, exclude_bos: bool = False,
+                      exclude_current: bool = False, normalisation: str = "auto") -> HeadScores:
+    """Shared body of the finders: score every layer's pattern against ``template_fn(tokens)``
+    (``[B, L] -> [B, L, L]``) and return ``HeadScores`` ``[n_layers, n_heads]`` (see the module
+    docstring for data, measures and batch averaging)."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure: expected one of {list(MEASURES)}, got {measure!r}")
+    batches, data_info, period = resolve_data(model, tokens, prompts, seq_len, batch, seed)
+    mode = resolve_normalisation(model, normalisation)
+    scores = []
+    for toks in batches:
+        toks = toks.to(model.device)
+        scores.append(_score_layers(layer_patterns(model, toks, mode), toks, template_fn, measure,
+                                    exclude_bos, exclude_current, period if name == "induction" else None))
+    settings = {
+        "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+        **data_info, "measure": measure, "exclude_bos": exclude_bos, "exclude_current": exclude_current,
+        "normalisation": mode, "pattern": "implicit attention (METHODS.md §7)" if model.cfg.is_recurrent
+        else "softmax", "backend": "torch (SeqModel.mixer_pattern)",
+    }
+    return HeadScores(scores=torch.stack(scores).mean(0).cpu(), name=name, settings=settings)
+
+
+def previous_token_scores(model, tokens: Tensor | None = None, prompts: str | Sequence[str] | None = None,
+                          measure: str = "mul", **kwargs) -> HeadScores:
+    """Previous-token head scores ``[n_layers, n_heads]`` (template ``P[i, i−1] = 1``). Keyword
+    arguments (``seq_len``, ``batch``, ``seed``, ``exclude_bos``, ``exclude_current``,
+    ``normalisation``) as in :func:`token_head_scores`."""
+    return token_head_scores(model, "previous_token", previous_token_template, tokens, prompts,
+                             measure, **kwargs)
+
+
+def duplicate_token_scores(model, tokens: Tensor | None = None, prompts: str | Sequence[str] | None = None,
+                           measure: str = "mul", **kwargs) -> HeadScores:
+    """Duplicate-token head scores ``[n_layers, n_heads]`` (template ``P[i,j] = 1[x_i = x_j, j<i]``);
+    other arguments as in :func:`previous_token_scores`."""
+    return token_head_scores(model, "duplicate_token", duplicate_token_template, tokens, prompts,
+                             measure, **kwargs)
+
+
+def induction_scores(model, tokens: Tensor | None = None, prompts: str | Sequence[str] | None = None,
+                     measure: str = "prefix", **kwargs) -> HeadScores:
+    """Induction head scores ``[n_layers, n_heads]`` (template ``P[i,j] = 1[x_i = x_{j−1}, j ≤ i]``).
+    The default, ``measure="prefix"`` on the default data, is Olsson et al.'s prefix-matching score
+    ``mean_{i≥R} A[i, i−(R−1)]`` on R = ``seq_len // 2`` random tokens repeated once; ``"mul"`` /
+    ``"abs"`` give TransformerLens' template scores. Other arguments as in
+    :func:`previous_token_scores`."""
+    return token_head_scores(model, "induction", induction_template, tokens, prompts, measure, **kwargs)
