@@ -9,6 +9,10 @@ beside it and a Triton kernel for CUDA (see :mod:`.dispatch` for how backends ar
 
 The Triton modules are imported only when a Triton backend runs (``triton.jit`` fixes
 interpreter vs compiler when a kernel is defined).
+
+Note: the dispatch functions share their modules' names, so ``kernels.attention_stats`` is the
+function; reach a module with ``from seqlens.models.kernels.attention_stats import ...`` or
+``importlib.import_module``.
 """
 
 from .attention_stats import AttentionStats, attention_stats, attention_stats_chunked, attention_stats_ref
