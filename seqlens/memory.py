@@ -4,7 +4,7 @@ keeps no allocator statistics).
 ``TensorMemoryTracker`` is a ``TorchDispatchMode``: every tensor produced by an ATen op inside it
 is registered by its storage; bytes are counted while any tensor on that storage is alive. This
 gives the peak of live tensor memory allocated inside the context (inputs and parameters created
-before it are not counted) and the largest single allocation — enough to prove that a fast path
+before it are not counted, nor are views of them or in-place results on them) and the largest single allocation — enough to prove that a fast path
 never materialises a given tensor. It slows execution: measure memory and time in separate runs.
 """
 
@@ -45,13 +45,15 @@ class TensorMemoryTracker(TorchDispatchMode):
             self._live -= self._sizes.pop(ptr)
             del self._refs[ptr]
 
-    def _register(self, t: torch.Tensor) -> None:
+    def _register(self, t: torch.Tensor, aliased: set[int]) -> None:
         if id(t) in self._seen or t.device.type == "meta":
             return
         storage = t.untyped_storage()
         ptr, nbytes = storage.data_ptr(), storage.nbytes()
         if ptr == 0:
             return
+        if ptr not in self._refs and ptr in aliased:
+            return  # a view / in-place result on memory allocated before tracking (an input, a weight)
         self._seen.add(id(t))
         if ptr not in self._refs:
             self._refs[ptr], self._sizes[ptr] = 0, nbytes
@@ -67,7 +69,10 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = tree_flatten((args, kwargs or {}))[0]
+        aliased = {x.untyped_storage().data_ptr() for x in inputs
+                   if isinstance(x, torch.Tensor) and x.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self._register(t)
+                self._register(t, aliased)
         return out
