@@ -267,6 +267,12 @@ class SeqModel(HookedRootModule):
             self.unembed.weight = self.embed.weight
         self.build_extras()
         self.setup()  # TransformerLens: index every HookPoint by its module name
+        # provenance, set by the loaders (seqlens.models.io / zoo): the tokenizer when the
+        # directory has one, the directory / zoo name, the training Recipe and its metrics
+        self.tokenizer: Any = None
+        self.name: str | None = None
+        self.recipe: Any = None
+        self.metrics: dict[str, float] = {}
 
     def build_extras(self) -> None:
         """Subclasses add architecture-specific modules here (e.g. position embeddings), before

@@ -70,16 +70,32 @@ def load_dir(path: str | os.PathLike, device: str | torch.device | None = None) 
     if "seqlens" not in raw:
         from .hf import from_hf
         model = from_hf(directory)
+        raw = {}
     else:
         cfg = ModelConfig.from_dict(raw["seqlens"])
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise CheckpointError(f"path: {directory} has no {WEIGHTS_FILE}")
         model = load_state_into(build(cfg, seed=0), load_safetensors(weights), directory)
+    attach_record(model, raw, directory)
     attach_tokenizer(model, directory)
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def attach_record(model: SeqModel, raw: dict[str, Any], directory: Path) -> None:
+    """Set ``model.name`` (the directory name), ``model.recipe`` (the training
+    :class:`~seqlens.models.train.Recipe` when ``config.json`` records one, else None) and
+    ``model.metrics`` (recorded metrics, else {}), so analyses can rebuild the task a zoo organism
+    was trained on (its vocabulary, BOS id, evaluation batches)."""
+    model.name = directory.name
+    model.recipe = None
+    model.metrics = dict(raw.get("metrics") or {})
+    if "recipe" in raw:
+        from .train import Recipe
+
+        model.recipe = Recipe.from_dict(raw["recipe"])
 
 
 def attach_tokenizer(model: SeqModel, directory: Path) -> None:

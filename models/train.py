@@ -136,6 +136,16 @@ def get_batch(recipe: Recipe, step: int, split: str = "train") -> Batch:
     return Batch(tb.tokens, tb.targets, mask, tb)
 
 
+def task_vocab(recipe: Recipe):
+    """The :class:`~seqlens.tasks.TaskVocab` of ``recipe``'s data (its special ids: BOS, separators,
+    ...); the byte vocabulary (no specials) for ``corpus:stdlib``."""
+    from seqlens import tasks
+
+    if recipe.data == "corpus:stdlib":
+        return tasks.TaskVocab(256, {}, byte_level=True)
+    return get_batch(recipe.replace(batch_size=1), 0, split="eval").source.vocab
+
+
 def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
     """Mean cross-entropy over the positions in ``batch.loss_mask``."""
     flat = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")

@@ -101,7 +101,7 @@ def load(name: str, device: str | torch.device | None = None) -> SeqModel:
 
     if _check(name) in PRESETS:
         model = build(PRESETS[name][0], seed=0)
-        model.tokenizer = None
+        model.tokenizer, model.name, model.recipe, model.metrics = None, name, None, {}
         return model.to(device) if device is not None else model
     record(name)  # clear error when not built
     return load_dir(checkpoint_dir(name), device=device)
