@@ -10,7 +10,16 @@ from seqlens.circuits.token_heads import (
     template_score,
 )
 
+# Every head finder by family name: ``FINDERS[name](model, tokens=None, **kwargs) -> HeadScores``
+# (the dashboard's Heads page and the studies iterate over this).
+FINDERS = {
+    "previous_token": previous_token_scores,
+    "duplicate_token": duplicate_token_scores,
+    "induction": induction_scores,
+}
+
 __all__ = [
+    "FINDERS",
     "HeadScores",
     "duplicate_token_scores",
     "induction_scores",
