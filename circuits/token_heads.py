@@ -20,7 +20,10 @@ sequence on its own template and average the per-sequence scores.
 
 Data: ``tokens`` (LongTensor ``[B, L]``), or text ``prompts`` (needs ``model.tokenizer``; each
 prompt is scored on its own, no BOS is added), or neither: ``batch`` sequences of ``seq_len // 2``
-uniform random tokens repeated once (``seq_len`` 100, ``batch`` 10, drawn with ``seed``).
+uniform random tokens repeated once (``seq_len`` 100, ``batch`` 10, drawn with ``seed``), after the
+model's BOS token when it has one (its tokenizer's, or for a zoo organism its task's — the
+organisms rely on it: induction-attn2's heads score 0.80 with it and 0.02 without) and never using
+the vocabulary's special tokens (see :func:`special_tokens`).
 """
 
 from __future__ import annotations
@@ -41,15 +44,39 @@ Template = Callable[[Tensor], Tensor]
 
 
 def repeated_random_tokens(batch: int = 10, repeat_len: int = 50, vocab_size: int = 256,
-                           seed: int | torch.Generator = 0) -> Tensor:
-    """``[batch, 2 * repeat_len]``: ``repeat_len`` tokens uniform in ``[0, vocab_size)`` (repeats
-    within a copy are possible), then the same tokens again. ``seed``: int or torch.Generator."""
+                           seed: int | torch.Generator = 0, bos: int | None = None,
+                           exclude: Sequence[int] = ()) -> Tensor:
+    """``[batch, 2 * repeat_len]`` (``[batch, 1 + 2 * repeat_len]`` with ``bos``): ``repeat_len``
+    tokens drawn uniformly from ``[0, vocab_size)`` minus ``exclude`` and ``bos`` (repeats within a
+    copy are possible), then the same tokens again, after ``bos`` when given. ``seed``: int or
+    torch.Generator."""
     for name, value in (("batch", batch), ("repeat_len", repeat_len), ("vocab_size", vocab_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    banned = set(int(t) for t in exclude) | ({int(bos)} if bos is not None else set())
+    allowed = torch.tensor([t for t in range(vocab_size) if t not in banned], dtype=torch.long)
+    if allowed.numel() == 0:
+        raise ValueError(f"exclude: every token id of the {vocab_size}-token vocabulary is excluded")
     g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
-    half = torch.randint(0, vocab_size, (batch, repeat_len), generator=g)
-    return torch.cat([half, half], dim=1)
+    half = allowed[torch.randint(0, allowed.numel(), (batch, repeat_len), generator=g)]
+    parts = [half, half] if bos is None else [torch.full((batch, 1), int(bos)), half, half]
+    return torch.cat(parts, dim=1)
+
+
+def special_tokens(model) -> tuple[int | None, list[int]]:
+    """``(bos, specials)`` of ``model``'s vocabulary: from its Hugging Face tokenizer
+    (``bos_token_id``, ``all_special_ids``), else from the task a zoo organism was trained on
+    (``model.recipe``; e.g. the induction task's BOS 0), else ``(None, [])``."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        return getattr(tok, "bos_token_id", None), list(getattr(tok, "all_special_ids", []) or [])
+    recipe = getattr(model, "recipe", None)
+    if recipe is not None:
+        from seqlens.models.train import task_vocab
+
+        specials = dict(task_vocab(recipe).specials)
+        return specials.get("bos"), sorted(set(specials.values()))
+    return None, []
 
 
 def _tokenize(model, prompts: str | Sequence[str]) -> list[Tensor]:
@@ -65,10 +92,16 @@ def _tokenize(model, prompts: str | Sequence[str]) -> list[Tensor]:
             for p in prompts]
 
 
-def resolve_data(model, tokens: Tensor | None, prompts, seq_len: int, batch: int,
-                 seed: int) -> tuple[list[Tensor], dict, int | None]:
-    """``(token batches, settings entries, period)``: what the finders score. ``period`` is the
-    repeat length R of the default repeated-random-token data (None for user data)."""
+DefaultData = Callable[..., tuple[Tensor, dict]]
+
+
+def resolve_data(model, tokens: Tensor | None, prompts, seq_len: int, batch: int, seed: int,
+                 default: DefaultData | None = None) -> tuple[list[Tensor], dict, tuple[int, int] | None]:
+    """``(token batches, settings entries, period)``: what the finders score. ``period`` is
+    ``(R, start)`` for the default repeated-random-token data (the repeat length and the index of
+    the first token of the first copy: 1 after a BOS, else 0), None for other data. ``default``:
+    ``default(model, seq_len, batch, seed) -> (tokens, settings)`` replaces the repeated random
+    tokens when neither ``tokens`` nor ``prompts`` is given."""
     if tokens is not None and prompts is not None:
         raise ValueError("tokens, prompts: pass one of them, not both")
     if prompts is not None:
@@ -79,12 +112,16 @@ def resolve_data(model, tokens: Tensor | None, prompts, seq_len: int, batch: int
             raise ValueError(f"tokens: expected a LongTensor [batch, seq_len], got "
                              f"{list(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}")
         return [tokens.long()], {"data": "tokens", "batch": tokens.shape[0], "seq_len": tokens.shape[1]}, None
+    if default is not None:
+        data, info = default(model, seq_len, batch, seed)
+        return [data], info, None
     if not isinstance(seq_len, int) or seq_len < 4 or seq_len % 2:
         raise ValueError(f"seq_len: expected an even integer >= 4, got {seq_len!r}")
-    data = repeated_random_tokens(batch, seq_len // 2, model.cfg.vocab_size, seed)
-    info = {"data": "repeated_random_tokens", "batch": batch, "seq_len": seq_len,
-            "repeat_len": seq_len // 2, "seed": seed}
-    return [data], info, seq_len // 2
+    bos, specials = special_tokens(model)
+    data = repeated_random_tokens(batch, seq_len // 2, model.cfg.vocab_size, seed, bos=bos, exclude=specials)
+    info = {"data": "repeated_random_tokens", "batch": batch, "seq_len": data.shape[1],
+            "repeat_len": seq_len // 2, "bos": bos, "excluded_tokens": specials, "seed": seed}
+    return [data], info, (seq_len // 2, 0 if bos is None else 1)
 
 
 # ----------------------------------------------------------------------------- templates
@@ -143,16 +180,17 @@ def template_score(pattern: Tensor, template: Tensor, measure: str = "mul", excl
     return per_seq.mean(0)
 
 
-def prefix_score(pattern: Tensor, template: Tensor, period: int | None = None) -> Tensor:
+def prefix_score(pattern: Tensor, template: Tensor, period: int | None = None, start: int = 0) -> Tensor:
     """Attention mass on the template, ``[H]``: ``mean_i Σ_{j<i} A[i,j]P[i,j]`` over the query rows
-    (of every sequence) with a target. With ``period`` R (repeated random tokens of length 2R) it
-    is the prefix-matching score ``mean_{i ≥ R} A[i, i−(R−1)]`` and ``template`` is ignored."""
+    (of every sequence) with a target. With ``period`` R (repeated random tokens: ``start`` tokens,
+    e.g. a BOS, then R tokens twice) it is the prefix-matching score
+    ``mean_{i ≥ start+R} A[i, i−(R−1)]`` and ``template`` is ignored."""
     B, H, L, _ = pattern.shape
     if period is not None:
-        if not 2 <= period <= L - 1:
-            raise ValueError(f"period: expected an integer in [2, {L - 1}], got {period!r}")
+        if not 2 <= period <= L - 1 - start:
+            raise ValueError(f"period: expected an integer in [2, {L - 1 - start}], got {period!r}")
         diag = pattern.diagonal(offset=-(period - 1), dim1=-2, dim2=-1)  # query i = k + R - 1
-        return diag[..., 1:].mean((0, -1))  # queries R .. L-1
+        return diag[..., start + 1:].mean((0, -1))  # queries start + R .. L-1
     P = torch.tril(template.to(pattern), diagonal=-1)
     P = P[None].expand(B, L, L) if P.dim() == 2 else P
     rows = P.sum(-1) > 0  # [B, L]
@@ -166,11 +204,13 @@ def prefix_score(pattern: Tensor, template: Tensor, period: int | None = None) -
 
 
 def _score_layers(patterns: list[Tensor], toks: Tensor, template_fn: Template, measure: str,
-                  exclude_bos: bool, exclude_current: bool, period: int | None) -> Tensor:
-    """``[n_layers, H]`` scores of the per-layer ``patterns [B, H, L, L]`` of ``toks [B, L]``."""
+                  exclude_bos: bool, exclude_current: bool, period: tuple[int, int] | None) -> Tensor:
+    """``[n_layers, H]`` scores of the per-layer ``patterns [B, H, L, L]`` of ``toks [B, L]``
+    (``period``: ``(R, start)`` of repeated random tokens, for the prefix score)."""
     template = template_fn(toks.cpu())
     if measure == "prefix":
-        return torch.stack([prefix_score(p, template, period) for p in patterns])
+        R, start = period if period is not None else (None, 0)
+        return torch.stack([prefix_score(p, template, R, start) for p in patterns])
     return torch.stack([template_score(p, template, measure, exclude_bos, exclude_current)
                         for p in patterns])
 
@@ -178,13 +218,14 @@ def _score_layers(patterns: list[Tensor], toks: Tensor, template_fn: Template, m
 def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | None = None,
                       prompts: str | Sequence[str] | None = None, measure: str = "mul",
                       seq_len: int = 100, batch: int = 10, seed: int = 0, exclude_bos: bool = False,
-                      exclude_current: bool = False, normalisation: str = "auto") -> HeadScores:
+                      exclude_current: bool = False, normalisation: str = "auto",
+                      default_data: DefaultData | None = None, extra_settings: dict | None = None) -> HeadScores:
     """Shared body of the finders: score every layer's pattern against ``template_fn(tokens)``
     (``[B, L] -> [B, L, L]``) and return ``HeadScores`` ``[n_layers, n_heads]`` (see the module
-    docstring for data, measures and batch averaging)."""
+    docstring for data, measures and batch averaging; ``default_data`` as in :func:`resolve_data`)."""
     if measure not in MEASURES:
         raise ValueError(f"measure: expected one of {list(MEASURES)}, got {measure!r}")
-    batches, data_info, period = resolve_data(model, tokens, prompts, seq_len, batch, seed)
+    batches, data_info, period = resolve_data(model, tokens, prompts, seq_len, batch, seed, default_data)
     mode = resolve_normalisation(model, normalisation)
     scores = []
     for toks in batches:
@@ -195,7 +236,7 @@ def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | 
         "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
         **data_info, "measure": measure, "exclude_bos": exclude_bos, "exclude_current": exclude_current,
         "normalisation": mode, "pattern": "implicit attention (METHODS.md §7)" if model.cfg.is_recurrent
-        else "softmax", "backend": "torch (SeqModel.mixer_pattern)",
+        else "softmax", "backend": "torch (SeqModel.mixer_pattern)", **(extra_settings or {}),
     }
     return HeadScores(scores=torch.stack(scores).mean(0).cpu(), name=name, settings=settings)
 

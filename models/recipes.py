@@ -36,9 +36,11 @@ def _organisms() -> dict[str, Organism]:
         "tokens (Olsson et al.); metric: in-context loss drop, 1st vs 2nd occurrence (nats)",
         model=ModelConfig(arch="transformer", vocab_size=64, d_model=64, n_layers=2, n_heads=4,
                           n_ctx=128, attn_only=True, norm="rmsnorm", positions="rotary"),
-        data="task:induction", data_kwargs={"seq_len": 64, "vocab_size": 64},
-        steps=400, batch_size=32, lr=3e-3, warmup=50, eval_every=100, metric="induction_loss_drop",
-        train_on="all"), "induction")  # LM loss everywhere: 1st-occurrence loss is calibrated (ln 63)
+        data="task:induction", data_kwargs={"seq_len": 128, "vocab_size": 64, "min_prefix": 8},
+        steps=600, batch_size=32, lr=3e-3, warmup=50, eval_every=100, metric="induction_loss_drop",
+        # LM loss everywhere: the 1st-occurrence loss is calibrated (ln 63). Per-row periods
+        # (min_prefix): with one fixed period the rotary heads learned "attend to i − 31", not induction
+        train_on="all"), "induction")
     for arch, cfg in _mqar_models().items():
         orgs[f"mqar-{arch}"] = Organism(Recipe(
             name=f"mqar-{arch}", description=f"{arch} on multi-query associative recall (Zoology): 8 "

@@ -178,8 +178,8 @@ def _induction_loss_drop(logits: Tensor, batch: Batch) -> float:
     nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
     nll = nll.view_as(batch.targets)
     meta = batch.source.meta
-    first, second = meta["first_pos"][: meta["repeat_len"] - 1], meta["second_pos"][:-1]
-    return (nll[:, first].mean() - nll[:, second].mean()).item()
+    first, second = meta["first_mask"], meta["second_mask"]
+    return (nll[first].mean() - nll[second].mean()).item()
 
 
 def _legal_next_accuracy(logits: Tensor, batch: Batch) -> float:

@@ -3,6 +3,7 @@
     seqlens info                      versions, devices, zoo models, kernel backends
     seqlens hooks MODEL [--json]      every hook name with its shape, in execution order
     seqlens demo [MODEL]              load a model and check forward == step == stream
+    seqlens app [STREAMLIT_OPTIONS]   start the Streamlit dashboard
 
 ``MODEL`` is a zoo name (``seqlens info`` lists them) or a local checkpoint directory (seqlens
 or Hugging Face format). Nothing here touches the network. Bad input (unknown model, sequence
@@ -337,6 +338,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return module.main(args.bench_args)
 
 
+# ----------------------------------------------------------------------------- app
+
+APP_HELP = """usage: seqlens app [STREAMLIT_OPTIONS ...]
+
+Start the seqlens dashboard: `python -m streamlit run <seqlens/app/main.py> [STREAMLIT_OPTIONS]`.
+Every argument goes to `streamlit run`, e.g. `seqlens app --server.port 8502 --server.headless true`
+(see `streamlit run --help`). The exit status is Streamlit's."""
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from seqlens.app import MAIN
+
+    extra = list(args.streamlit_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if extra in (["-h"], ["--help"]):
+        print(APP_HELP)
+        return EXIT_OK
+    if not MAIN.is_file():
+        raise CLIError(f"the dashboard script {MAIN} is missing from this install")
+    try:
+        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(MAIN), *extra])
+    except KeyboardInterrupt:  # Ctrl-C stops the server: not an error
+        return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -383,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run's resume point")
     p.set_defaults(func=cmd_train)
+
+    # prefix_chars="+": every argument, options included, is forwarded to `streamlit run`
+    p = sub.add_parser("app", help="start the Streamlit dashboard (args go to `streamlit run`)",
+                       prefix_chars="+", add_help=False)
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help="options of `streamlit run`")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("bench", help="run a benchmark study (args after NAME go to the study)")
     p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")

@@ -14,7 +14,7 @@ from planted import PLANTED, V, planted_model
 from seqlens.circuits import (HeadScores, duplicate_token_scores, induction_scores, layer_patterns,
                               previous_token_scores, repeated_random_tokens, template_score)
 from seqlens.circuits.token_heads import (duplicate_token_template, induction_template,
-                                          previous_token_template)
+                                          prefix_score, previous_token_template)
 
 FINDERS = {"previous_token": previous_token_scores, "duplicate_token": duplicate_token_scores,
            "induction": induction_scores}
@@ -156,3 +156,36 @@ def test_result_api():
     assert torch.equal(back.scores, res.scores) and back.name == res.name and back.settings == res.settings
     with pytest.raises(ValueError, match="k"):
         res.top(0)
+
+
+# ----------------------------------------------------------------------------- default data with a BOS
+
+
+def test_repeated_random_tokens_with_bos_and_excluded_ids():
+    t = repeated_random_tokens(4, 30, 8, seed=1, bos=0, exclude=[7])
+    assert t.shape == (4, 61) and (t[:, 0] == 0).all()
+    assert torch.equal(t[:, 1:31], t[:, 31:])
+    assert not ((t[:, 1:] == 0) | (t[:, 1:] == 7)).any()
+    assert set(t[:, 1:].unique().tolist()) == set(range(1, 7))
+    with pytest.raises(ValueError, match="exclude"):
+        repeated_random_tokens(1, 3, 2, bos=0, exclude=[1])
+
+
+def test_prefix_period_form_with_bos_equals_general_form(planted):
+    # with a BOS the second copy starts one later; the period form must score exactly those rows
+    g = torch.Generator().manual_seed(3)
+    ids = torch.stack([torch.randperm(V - 1, generator=g)[:12] + 1 for _ in range(3)])  # distinct, no 0
+    tokens = torch.cat([torch.zeros(3, 1, dtype=torch.long), ids, ids], dim=1)
+    for p in layer_patterns(planted, tokens):
+        torch.testing.assert_close(prefix_score(p, induction_template(tokens), period=12, start=1),
+                                   prefix_score(p, induction_template(tokens)))
+
+
+def test_default_data_uses_the_zoo_task_bos():
+    import seqlens
+
+    model = seqlens.load("induction-attn2")
+    res = induction_scores(model)
+    assert res.settings["bos"] == 0 and res.settings["excluded_tokens"] == [0]
+    (best, score), = res.top(1)
+    assert best[0] == 1 and score > 0.5, res.scores  # the organism's layer-1 induction heads
