@@ -330,6 +330,16 @@ def _judge(model, prompt: NeedlePrompt, out: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def _argmax_keys(model, tokens: Tensor, layer: int) -> Tensor:
+    """``[B, H, L]``: each query's most attended key. Softmax layers read it from the
+    attention-statistics kernel (``SeqModel.attention_stats``: Triton on GPU, chunked on CPU, no
+    L×L matrix; ties to the smallest index, like ``argmax``); recurrent mixers from ``|α|`` of the
+    implicit attention (METHODS.md §7)."""
+    if callable(getattr(model.blocks[layer].mixer, "stats", None)):
+        return model.attention_stats(tokens, layer).argmax.long()
+    return model.mixer_pattern(tokens, layer).float().abs().argmax(-1)
+
+
 def copy_hits(model, seq: Tensor, prompt_len: int, spans: Tensor) -> Tensor:
     """Per-trial retrieval score of every head, ``[B, n_layers, H]``, for one decoded batch.
 
@@ -347,10 +357,7 @@ def copy_hits(model, seq: Tensor, prompt_len: int, spans: Tensor) -> Tensor:
     s, e = spans[:, 0, None, None], spans[:, 1, None, None]
     per_layer = []
     for layer in range(model.cfg.n_layers):
-        pat = model.mixer_pattern(inp, layer).float()[:, :, P - 1:]  # [B, H, n, T] query rows
-        if model.cfg.is_recurrent:
-            pat = pat.abs()  # |α|: signed implicit attention (METHODS.md §7)
-        j = pat.argmax(-1)  # [B, H, n]; ties -> first key
+        j = _argmax_keys(model, inp, layer)[:, :, P - 1:]  # [B, H, n]; ties -> first key
         x_j = inp.gather(1, j.flatten(1)).view_as(j)
         hit = (j >= s) & (j < e) & (x_j == w[:, None, :])
         per_layer.append(hit.sum(-1).float() / (e - s)[..., 0].float())
@@ -447,5 +454,6 @@ def _settings(model, prompts, judged, counted, scores, threshold, max_new_tokens
         "threshold": float(threshold), "heads": heads,
         "pattern": "implicit attention (METHODS.md §7)" if model.cfg.is_recurrent else "softmax",
         "argmax_over": "|alpha| (value norms not exposed by SeqModel)" if model.cfg.is_recurrent else "A",
-        "backend": "torch (SeqModel.mixer_pattern)",
+        "backend": "torch (SeqModel.mixer_pattern)" if model.cfg.is_recurrent
+        else "SeqModel.attention_stats (no L×L matrix)",
     }
