@@ -1,1 +1,23 @@
-"""seqlens.probes (filled by later issues)."""
+"""seqlens.probes: what recurrent states hold and how they fail; every probe returns a Result.
+
+- :mod:`.linear`: ``fit_probe`` (any hook, any labels, control task), used by the others.
+- :mod:`.capacity`: ``passkey_sweep`` / ``capacity_fit`` (Stuffed Mamba) and ``lag_decoding``.
+- :mod:`.outliers`: ``outlier_channels`` (Mamba-PTQ's μ + 6σ rule, zeroing cost).
+- :mod:`.gates`: ``gate_saturation`` and ``interpretable_cells`` (byte-level Python features).
+- :mod:`.memory`: ``repeat_surprisal`` (Armeni et al.'s verbatim short-term memory paradigm).
+"""
+
+from seqlens.probes.capacity import (CapacityFit, LagCurve, PasskeySweep, capacity_fit, lag_curves_figure,
+                                     lag_decoding, passkey_sweep)
+from seqlens.probes.gates import (CellReport, GateSaturation, NotApplicableError, gate_saturation,
+                                  interpretable_cells, python_features)
+from seqlens.probes.linear import ProbeResult, fit_probe, fit_probe_arrays
+from seqlens.probes.memory import MemoryResult, repeat_surprisal
+from seqlens.probes.outliers import OutlierResult, outlier_channels, zero_input_channels
+
+__all__ = [
+    "CapacityFit", "CellReport", "GateSaturation", "LagCurve", "MemoryResult", "NotApplicableError",
+    "OutlierResult", "PasskeySweep", "ProbeResult", "capacity_fit", "fit_probe", "fit_probe_arrays",
+    "gate_saturation", "interpretable_cells", "lag_curves_figure", "lag_decoding", "outlier_channels",
+    "passkey_sweep", "python_features", "repeat_surprisal", "zero_input_channels",
+]
