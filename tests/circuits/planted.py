@@ -21,34 +21,50 @@ V, N, DH, SCALE = 16, 32, 64, 3.0
 PLANTED = {"duplicate_token": (0, 0), "previous_token": (0, 1), "induction": (1, 1)}
 
 
-def planted_model() -> torch.nn.Module:
-    """The model described in the module docstring (vocab V=16, context N=32, 2 heads of 64)."""
-    cfg = ModelConfig(arch="transformer", vocab_size=V, d_model=2 * V + N, n_layers=2, n_heads=2, d_head=DH,
-                      n_ctx=N, positions="learned", attn_only=True, norm="rmsnorm")
+def blank_model(cfg: ModelConfig) -> torch.nn.Module:
+    """``build(cfg)`` with every weight zero and every norm weight one (nothing happens until planted)."""
     model = build(cfg, seed=0)
-    TOK, POS, PREV = 0, V, V + N
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
         for b in model.blocks:
             b.ln1.weight.fill_(1.0)
         model.ln_final.weight.fill_(1.0)
-        model.embed.weight[torch.arange(V), TOK + torch.arange(V)] = 1.0
-        model.pos_embed.weight[torch.arange(N), POS + torch.arange(N)] = 1.0
-        a0, a1 = model.blocks[0].mixer, model.blocks[1].mixer
-        for t in range(V):  # L0H0: token match ...
-            a0.q.weight[t, TOK + t] = SCALE
-            a0.k.weight[t, TOK + t] = SCALE
-        for p in range(N):  # ... minus self match
-            a0.q.weight[V + p, POS + p] = SCALE
-            a0.k.weight[V + p, POS + p] = -SCALE
-        for p in range(N):  # L0H1: query position p matches key position p - 1
-            a0.q.weight[DH + p, POS + p] = SCALE
-            if p + 1 < N:
-                a0.k.weight[DH + p + 1, POS + p] = SCALE
-        for t in range(V):  # L0H1 copies the attended token into PREV; L1H1 matches x_i with PREV
-            a0.v.weight[DH + t, TOK + t] = 1.0
-            a0.o.weight[PREV + t, DH + t] = 1.0
+    return model
+
+
+@torch.no_grad()
+def plant_layer0(model, TOK: int, POS: int, PREV: int) -> None:
+    """One-hot token (``TOK``) and position (``POS``) embeddings; layer 0's duplicate-token head
+    (H0) and previous-token head (H1, which writes ``x_{i−1}`` into ``PREV``)."""
+    model.embed.weight[torch.arange(V), TOK + torch.arange(V)] = 1.0
+    model.pos_embed.weight[torch.arange(N), POS + torch.arange(N)] = 1.0
+    a0 = model.blocks[0].mixer
+    for t in range(V):  # L0H0: token match ...
+        a0.q.weight[t, TOK + t] = SCALE
+        a0.k.weight[t, TOK + t] = SCALE
+    for p in range(N):  # ... minus self match
+        a0.q.weight[V + p, POS + p] = SCALE
+        a0.k.weight[V + p, POS + p] = -SCALE
+    for p in range(N):  # L0H1: query position p matches key position p - 1
+        a0.q.weight[DH + p, POS + p] = SCALE
+        if p + 1 < N:
+            a0.k.weight[DH + p + 1, POS + p] = SCALE
+    for t in range(V):  # L0H1 copies the attended token into PREV
+        a0.v.weight[DH + t, TOK + t] = 1.0
+        a0.o.weight[PREV + t, DH + t] = 1.0
+
+
+def planted_model() -> torch.nn.Module:
+    """The model described in the module docstring (vocab V=16, context N=32, 2 heads of 64)."""
+    cfg = ModelConfig(arch="transformer", vocab_size=V, d_model=2 * V + N, n_layers=2, n_heads=2, d_head=DH,
+                      n_ctx=N, positions="learned", attn_only=True, norm="rmsnorm")
+    model = blank_model(cfg)
+    TOK, POS, PREV = 0, V, V + N
+    plant_layer0(model, TOK, POS, PREV)
+    with torch.no_grad():
+        a1 = model.blocks[1].mixer
+        for t in range(V):  # L1H1 matches x_i with PREV (x_{j-1})
             a1.q.weight[DH + t, TOK + t] = SCALE
             a1.k.weight[DH + t, PREV + t] = SCALE
     return model.eval()

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from seqlens.models import ModelConfig, build
-
-V, N, DH, SCALE = 16, 32, 64, 3.0
+from planted import DH, N, SCALE, V, blank_model, plant_layer0
+from seqlens.models import ModelConfig
 KEY = V - 1
 RETRIEVAL_HEAD = (1, 1)
 
@@ -33,33 +32,15 @@ def planted_retrieval_model(copy: bool = True) -> torch.nn.Module:
     still attends to the needle but writes nothing, so the model cannot answer)."""
     cfg = ModelConfig(arch="transformer", vocab_size=V, d_model=3 * V + N, n_layers=2, n_heads=2, d_head=DH,
                       n_ctx=N, positions="learned", attn_only=True, norm="rmsnorm")
-    model = build(cfg, seed=0)
+    model = blank_model(cfg)
     TOK, POS, PREV, OUT = 0, V, V + N, 2 * V + N
+    plant_layer0(model, TOK, POS, PREV)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        for b in model.blocks:
-            b.ln1.weight.fill_(1.0)
-        model.ln_final.weight.fill_(1.0)
-        model.embed.weight[torch.arange(V), TOK + torch.arange(V)] = 1.0
-        model.pos_embed.weight[torch.arange(N), POS + torch.arange(N)] = 1.0
         model.unembed.weight[torch.arange(V), OUT + torch.arange(V)] = 1.0
-        a0, a1 = model.blocks[0].mixer, model.blocks[1].mixer
-        for t in range(V):  # L0H0: token match ...
-            a0.q.weight[t, TOK + t] = SCALE
-            a0.k.weight[t, TOK + t] = SCALE
-        for p in range(N):  # ... minus self match
-            a0.q.weight[V + p, POS + p] = SCALE
-            a0.k.weight[V + p, POS + p] = -SCALE
-        for p in range(N):  # L0H1: query position p matches key position p - 1
-            a0.q.weight[DH + p, POS + p] = SCALE
-            if p + 1 < N:
-                a0.k.weight[DH + p + 1, POS + p] = SCALE
+        a1 = model.blocks[1].mixer
         a1.q.weight[0, TOK:TOK + V] = SCALE  # L1H0: every query matches KEY keys
         a1.k.weight[0, TOK + KEY] = SCALE
-        for t in range(V):  # L0H1 copies x_{i-1} into PREV; L1H1 matches x_i with PREV, copies to OUT
-            a0.v.weight[DH + t, TOK + t] = 1.0
-            a0.o.weight[PREV + t, DH + t] = 1.0
+        for t in range(V):  # L1H1 matches x_i with PREV (x_{j-1}), copies to OUT
             a1.q.weight[DH + t, TOK + t] = SCALE
             a1.k.weight[DH + t, PREV + t] = SCALE
             a1.v.weight[DH + t, TOK + t] = 1.0

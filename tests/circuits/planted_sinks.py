@@ -26,8 +26,9 @@ import math
 
 import torch
 
+from planted import blank_model
 from seqlens.circuits.task_metric import TaskMetric
-from seqlens.models import ModelConfig, build
+from seqlens.models import ModelConfig
 
 V, DH, T = 16, 8, 48
 BOS, DELIM, KEY = 0, 1, 2
@@ -53,13 +54,8 @@ def planted_sink_model() -> torch.nn.Module:
     """The model described in the module docstring (2 layers × 2 heads of width 8)."""
     cfg = ModelConfig(arch="transformer", vocab_size=V, d_model=D_MODEL, n_layers=2, n_heads=2, d_head=DH,
                       n_ctx=T, positions="none", attn_only=True, norm="rmsnorm")
-    model = build(cfg, seed=0)
+    model = blank_model(cfg)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        for b in model.blocks:
-            b.ln1.weight.fill_(1.0)
-        model.ln_final.weight.fill_(1.0)
         model.embed.weight[torch.arange(V), torch.arange(V)] = 1.0
         _plant(model.blocks[0].mixer, 0, BOS, None)
         _plant(model.blocks[1].mixer, 0, DELIM, C_DELIM)
