@@ -28,11 +28,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -e ".[dev]"
 	touch $@
 
-# The main job. Until the dashboard lands this is the CLI's self-check and environment report;
-# the dashboard issue replaces these two lines with: $(VENV)/bin/streamlit run app/main.py
+# The main job: the Streamlit dashboard (`seqlens app` = `streamlit run app/main.py`), opening on
+# the induction-attn2 organism. APP_ARGS go to `streamlit run` (e.g. APP_ARGS="--server.port 8502").
+APP_ARGS ?=
 app: setup
-	$(VENV)/bin/seqlens demo tiny-mamba
-	$(VENV)/bin/seqlens info
+	$(VENV)/bin/seqlens app $(APP_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

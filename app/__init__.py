@@ -1,1 +1,11 @@
-"""seqlens.app (filled by later issues)."""
+"""seqlens.app: the Streamlit dashboard (``seqlens app`` / ``streamlit run app/main.py``).
+
+``main.py`` routes with ``st.navigation``; ``views/`` holds one thin page per analysis; the
+shared pieces are ``state`` (model choice and loading, error display), ``prompt`` (prompt input,
+encoding, token labels), ``figures`` (pattern heatmaps) and ``hover`` (the token-hover view).
+Pages only arrange what library functions return (DESIGN.md).
+"""
+
+from pathlib import Path
+
+MAIN = Path(__file__).with_name("main.py")  # what `seqlens app` hands to `streamlit run`

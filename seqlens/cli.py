@@ -348,6 +348,7 @@ Every argument goes to `streamlit run`, e.g. `seqlens app --server.port 8502 --s
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
     from seqlens.app import MAIN
@@ -360,10 +361,15 @@ def cmd_app(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not MAIN.is_file():
         raise CLIError(f"the dashboard script {MAIN} is missing from this install")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(MAIN), *extra])
+    # a SIGTERM to `seqlens app` stops the server too instead of orphaning it
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     try:
-        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(MAIN), *extra])
-    except KeyboardInterrupt:  # Ctrl-C stops the server: not an error
-        return EXIT_OK
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server as well: let it shut down
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- entry point

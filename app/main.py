@@ -1,0 +1,30 @@
+"""seqlens dashboard: ``seqlens app`` or ``streamlit run app/main.py``.
+
+Routes with ``st.navigation`` to one thin view per analysis (``views/``); the sidebar holds the
+model choice, shared by every page through ``st.session_state``. Each page is addressable by URL
+(``/``, ``/attention``, ``/heads``, ``/sinks``).
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+from seqlens.app import state
+
+HERE = Path(__file__).parent
+
+st.set_page_config(page_title="seqlens", page_icon=":material/biotech:", layout="wide")
+
+PAGES = [
+    st.Page(HERE / "views" / "model.py", title="Model", icon=":material/memory:", url_path="model", default=True),
+    st.Page(HERE / "views" / "attention.py", title="Attention", icon=":material/visibility:", url_path="attention"),
+    st.Page(HERE / "views" / "heads.py", title="Heads", icon=":material/target:", url_path="heads"),
+    st.Page(HERE / "views" / "sinks.py", title="Sinks", icon=":material/vertical_align_bottom:", url_path="sinks"),
+]
+
+page = st.navigation(PAGES)
+state.sidebar_model_picker()
+try:
+    page.run()
+except Exception as e:  # noqa: BLE001 — last resort: a message, never a traceback
+    st.error(f"{page.title}: {state.error_text(e)}")

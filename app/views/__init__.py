@@ -1,0 +1,2 @@
+"""One thin Streamlit page per analysis, run by ``st.navigation`` from ``app/main.py`` (as scripts,
+not imported)."""

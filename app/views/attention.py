@@ -1,0 +1,57 @@
+"""Attention page: per layer / head patterns of a prompt (softmax attention, or the implicit
+attention of recurrent mixers), as heatmaps and as a hover-the-tokens view."""
+
+import streamlit as st
+
+from seqlens.app import analyses, state
+from seqlens.app.figures import pattern_figure
+from seqlens.app.hover import token_hover_html
+from seqlens.app.prompt import prompt_input
+
+HOVER_MAX_VALUES = 300_000  # all heads go into the hover view up to H·L² values, else the chosen head
+
+model_key, model = state.current_model()
+cfg = model.cfg
+st.title("Attention")
+st.caption("Softmax attention patterns for attention models; for recurrent models (Mamba, GLA, minGRU, LSTM) "
+           "the implicit attention of the mixer (METHODS.md §7), per head or channel group.")
+
+prompt = prompt_input(model_key, model)
+if prompt is None:
+    st.stop()
+
+controls = st.columns([1, 1, 2])
+layer = controls[0].selectbox("Layer", list(range(cfg.n_layers)), key=state.persistent("attn_layer", 0,
+                              list(range(cfg.n_layers))))
+state.remember("attn_layer", layer)
+normalisation = "none"
+if cfg.is_recurrent:
+    norm_rows = controls[1].toggle("|α| / row sum", value=True, key="attn_norm",
+                                   help="Implicit attention is signed and its rows do not sum to 1; this shows "
+                                        "|α_ts| / Σ_s |α_ts| (what the head finders score). Off: the raw signed α.")
+    normalisation = "abs_rows" if norm_rows else "none"
+
+with state.errors_shown("Attention patterns"):
+    pats = analyses.patterns(model_key, prompt.ids, normalisation)[layer]  # [H, L, L]
+    H, L = pats.shape[0], pats.shape[1]
+    kind = "implicit attention" if cfg.is_recurrent else "attention"
+    st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if cfg.arch in ('mamba', 'mingru', 'minlstm', 'lstm') else 'heads'}.")
+    head_names = [f"L{layer}H{h}" for h in range(H)]
+
+    tab_hover, tab_grid = st.tabs(["Token view", "Heatmaps"])
+    with tab_hover:
+        if H * L * L <= HOVER_MAX_VALUES:
+            shown, names = pats, head_names
+        else:
+            h = st.selectbox("Head", list(range(H)), format_func=lambda i: head_names[i], key="attn_hover_head")
+            shown, names = pats[h:h + 1], head_names[h:h + 1]
+        st.iframe(token_hover_html(shown, prompt.labels, names,
+                                   caption=f"{model_key.partition(':')[2]} · layer {layer} · {kind}"))
+    with tab_grid:
+        signed = normalisation == "none" and cfg.is_recurrent
+        fig = pattern_figure(pats, prompt.labels, head_names, signed=signed, cols=2,
+                             height_per_row=420 if L <= 64 else 520,
+                             title=f"Layer {layer} {kind} (rows: queries, columns: keys)")
+        st.plotly_chart(fig, key="attn_grid")
+        if signed:
+            st.caption("Raw implicit attention: signed weights (red/blue), rows need not sum to 1.")

@@ -1,0 +1,133 @@
+"""The dashboard's plain helpers (no Streamlit run): prompt parsing and labels, the token-hover
+HTML, the ``seqlens app`` subcommand, and that the app ships with the package."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqlens.app import MAIN
+from seqlens.app.hover import token_hover_html
+from seqlens.app.prompt import PromptError, byte_label, modes_for, parse_ids, token_labels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def models():
+    import seqlens
+
+    return {name: seqlens.load(name) for name in ("induction-attn2", "tiny-gpt2", "text-transformer")}
+
+
+# ----------------------------------------------------------------------------- prompt
+
+
+def test_parse_ids_accepts_commas_and_spaces():
+    assert parse_ids(" 1, 2 3,4 ", 10) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), (" , ", "empty"), ("1, 2.5", "'2.5' is not an integer"),
+                                           ("-1", "outside the vocabulary"), ("10", "[0, 10)")])
+def test_parse_ids_rejects_bad_input(text, message):
+    with pytest.raises(PromptError, match=re.escape(message)):
+        parse_ids(text, 10)
+
+
+def test_byte_labels_make_whitespace_visible():
+    assert [byte_label(b) for b in b"a \n\t~\x00\xff"] == ["a", "␣", "↵", "⇥", "~", "\\x00", "\\xff"]
+
+
+def test_token_labels_per_model_kind(models):
+    assert token_labels(models["induction-attn2"], [0, 5]) == ["BOS", "5"]  # task ids, specials named
+    assert token_labels(models["tiny-gpt2"], list(b"hi ")) == ["h", "i", "␣"]  # bytes
+
+
+def test_prompt_modes_per_model_kind(models):
+    assert modes_for(models["induction-attn2"]) == ["Task sample", "Token ids"]   # task vocabulary
+    assert modes_for(models["tiny-gpt2"]) == ["Free text", "Token ids"]           # byte-level, no recipe
+    assert modes_for(models["text-transformer"]) == ["Free text", "Task sample", "Token ids"]
+
+
+# ----------------------------------------------------------------------------- hover view
+
+
+def test_hover_html_carries_the_patterns_and_escapes_labels():
+    pat = np.tril(np.ones((2, 3, 3))) / np.arange(1, 4)[None, :, None]
+    labels = ["</script><b>x", "&amp;", "ok"]
+    html = token_hover_html(pat, labels, ["L0H0", "L0H1"], caption="<i>c</i>")
+    assert "</script><b>" not in html and "<i>c</i>" not in html  # prompt text cannot inject markup
+    assert "http" not in html  # self-contained: no external resources
+    data = json.loads(re.search(r"const D = (\{.*?\});\n", html).group(1))
+    assert data["labels"] == labels and data["heads"] == ["L0H0", "L0H1"]
+    assert data["att"][0][2] == [333, 333, 333] and data["att"][0][0] == [1000, 0, 0]
+    assert data["pinned"] == 2  # the last token is shown before any hover
+
+
+def test_hover_html_checks_shapes():
+    with pytest.raises(ValueError, match="patterns"):
+        token_hover_html(np.zeros((1, 3, 3)), ["a", "b"], ["h"])
+    with pytest.raises(ValueError, match="heads"):
+        token_hover_html(np.zeros((2, 2, 2)), ["a", "b"], ["h"])
+
+
+# ----------------------------------------------------------------------------- CLI and packaging
+
+
+class FakeServer:
+    """Stands in for the `streamlit run` process."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, cmd):
+        FakeServer.calls.append(cmd)
+
+    def wait(self):
+        return 3
+
+    def send_signal(self, signum):
+        pass
+
+
+def test_cli_app_runs_streamlit_on_the_installed_app(monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    from seqlens.cli import main
+
+    FakeServer.calls = []
+    monkeypatch.setattr(subprocess, "Popen", FakeServer)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(["app", "--server.port", "8502", "--server.headless", "true"]) == 3  # exit code forwarded
+    assert FakeServer.calls == [[sys.executable, "-m", "streamlit", "run", str(MAIN),
+                                 "--server.port", "8502", "--server.headless", "true"]]
+    assert main(["app", "--", "--server.port", "1"]) == 3 and FakeServer.calls[-1][-2:] == ["--server.port", "1"]
+    assert Path(FakeServer.calls[0][4]).is_file() and Path(FakeServer.calls[0][4]).name == "main.py"
+    assert signal.getsignal(signal.SIGTERM) == handler  # restored
+
+
+def test_cli_app_help(capsys, monkeypatch):
+    import subprocess
+
+    from seqlens.cli import main
+
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd: pytest.fail("must not start streamlit"))
+    assert main(["app", "--help"]) == 0
+    assert "streamlit run" in capsys.readouterr().out
+
+
+def test_app_views_ship_with_the_package():
+    """Every folder of the app with Python files is a package listed in pyproject.toml, so the
+    wheel carries the views that ``st.navigation`` runs."""
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    for folder in sorted({p.parent for p in (ROOT / "app").rglob("*.py")}):
+        rel = folder.relative_to(ROOT / "app")
+        name = ".".join(("seqlens", "app", *rel.parts))
+        assert (folder / "__init__.py").is_file(), folder
+        assert name in packages, f"pyproject.toml [tool.setuptools] packages lacks {name!r}"
