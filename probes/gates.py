@@ -567,8 +567,9 @@ class CellReport(Result):
         z = [[None if math.isnan(v) else abs(v) for v in r] for r in rows.tolist()]
         fig = go.Figure(go.Heatmap(z=z, x=self.features, y=names, text=hover, hoverinfo="text",
                                    colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": "|corr|"}))
+        layout = {"height": max(400, 16 * len(names)), **layout}  # the caller's height wins
         fig.update_layout(title=f"Unit–feature correlation ({self.settings.get('model', '')})",
-                          xaxis_title="feature", yaxis_title="unit", height=max(400, 16 * len(names)), **layout)
+                          xaxis_title="feature", yaxis_title="unit", **layout)
         return fig
 
     def html(self, key: str | None = None, max_bytes: int | None = None) -> str:

@@ -338,7 +338,7 @@ def test_default_units_and_frame():
     assert len(df) == 3 * len(PYTHON_FEATURES) and list(df.columns) == ["feature", "rank", "unit", "corr"]
     assert set(df["unit"]) == set(rep.stored_units) and rep.activations.shape == (len(SOURCE), len(rep.stored_units))
     assert rep.text == SOURCE
-    rep.figure()
+    assert rep.figure().layout.height == 400 and rep.figure(height=300).layout.height == 300
     rep.figure(all_units=True)
     assert interpretable_cells(model, top_k=1).settings["text"] == "stdlib:val[:8192]"
     back = CellReport.from_json(rep.to_json())
