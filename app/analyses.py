@@ -8,7 +8,11 @@ that a library function does not compute.
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import streamlit as st
@@ -186,3 +190,195 @@ def progress_metric(model, bar, total: int, label: str):
         return value
 
     return TaskMetric(base.name, counted, base.higher_is_better)
+
+
+# ----------------------------------------------------------------------------- states (probes)
+#
+# The probes report progress through tqdm (``from tqdm.auto import tqdm`` at call time, with
+# ``progress=True``). ``_library_progress`` draws those bars as one ``st.progress``: while the block
+# runs, ``tqdm.auto.tqdm`` is a subclass that, in the calling thread only, also reports every update
+# to the bar (other threads and sessions get plain tqdm). The bar is created inside the cached
+# function, so a cache hit replays it at its final value instead of running anything.
+
+_PROGRESS = threading.local()  # .report: callable(tqdm bar) drawing this thread's st.progress, or None
+_TQDM_LOCK = threading.Lock()
+_TQDM_PATCH: dict[str, Any] = {"users": 0, "original": None}
+
+
+def _reporting_tqdm(original):
+    class ReportingTqdm(original):  # type: ignore[misc, valid-type]
+        """tqdm that also reports each update to the st.progress bound to this thread."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            report = getattr(_PROGRESS, "report", None)
+            if report is not None:  # no terminal output; an update for every step
+                kwargs.update(file=io.StringIO(), mininterval=0, miniters=1)
+            super().__init__(*args, **kwargs)
+            self._st_report = report
+            if report is not None:
+                report(self)
+
+        def update(self, n: float | None = 1):
+            out = super().update(n)
+            if self._st_report is not None:
+                self._st_report(self)
+            return out
+
+    return ReportingTqdm
+
+
+@contextmanager
+def _library_progress(label: str) -> Iterator[None]:
+    """An ``st.progress`` fed by the tqdm bars the library opens in this thread inside the block."""
+    import tqdm.auto
+
+    bar = st.progress(0.0, text=f"{label} ...")
+    shown = [-1, ""]
+
+    def report(t) -> None:
+        frac = min(1.0, float(t.n) / float(t.total)) if t.total else 0.0
+        step = int(100 * frac)
+        if step != shown[0] or t.desc != shown[1]:  # at most ~100 updates per bar
+            shown[0], shown[1] = step, t.desc
+            desc = (t.desc or "").replace("_", " ")
+            what = label if not desc or desc in label else f"{label} ({desc})"
+            unit = "" if t.unit == "it" else f" {t.unit}"
+            bar.progress(frac, text=f"{what}: {int(t.n)}/{int(t.total)}{unit}" if t.total else what)
+
+    with _TQDM_LOCK:
+        if _TQDM_PATCH["users"] == 0:
+            _TQDM_PATCH["original"] = tqdm.auto.tqdm
+            tqdm.auto.tqdm = _reporting_tqdm(tqdm.auto.tqdm)
+        _TQDM_PATCH["users"] += 1
+    _PROGRESS.report = report
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _PROGRESS.report = None
+        with _TQDM_LOCK:
+            _TQDM_PATCH["users"] -= 1
+            if _TQDM_PATCH["users"] == 0:
+                tqdm.auto.tqdm = _TQDM_PATCH["original"]
+    bar.progress(1.0, text=f"{label}: done in {time.perf_counter() - t0:.1f} s")
+
+
+# mitigations of the States page as plain tuples: ("normalize_states", tau or None),
+# ("forget_more", b_scale, decay_scale), ("state_window", window)
+Mitigation = tuple
+
+
+def _enter_mitigation(stack: ExitStack, model, spec: Mitigation):
+    from seqlens.probes import collapse
+
+    name, *args = spec
+    if name == "normalize_states":
+        return stack.enter_context(collapse.normalize_states(model, tau=args[0]))
+    if name == "forget_more":
+        return stack.enter_context(collapse.forget_more(model, b_scale=args[0], decay_scale=args[1]))
+    if name == "state_window":
+        return stack.enter_context(collapse.state_window(model, window=args[0]))
+    raise ValueError(f"mitigation: unknown {name!r}")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def mitigation_problem(model_key: str, name: str) -> str | None:
+    """Why mitigation ``name`` does not apply to the model (the library's message when its context
+    manager refuses the architecture on entry), or None. Entering with neutral arguments does not
+    run the model."""
+    neutral = {"normalize_states": ("normalize_states", 1.0), "forget_more": ("forget_more", 1.0, 1.0),
+               "state_window": ("state_window", 1)}[name]
+    model = load_model(model_key)
+    try:
+        with ExitStack() as stack:
+            _enter_mitigation(stack, model, neutral)
+    except NotImplementedError as e:
+        return " ".join(str(e).split())
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def state_collapse(model_key: str, source: str, n_tokens: int,
+                   mitigations: tuple[Mitigation, ...] = ()) -> tuple[Any, dict[str, Any]]:
+    """``(probes.collapse.state_collapse(model, source, n_tokens), notes)`` inside the mitigation
+    context managers ``mitigations`` (none: the plain run); ``notes``: ``{"clipped": states
+    rescaled, "tau": [n_layers, H]}`` when ``normalize_states`` is among them. Draws its progress."""
+    from seqlens.probes import collapse
+
+    model = load_model(model_key)
+    label = "state collapse" + (" with " + ", ".join(m[0] for m in mitigations) if mitigations else "")
+    notes: dict[str, Any] = {}
+    with ExitStack() as stack, _library_progress(label):
+        entered = [(_enter_mitigation(stack, model, m), m) for m in mitigations]
+        res = collapse.state_collapse(model, source=source, n_tokens=n_tokens, progress=True)
+        for value, m in entered:
+            if m[0] == "normalize_states":
+                notes = {"clipped": int(value["clipped"].sum()), "tau": value["tau"].tolist()}
+    return res, notes
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def passkey_sweep(model_key: str, lengths: tuple[int, ...], depths: tuple[float, ...], n_trials: int,
+                  measure: str = "exact"):
+    """``probes.passkey_sweep(model, lengths, depths, n_trials, measure=measure)``: a PasskeySweep.
+    Draws its progress."""
+    from seqlens.probes import capacity
+
+    model = load_model(model_key)
+    with _library_progress(f"passkey sweep of {model_key.partition(':')[2]}"):
+        return capacity.passkey_sweep(model, list(lengths), list(depths), n_trials=n_trials, measure=measure,
+                                      progress=True)
+
+
+def capacity_fit(sweeps: list, target: str = "longest_perfect", level: float = 0.5):
+    """``(probes.capacity_fit(sweeps, target, level), warnings it raised)``."""
+    import warnings
+
+    from seqlens.probes import capacity
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = capacity.capacity_fit(sweeps, target=target, level=level)
+    return fit, [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def lag_decoding(model_key: str, max_lag: int, n_seqs: int):
+    """``probes.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs)``: a LagCurve. Draws
+    its progress (one step per probe, after the activations are collected)."""
+    from seqlens.probes import capacity
+
+    model = load_model(model_key)
+    with _library_progress("lag decoding"):
+        return capacity.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs, progress=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def gate_problem(model_key: str) -> str | None:
+    """The library's NotApplicableError message when the model has no gates, else None."""
+    from seqlens.probes import NotApplicableError
+    from seqlens.probes.gates import gate_specs
+
+    try:
+        gate_specs(load_model(model_key))
+    except NotApplicableError as e:
+        return " ".join(str(e).split())
+    return None
+
+
+@st.cache_data(show_spinner="Reading the gates ...", max_entries=16)
+def gate_saturation(model_key: str, low: float = 0.1, high: float = 0.9):
+    """``probes.gate_saturation(model, low=low, high=high)`` on its default data: a GateSaturation."""
+    from seqlens.probes import gate_saturation as _gate_saturation
+
+    return _gate_saturation(load_model(model_key), low=low, high=high)
+
+
+@st.cache_data(show_spinner="Correlating units with features of the text ...", max_entries=16)
+def interpretable_cells(model_key: str, text: str | int, top_k: int = 5):
+    """``probes.interpretable_cells(model, text, top_k=top_k)``: a CellReport; ``text``: Python
+    source, or a number of bytes of the default text (``gates.default_text(n)``)."""
+    from seqlens.probes import gates
+
+    body = gates.default_text(text) if isinstance(text, int) else text
+    return gates.interpretable_cells(load_model(model_key), text=body, top_k=top_k)

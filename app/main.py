@@ -2,7 +2,7 @@
 
 Routes with ``st.navigation`` to one thin view per analysis (``views/``); the sidebar holds the
 model choice, shared by every page through ``st.session_state``. Each page is addressable by URL
-(``/``, ``/attention``, ``/heads``, ``/sinks``).
+(``/``, ``/attention``, ``/heads``, ``/sinks``, ``/states``).
 """
 
 from pathlib import Path
@@ -20,6 +20,7 @@ PAGES = [
     st.Page(HERE / "views" / "attention.py", title="Attention", icon=":material/visibility:", url_path="attention"),
     st.Page(HERE / "views" / "heads.py", title="Heads", icon=":material/target:", url_path="heads"),
     st.Page(HERE / "views" / "sinks.py", title="Sinks", icon=":material/vertical_align_bottom:", url_path="sinks"),
+    st.Page(HERE / "views" / "states.py", title="States", icon=":material/timeline:", url_path="states"),
 ]
 
 page = st.navigation(PAGES)

@@ -1,5 +1,7 @@
 """seqlens.probes: what recurrent states hold and how they fail; every probe returns a Result.
 
+- :mod:`.collapse`: ``state_collapse`` (Stuffed Mamba's diagnosis, streamed with O(state) memory)
+  and the mitigations ``normalize_states``, ``forget_more``, ``state_window``.
 - :mod:`.linear`: ``fit_probe`` (any hook, any labels, control task), used by the others.
 - :mod:`.capacity`: ``passkey_sweep`` / ``capacity_fit`` (Stuffed Mamba) and ``lag_decoding``.
 - :mod:`.outliers`: ``outlier_channels`` (Mamba-PTQ's μ + 6σ rule, zeroing cost).
@@ -9,6 +11,8 @@
 
 from seqlens.probes.capacity import (CapacityFit, LagCurve, PasskeySweep, capacity_fit, lag_curves_figure,
                                      lag_decoding, passkey_sweep)
+from seqlens.probes.collapse import (CollapseComparison, CollapseResult, compare, forget_more, normalize_states,
+                                     state_collapse, state_window)
 from seqlens.probes.gates import (CellReport, GateSaturation, NotApplicableError, gate_saturation,
                                   interpretable_cells, python_features)
 from seqlens.probes.linear import ProbeResult, fit_probe, fit_probe_arrays
@@ -16,7 +20,8 @@ from seqlens.probes.memory import MemoryResult, repeat_surprisal
 from seqlens.probes.outliers import OutlierResult, outlier_channels, zero_input_channels
 
 __all__ = [
-    "CapacityFit", "CellReport", "GateSaturation", "LagCurve", "MemoryResult", "NotApplicableError",
+    "CapacityFit", "CellReport", "CollapseComparison", "CollapseResult", "compare", "forget_more",
+    "normalize_states", "state_collapse", "state_window", "GateSaturation", "LagCurve", "MemoryResult", "NotApplicableError",
     "OutlierResult", "PasskeySweep", "ProbeResult", "capacity_fit", "fit_probe", "fit_probe_arrays",
     "gate_saturation", "interpretable_cells", "lag_curves_figure", "lag_decoding", "outlier_channels",
     "passkey_sweep", "python_features", "repeat_surprisal", "zero_input_channels",
