@@ -336,3 +336,18 @@ def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match="b_scale"):
         with forget_more(make("mingru"), b_scale=0.0):
             pass
+
+
+def test_million_token_study_runs_small(tmp_path, capsys):
+    """studies/collapse_million.py end to end on a short stream (the 1M run is in the README)."""
+    import json
+
+    from seqlens.studies.collapse_million import main
+
+    assert main(["--model", "passkey-mamba-n4", "--tokens", "1024", "--short", "512", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tokens"] == 1024 and metrics["train_len"] == 64
+    assert metrics["tensor_peak_full_KiB"] == metrics["tensor_peak_short_KiB"]  # memory does not grow
+    assert metrics["collapsed"] is True and metrics["loss_beyond"] > metrics["loss_in"] + 0.5
+    assert (tmp_path / "report.html").stat().st_size > 1000
+    assert "tokens" in capsys.readouterr().out
