@@ -1048,14 +1048,8 @@ def state_window(model, window: int):
                                   "of the last tokens is not a difference of states; not applicable")
     info = {"name": "state_window", "window": window}
     if fam == "attention":
-        handles = [b.mixer.register_forward_hook(partial(_trim_cache, window), with_kwargs=True)
-                   for b in model.blocks]
-        try:
-            with _mitigation(model, info):
-                yield info
-        finally:
-            for h in handles:
-                h.remove()
+        with _mixer_forward_hooks(model, lambda layer: partial(_trim_cache, window)), _mitigation(model, info):
+            yield info
         return
     key = _state_key(fam)
     queues = [_Window() for _ in model.blocks]
@@ -1068,13 +1062,19 @@ def state_window(model, window: int):
                 return None
             return out, {**new, key: _slide(queues[layer], model, layer, seen[layer], old[key], new[key], window)}
 
-        handles = [b.mixer.register_forward_hook(partial(hook, l), with_kwargs=True) for l, b in enumerate(model.blocks)]
-        try:
-            with _mitigation(model, info):
-                yield info
-        finally:
-            for h in handles:
-                h.remove()
+        with _mixer_forward_hooks(model, lambda layer: partial(hook, layer)), _mitigation(model, info):
+            yield info
+
+
+@contextlib.contextmanager
+def _mixer_forward_hooks(model, make: Callable[[int], Callable]):
+    """Register ``make(layer)`` as a torch forward hook (with kwargs) on every mixer; removed on exit."""
+    handles = [b.mixer.register_forward_hook(make(l), with_kwargs=True) for l, b in enumerate(model.blocks)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _slide(q: _Window, model, layer: int, seen: dict[str, Tensor], h_in: Tensor, h_out: Tensor,
