@@ -406,7 +406,8 @@ class CausalCheck(Result):
                                  text=hover, marker={"color": "black", "size": 6}, name="random draws"))
         arrow = "higher is better" if self.higher_is_better else "lower is better"
         fig.update_layout(title=f"Causal check ({self.settings.get('mode', '')} ablation)",
-                          yaxis_title=f"{self.metric} ({arrow})", showlegend=False, **layout)
+                          yaxis_title=f"{self.metric} ({arrow})", showlegend=False)
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 

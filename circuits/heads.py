@@ -69,5 +69,6 @@ class HeadScores(Result):
                                    hoverinfo="text", colorscale="Viridis", colorbar={"title": "score"}))
         measure = self.settings.get("measure", "")
         title = f"{self.name} scores" + (f" ({measure})" if measure else "")
-        fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", **layout)
+        fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig

@@ -233,7 +233,8 @@ class SinkScores(HeadScores):
                                  marker={"size": 12, "symbol": "circle-open"}))
         fig.add_hline(y=self.settings.get("tau", 0.1), line_dash="dash", annotation_text="τ")
         fig.update_layout(title=f"L{layer}H{head}: attention received r(j)", xaxis_title="key position j",
-                          yaxis_title="r(j)", **layout)
+                          yaxis_title="r(j)")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 
@@ -445,7 +446,8 @@ class CalibrationSearch(Result):
                                  marker={"symbol": "star", "size": 14, "color": "gold"}, name="kept"))
         fig.update_layout(title=f"ACT calibration search: {name} (baseline {self.baseline:.4f}, kept "
                           f"{len(self.kept)} heads → {self.combined:.4f})", xaxis_title="head",
-                          yaxis_title="layer", **layout)
+                          yaxis_title="layer")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 

@@ -181,7 +181,8 @@ class PasskeySweep(Result):
         lp = self.longest_perfect
         fig.update_layout(title=f"passkey retrieval {name} ({self.measure}, {self.n_trials} trials/cell); "
                                 f"longest perfect: {lp if lp is not None else 'none'}",
-                          xaxis_title="context length (tokens)", yaxis_title="needle depth", **layout)
+                          xaxis_title="context length (tokens)", yaxis_title="needle depth")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 
@@ -332,7 +333,8 @@ class CapacityFit(Result):
         note = " — exactly determined (2 points)" if self.exactly_determined else ""
         fig.update_layout(title=f"capacity: {self.target} vs state size{note}", yaxis_type="log",
                           xaxis_title=f"state size N_S ({self.settings.get('state_size', '')})",
-                          yaxis_title="T (tokens)", **layout)
+                          yaxis_title="T (tokens)")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 
@@ -484,7 +486,8 @@ class LagCurve(Result):
                                  name="chance"))
         name = self.settings.get("model", "")
         fig.update_layout(title=f"lag decoding {name} ({self.source}): probe for x(t−k) from the state at t",
-                          xaxis_title="lag k", yaxis_title="test accuracy", yaxis_range=[0, 1.02], **layout)
+                          xaxis_title="lag k", yaxis_title="test accuracy", yaxis_range=[0, 1.02])
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 
@@ -496,7 +499,8 @@ def lag_curves_figure(curves: Mapping[str, LagCurve], **layout: Any):
     for name, c in curves.items():
         fig.add_trace(go.Scatter(x=c.lags, y=c.best.tolist(), mode="lines+markers", name=f"{name} ({c.source})"))
     fig.update_layout(title="memory curves: best layer's lag-decoding accuracy", xaxis_title="lag k",
-                      yaxis_title="test accuracy", yaxis_range=[0, 1.02], **layout)
+                      yaxis_title="test accuracy", yaxis_range=[0, 1.02])
+    fig.update_layout(**layout)  # the caller's settings win
     return fig
 
 

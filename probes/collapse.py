@@ -694,7 +694,8 @@ def _figure(results: list[tuple[str, CollapseResult]], heads: bool, log_x: bool,
     for row in (1, 2):
         fig.add_vline(x=L, line_dash="dash", line_color="red", row=row, col=1)
     verdicts = ", ".join(f"{lab or 'collapsed'}: {r.collapsed}" for lab, r in results)
-    fig.update_layout(title=f"state collapse (train_len {L}; {verdicts})", **layout)
+    fig.update_layout(title=f"state collapse (train_len {L}; {verdicts})")
+    fig.update_layout(**layout)  # the caller's settings win
     fig.update_xaxes(title_text="position (tokens)", type="log" if log_x else "linear", row=2, col=1)
     if log_x:
         fig.update_xaxes(type="log", row=1, col=1)

@@ -228,7 +228,8 @@ class GateSaturation(Result):
                     marker={"size": 4, "opacity": 0.6}))
             fig.update_layout(title=f"Gate saturation per unit (left: < {self.low:g}, right: > {self.high:g})",
                               xaxis_title="fraction left-saturated", yaxis_title="fraction right-saturated",
-                              xaxis_range=[0, 1], yaxis_range=[0, 1], **layout)
+                              xaxis_range=[0, 1], yaxis_range=[0, 1])
+            fig.update_layout(**layout)  # the caller's settings win
             return fig
         if kind != "bars":
             raise ValueError(f"kind: expected 'bars' or 'units', got {kind!r}")
@@ -238,7 +239,8 @@ class GateSaturation(Result):
             go.Bar(x=x, y=(1 - self.left - self.right).tolist(), name="unsaturated", marker_color="#d9d9d9"),
             go.Bar(x=x, y=self.right.tolist(), name=f"> {self.high:g}", marker_color="#d73027")])
         fig.update_layout(barmode="stack", title=f"Gate saturation ({self.settings.get('model', '')})",
-                          xaxis_title="layer / gate", yaxis_title="fraction of values", **layout)
+                          xaxis_title="layer / gate", yaxis_title="fraction of values")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 
@@ -569,7 +571,8 @@ class CellReport(Result):
                                    colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": "|corr|"}))
         layout = {"height": max(400, 16 * len(names)), **layout}  # the caller's height wins
         fig.update_layout(title=f"Unit–feature correlation ({self.settings.get('model', '')})",
-                          xaxis_title="feature", yaxis_title="unit", **layout)
+                          xaxis_title="feature", yaxis_title="unit")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
     def html(self, key: str | None = None, max_bytes: int | None = None) -> str:

@@ -105,7 +105,8 @@ class ProbeResult(Result):
         title = f"linear probe{f' on {hook}' if hook else ''}: test {self.metric} {self.test_score:.3f}"
         if self.selectivity is not None:
             title += f", selectivity {self.selectivity:.3f}"
-        fig.update_layout(title=title, barmode="group", xaxis_title="labels", yaxis_title=self.metric, **layout)
+        fig.update_layout(title=title, barmode="group", xaxis_title="labels", yaxis_title=self.metric)
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 

@@ -360,7 +360,8 @@ class MemoryResult(Result):
         fig.update_yaxes(title_text="repeat surprisal (%)", col=1)
         name = self.settings.get("model") or ""
         fig.update_layout(title=f"Verbatim memory{': ' + name if name else ''} (median, "
-                                f"{int(100 * self.settings.get('ci', 0.95))}% bootstrap CI)", **layout)
+                                f"{int(100 * self.settings.get('ci', 0.95))}% bootstrap CI)")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 

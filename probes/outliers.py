@@ -319,7 +319,8 @@ class OutlierResult(Result):
         fig.update_layout(title=f"Outlier channels (m_c > μ + {self.n_sigma:g}σ): {self.n_outliers} in "
                           f"{sum(1 for o in self.outliers if o)} layers; loss {self.loss_base:.3f} → "
                           f"{self.loss_all:.3f} with all zeroed", xaxis_title="input channel",
-                          yaxis_title="linear layer", height=max(400, 18 * len(self.layers)), **layout)
+                          yaxis_title="linear layer", height=max(400, 18 * len(self.layers)))
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
     def _profile(self, layer: str, **layout: Any):
@@ -334,7 +335,8 @@ class OutlierResult(Result):
         fig.add_hline(y=self.mu[i] + self.n_sigma * self.sigma[i], line_dash="dash",
                       annotation_text=f"μ + {self.n_sigma:g}σ")
         fig.update_layout(title=f"{layer}: max |x_c| over tokens ({len(out)} outliers)",
-                          xaxis_title="input channel", yaxis_title="m_c", **layout)
+                          xaxis_title="input channel", yaxis_title="m_c")
+        fig.update_layout(**layout)  # the caller's settings win
         return fig
 
 

@@ -150,6 +150,7 @@ def test_result_api():
     assert list(frame.columns) == ["layer", "head", "score"] and len(frame) == 4
     assert frame.loc[frame.score.idxmax(), ["layer", "head"]].tolist() == [0, 1]
     assert isinstance(res.figure(), go.Figure)
+    assert res.figure(title="mine", height=300).layout.title.text == "mine"  # caller's layout wins
     text = res.to_json()
     assert json.loads(text)["scores"]["__tensor__"][0][1] == pytest.approx(0.9)
     back = HeadScores.from_json(text)
