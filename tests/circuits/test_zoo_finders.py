@@ -26,3 +26,19 @@ def test_every_finder_on_every_zoo_architecture(name):
         res = finder(model, **kwargs)
         assert res.scores.shape == (model.cfg.n_layers, n_heads(model)), (family, res.scores.shape)
         assert torch.isfinite(res.scores).all(), (name, family)
+
+
+def test_circuits_zoo_study_runs_small(tmp_path, capsys):
+    """studies/circuits_zoo.py end to end on one organism and two finders."""
+    import json
+
+    from seqlens.studies.circuits_zoo import main
+
+    assert main(["--models", "mqar-gla", "--finders", "induction", "copying", "--top", "3", "--n-random", "3",
+                 "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["finders"]["mqar-gla"]) == {"induction", "copying"}
+    check = metrics["causal_check"]
+    assert check["fraction_removed"] > 0.6 and check["random_fraction_removed_mean"] < check["fraction_removed"]
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert "causal check" in capsys.readouterr().out
