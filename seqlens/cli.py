@@ -347,6 +347,12 @@ Every argument goes to `streamlit run`, e.g. `seqlens app --server.port 8502 --s
 (see `streamlit run --help`). The exit status is Streamlit's."""
 
 
+# Streamlit defaults that keep `seqlens app` offline and non-blocking on a fresh machine: no usage
+# statistics, no first-run e-mail prompt, and a fixed address so it never looks up its external IP
+OFFLINE_STREAMLIT = {"--browser.gatherUsageStats": "false", "--server.showEmailPrompt": "false",
+                     "--browser.serverAddress": "localhost"}
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     import signal
     import subprocess
@@ -361,7 +367,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not MAIN.is_file():
         raise CLIError(f"the dashboard script {MAIN} is missing from this install")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(MAIN), *extra])
+    given = {a.split("=", 1)[0] for a in extra if a.startswith("--")}  # the caller's settings win
+    quiet = [x for opt, value in OFFLINE_STREAMLIT.items() if opt not in given for x in (opt, value)]
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(MAIN), *quiet, *extra])
     # a SIGTERM to `seqlens app` stops the server too instead of orphaning it
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     try:

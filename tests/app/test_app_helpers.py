@@ -105,9 +105,14 @@ def test_cli_app_runs_streamlit_on_the_installed_app(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", FakeServer)
     handler = signal.getsignal(signal.SIGTERM)
     assert main(["app", "--server.port", "8502", "--server.headless", "true"]) == 3  # exit code forwarded
-    assert FakeServer.calls == [[sys.executable, "-m", "streamlit", "run", str(MAIN),
+    quiet = ["--browser.gatherUsageStats", "false", "--server.showEmailPrompt", "false",  # offline, no prompt
+             "--browser.serverAddress", "localhost"]
+    assert FakeServer.calls == [[sys.executable, "-m", "streamlit", "run", str(MAIN), *quiet,
                                  "--server.port", "8502", "--server.headless", "true"]]
     assert main(["app", "--", "--server.port", "1"]) == 3 and FakeServer.calls[-1][-2:] == ["--server.port", "1"]
+    main(["app", "--browser.gatherUsageStats=true"])  # the caller's choice is kept, not duplicated
+    assert FakeServer.calls[-1][5:] == ["--server.showEmailPrompt", "false", "--browser.serverAddress", "localhost",
+                                        "--browser.gatherUsageStats=true"]
     assert Path(FakeServer.calls[0][4]).is_file() and Path(FakeServer.calls[0][4]).name == "main.py"
     assert signal.getsignal(signal.SIGTERM) == handler  # restored
 
