@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 
 pytest.importorskip("triton")
 
+import scan_inputs  # noqa: E402
 from seqlens.models.kernels import dispatch  # noqa: E402
 from seqlens.models.kernels import selective_scan_triton as sst  # noqa: E402
 from seqlens.models.kernels.selective_scan import (  # noqa: E402
@@ -31,48 +33,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RTOL, ATOL = 6e-4, 2e-3  # mamba-ssm's float32 tolerances
 
 
-def make_inputs(
-    batch: int = 2,
-    d_inner: int = 6,
-    d_state: int = 4,
-    seq_len: int = 13,
-    *,
-    dtype: torch.dtype = torch.float32,
-    with_D: bool = True,
-    with_z: bool = True,
-    with_bias: bool = True,
-    with_h0: bool = True,
-    softplus: bool = True,
-    seed: int = 0,
-    device: str = DEVICE,
-) -> dict[str, Any]:
-    """Random scan inputs (negative A; delta kept positive when no softplus follows)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g)
-
-    delta = rand(batch, d_inner, seq_len) * 0.5 - 1.0
-    inputs = {
-        "u": rand(batch, d_inner, seq_len),
-        "delta": delta if softplus else delta.abs() * 0.3,
-        "A": -torch.exp(rand(d_inner, d_state)),
-        "B": rand(batch, d_state, seq_len),
-        "C": rand(batch, d_state, seq_len),
-        "D": rand(d_inner) if with_D else None,
-        "z": rand(batch, d_inner, seq_len) if with_z else None,
-        "delta_bias": rand(d_inner) * 0.1 if with_bias else None,
-        "initial_state": rand(batch, d_inner, d_state) if with_h0 else None,
-    }
-    return {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in inputs.items()}
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, atol: float = ATOL,
-                 name: str = "") -> None:
-    """Shape, dtype and value comparison; ``name`` labels the failure."""
-    assert actual.shape == expected.shape, name
-    assert actual.dtype == expected.dtype, name
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+make_inputs = partial(scan_inputs.make_inputs, device=DEVICE)
+assert_close = partial(scan_inputs.assert_close, rtol=RTOL, atol=ATOL)
 
 
 def run_with_grads(fn: Any, base: dict[str, Any], softplus: bool, positions: list[int] | None
@@ -92,16 +54,16 @@ def compare_with_ref(base: dict[str, Any], softplus: bool, positions: list[int] 
     """Outputs, final state, taps and every gradient of the Triton scan against the reference."""
     out, grads = run_with_grads(selective_scan_triton, base, softplus, positions)
     ref, ref_grads = run_with_grads(selective_scan_ref, base, softplus, positions)
-    assert_close(out.y, ref.y, rtol, atol, "y")
-    assert_close(out.final_state, ref.final_state, rtol, atol, "final_state")
+    assert_close(out.y, ref.y, rtol=rtol, atol=atol, name="y")
+    assert_close(out.final_state, ref.final_state, rtol=rtol, atol=atol, name="final_state")
     if positions is None:
         assert out.taps is None
     else:
-        assert_close(out.taps, ref.taps, rtol, atol, "taps")
+        assert_close(out.taps, ref.taps, rtol=rtol, atol=atol, name="taps")
     assert set(grads) == set(ref_grads)
     for name, expected in ref_grads.items():
         assert grads[name] is not None, name
-        assert_close(grads[name], expected, rtol, atol, f"grad {name}")
+        assert_close(grads[name], expected, rtol=rtol, atol=atol, name=f"grad {name}")
 
 
 # --------------------------------------------------------------------------- #
@@ -221,11 +183,11 @@ def test_half_precision_inputs(dtype: torch.dtype, tol: float) -> None:
     out, grads = run_with_grads(selective_scan_triton, base, True, [4])
     ref, ref_grads = run_with_grads(selective_scan_ref, base, True, [4])
     assert out.y.dtype == dtype and out.final_state.dtype == torch.float32
-    assert_close(out.y, ref.y, tol, tol, "y")
+    assert_close(out.y, ref.y, rtol=tol, atol=tol, name="y")
     assert_close(out.final_state, ref.final_state, name="final_state")
     assert_close(out.taps, ref.taps, name="taps")
     for name, expected in ref_grads.items():
-        assert_close(grads[name], expected, tol, tol, f"grad {name}")
+        assert_close(grads[name], expected, rtol=tol, atol=tol, name=f"grad {name}")
 
 
 def test_state_chaining_and_initial_state_untouched() -> None:
@@ -354,5 +316,5 @@ def test_gpu_bfloat16_inputs() -> None:
     out = selective_scan(**base, delta_softplus=True, return_final_state=True)
     ref = selective_scan_ref(**base, delta_softplus=True, return_final_state=True)
     assert out.y.dtype == torch.bfloat16 and out.final_state.dtype == torch.float32
-    assert_close(out.y, ref.y, 1e-2, 1e-2, "y")
+    assert_close(out.y, ref.y, rtol=1e-2, atol=1e-2, name="y")
     assert_close(out.final_state, ref.final_state, name="final_state")

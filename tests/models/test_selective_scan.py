@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import scan_inputs
 from seqlens.models.kernels.selective_scan import (
     ScanOutput,
     selective_scan,
@@ -20,41 +22,8 @@ ATOL = 1e-5
 RTOL = 1e-5
 
 
-def make_inputs(
-    batch: int = 2,
-    d_inner: int = 6,
-    d_state: int = 4,
-    seq_len: int = 13,
-    *,
-    dtype: torch.dtype = torch.float32,
-    with_D: bool = True,
-    with_z: bool = True,
-    with_bias: bool = True,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Random scan inputs with realistic magnitudes (negative A, small positive delta)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=dtype)
-
-    return {
-        "u": rand(batch, d_inner, seq_len),
-        "delta": rand(batch, d_inner, seq_len) * 0.5 - 1.0,
-        "A": -torch.exp(rand(d_inner, d_state)),
-        "B": rand(batch, d_state, seq_len),
-        "C": rand(batch, d_state, seq_len),
-        "D": rand(d_inner) if with_D else None,
-        "z": rand(batch, d_inner, seq_len) if with_z else None,
-        "delta_bias": rand(d_inner) * 0.1 if with_bias else None,
-    }
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> None:
-    """Shape, dtype and value comparison with a readable failure."""
-    assert actual.shape == expected.shape
-    assert actual.dtype == expected.dtype
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+make_inputs = partial(scan_inputs.make_inputs, with_h0=False)
+assert_close = partial(scan_inputs.assert_close, rtol=RTOL, atol=ATOL)
 
 
 def explicit_states(inputs: dict[str, Any], delta_softplus: bool, h0: torch.Tensor | None = None) -> torch.Tensor:
