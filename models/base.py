@@ -16,7 +16,6 @@ code path, so they agree by construction up to floating point, and tests hold th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,14 +483,11 @@ class SeqModel(HookedRootModule):
 
     # -- io ------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` (``{"seqlens": cfg, ...extra}``) and ``model.safetensors``."""
-        from safetensors.torch import save_model
+        """Write ``config.json`` (``{"seqlens": cfg, ...extra}``) and ``model.safetensors``, each
+        atomically (see :func:`seqlens.models.io.save_checkpoint`)."""
+        from .io import save_checkpoint
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps({"seqlens": self.cfg.to_dict(), **(extra or {})}, indent=2))
-        save_model(self, str(d / WEIGHTS_FILE))
-        return d
+        return save_checkpoint(self, directory, extra)
 
     @property
     def device(self) -> torch.device:

@@ -259,7 +259,7 @@ def _rope(hf: dict[str, Any], legacy_theta_key: str, label: str) -> dict[str, An
 def _make_config(label: str, **fields: Any) -> ModelConfig:
     try:
         return ModelConfig(**fields)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # TypeError: a field of the wrong JSON type
         raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE} does not describe a valid model: {e}") from None
 
 
