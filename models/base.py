@@ -269,6 +269,7 @@ class SeqModel(HookedRootModule):
         # provenance, set by the loaders (seqlens.models.io / zoo): the tokenizer when the
         # directory has one, the directory / zoo name, the training Recipe and its metrics
         self.tokenizer: Any = None
+        self._tap_reach: int | None = None  # tokens run inside tap_states (None: outside it)
         self.name: str | None = None
         self.recipe: Any = None
         self.metrics: dict[str, float] = {}
@@ -293,6 +294,9 @@ class SeqModel(HookedRootModule):
             raise TypeError(f"{name}: expected integer token ids, got dtype {tokens.dtype}")
         if tokens.dim() != 2:
             raise ValueError(f"{name}: expected shape [batch, seq_len], got {list(tokens.shape)}")
+        if tokens.numel() == 0:  # one behaviour for every mixer: [B, 0] and [0, L] are refused
+            raise ValueError(f"{name}: expected at least one token in at least one sequence, got shape "
+                             f"{list(tokens.shape)}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"{name}: token ids must lie in [0, {self.cfg.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
@@ -301,6 +305,8 @@ class SeqModel(HookedRootModule):
     def _run(self, tokens: Tensor, state: ModelState | None) -> tuple[Tensor, ModelState | None]:
         tokens = self.check_tokens(tokens)
         pos = 0 if state is None else state.pos
+        if self._tap_reach is not None:  # how far tap_states' positions were covered (see there)
+            self._tap_reach = max(self._tap_reach, pos + tokens.shape[1])
         x = self.embed_tokens(tokens, pos)
         new_layers = []
         for i, block in enumerate(self.blocks):
@@ -327,8 +333,7 @@ class SeqModel(HookedRootModule):
 
     def forward_chunk(self, tokens: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """Continue from ``state`` with ``tokens [B, T]``: returns ``(logits [B, T, V], state)``."""
-        if not isinstance(state, ModelState):
-            raise TypeError(f"state: expected a ModelState from init_state(), got {type(state).__name__}")
+        self.check_state(state)
         if tokens.dim() == 2 and state.layers and tokens.shape[0] != self._state_batch(state):
             raise ValueError(f"tokens: batch {tokens.shape[0]} does not match the state's batch "
                              f"{self._state_batch(state)}")
@@ -337,6 +342,34 @@ class SeqModel(HookedRootModule):
     @staticmethod
     def _state_batch(state: ModelState) -> int:
         return next(iter(state.layers[0].values())).shape[0]
+
+    def check_state(self, state: Any) -> None:
+        """Require ``state`` to belong to this model: a ModelState with one dict per layer whose
+        keys and tensor shapes are those of ``init_state`` (dims that are empty there grow with
+        ``pos``, e.g. a KV cache's sequence axis); clear ValueErrors naming ``state``."""
+        if not isinstance(state, ModelState):
+            raise TypeError(f"state: expected a ModelState from init_state(), got {type(state).__name__}")
+        if isinstance(state.pos, bool) or not isinstance(state.pos, int) or state.pos < 0:
+            raise ValueError(f"state: pos must be a non-negative integer, got {state.pos!r}")
+        if not isinstance(state.layers, list) or len(state.layers) != len(self.blocks):
+            n = len(state.layers) if isinstance(state.layers, list) else type(state.layers).__name__
+            raise ValueError(f"state: has {n} layers but this model has {len(self.blocks)}; "
+                             "it comes from another model (use this model's init_state())")
+        batch = self._state_batch(state) if state.layers and state.layers[0] else 0
+        for i, (block, got) in enumerate(zip(self.blocks, state.layers)):
+            want = block.mixer.init_state(max(batch, 1), torch.device("meta"), self.embed.weight.dtype)
+            if not isinstance(got, dict) or set(got) != set(want):
+                keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+                raise ValueError(f"state: layer {i} has entries {keys} but this model's {self.cfg.arch} "
+                                 f"layer expects {sorted(want)}; it comes from another model")
+            for key, t in want.items():
+                v = got[key]
+                ok = isinstance(v, Tensor) and v.dim() == t.dim() and all(
+                    a == b or b == 0 for a, b in zip(v.shape, t.shape))
+                if not ok:
+                    shape = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                    raise ValueError(f"state: layer {i} entry {key!r} has shape {shape} but this model "
+                                     f"expects {list(t.shape)}; it comes from another model")
 
     def step(self, tokens: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: ``tokens [B] -> (logits [B, V], state)``."""
@@ -404,7 +437,7 @@ class SeqModel(HookedRootModule):
         the scan without materialising the state at every step. When streaming, each chunk fires
         the hook with the positions that fall inside it (absolute positions carry across chunks).
         Attention mixers have no fixed-size state (their state is the KV cache) and raise."""
-        pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+        pos = self._tap_tensor(positions)
         if pos.numel() == 0:
             raise ValueError("positions: expected at least one position")
         if int(pos.min()) < 0:
@@ -415,14 +448,31 @@ class SeqModel(HookedRootModule):
             raise NotImplementedError(
                 f"tap_states: arch {self.cfg.arch!r} has no fixed-size recurrent state (its state "
                 "is the KV cache, see init_state); use hook_k / hook_v instead")
-        old = [b.mixer.tap_positions for b in self.blocks]
+        old, old_reach = [b.mixer.tap_positions for b in self.blocks], self._tap_reach
         for b in self.blocks:
             b.mixer.tap_positions = pos
+        self._tap_reach = 0
         try:
             yield pos
+            reach = self._tap_reach
         finally:
             for b, o in zip(self.blocks, old):
                 b.mixer.tap_positions = o
+            self._tap_reach = old_reach
+        if 0 < reach <= int(pos[-1]):  # something ran, but not far enough for every tap to fire
+            raise ValueError(f"positions: tap positions {pos[pos >= reach].tolist()} lie past the end of "
+                             f"the input run inside tap_states ({reach} tokens); hook_state never fired for them")
+
+    @staticmethod
+    def _tap_tensor(positions: Any) -> Tensor:
+        """``positions`` as a flat LongTensor; non-integer values (2.7, True) are an error, not truncated."""
+        try:
+            pos = torch.as_tensor(positions)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"positions: expected a sequence of integers, got {positions!r}") from None
+        if pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex():
+            raise TypeError(f"positions: expected integer positions, got {positions!r}")
+        return pos.long().flatten()
 
     # -- patterns ------------------------------------------------------------------------------
     def mixer_input(self, tokens: Tensor, layer: int) -> Tensor:
@@ -466,7 +516,7 @@ class SeqModel(HookedRootModule):
         return mixer.stats(x, sink_k, span, backend)
 
     def _check_layer(self, layer: int) -> None:
-        if not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.cfg.n_layers}), got {layer!r}")
 
     # -- TransformerLens glue ------------------------------------------------------------------

@@ -63,7 +63,7 @@ def parse_model_config(raw: Any, path: Path) -> ModelConfig:
     """``ModelConfig`` from the ``"seqlens"`` entry of ``path``, errors naming the file and field."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"path: {path}: field 'seqlens' must be a JSON object of ModelConfig "
-                              f"fields, got {type(raw).__name__}")
+                              f"fields, got {json_type(raw)}")
     try:
         return ModelConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
