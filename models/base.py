@@ -305,14 +305,14 @@ class SeqModel(HookedRootModule):
     def _run(self, tokens: Tensor, state: ModelState | None) -> tuple[Tensor, ModelState | None]:
         tokens = self.check_tokens(tokens)
         pos = 0 if state is None else state.pos
-        if self._tap_reach is not None:  # how far tap_states' positions were covered (see there)
-            self._tap_reach = max(self._tap_reach, pos + tokens.shape[1])
         x = self.embed_tokens(tokens, pos)
         new_layers = []
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, None if state is None else state.layers[i], pos=pos)
             new_layers.append(layer_state)
         logits = self.unembed(self.ln_final(x))
+        if self._tap_reach is not None:  # how far tap_states' positions were covered (see there)
+            self._tap_reach = max(self._tap_reach, pos + tokens.shape[1])
         if state is None:
             return logits, None
         return logits, ModelState(new_layers, pos + tokens.shape[1])
@@ -470,7 +470,7 @@ class SeqModel(HookedRootModule):
             pos = torch.as_tensor(positions)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"positions: expected a sequence of integers, got {positions!r}") from None
-        if pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex():
+        if pos.numel() and (pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex()):
             raise TypeError(f"positions: expected integer positions, got {positions!r}")
         return pos.long().flatten()
 

@@ -124,21 +124,31 @@ def check_against_header(cfg: ModelConfig, header: dict[str, tuple[tuple[int, ..
     which is returned."""
     stored = sum(math.prod(shape) for shape, _ in header.values())
     implied = estimate_parameters(cfg)
-    if implied > stored:
+    if implied > stored:  # name the first weight a 1-layer twin already gets wrong, if any
+        _check_shapes(_meta_model(cfg.replace(n_layers=1)), header, source, missing_ok=True)
         raise CheckpointError(f"path: {source}: the config implies {implied:,} parameters but the weight "
                               f"file holds {stored:,} values; config.json does not match the weights")
     model = _meta_model(cfg)
     check_state_names(model, dict(header), source)
+    _check_shapes(model, header, source)
+    return model
+
+
+def _check_shapes(model: SeqModel, header: dict[str, tuple[tuple[int, ...], str]], source: Path,
+                  missing_ok: bool = False) -> None:
+    """Every header entry has a floating dtype and the shape ``model`` implies (entries ``model``
+    lacks are skipped when ``missing_ok``)."""
     own_state = model.state_dict()
     for k, (shape, dtype) in header.items():
         if dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"path: {source}: weight {k!r} has dtype {dtype}; expected a floating "
                                   f"point tensor ({', '.join(FLOAT_DTYPES)})")
+        if k not in own_state and missing_ok:
+            continue
         own = tuple(own_state[k].shape)
         if own != shape:
             raise CheckpointError(f"path: {source}: weight {k!r} has shape {list(shape)} but the config "
                                   f"implies {list(own)}")
-    return model
 
 
 def materialise(model: SeqModel, cfg: ModelConfig) -> SeqModel:
