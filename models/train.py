@@ -304,17 +304,17 @@ def prepare_output(directory: Path, recipe: Recipe, resume: bool, force: bool) -
     overwritten), with no foreign resume files, writable. Returns whether to resume from it."""
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"out_dir: {directory} is a file; expected a folder")
+    found = resume_hash(directory)
+    if resume and found is not None and found != recipe_hash(recipe):
+        raise ValueError(f"resume: the resume point in {directory / RESUME_DIR} belongs to another recipe "
+                         f"(hash {found or 'not recorded'}, this recipe {recipe_hash(recipe)}); restart with "
+                         "force (--restart --force) to discard it, or choose another folder")
     if directory.is_dir():
-        _check_resume_folders(directory)
         if any(directory.iterdir()) and not force and not is_own_folder(directory, recipe):
             raise ValueError(f"out_dir: {directory} is not empty and was not written by a run of recipe "
                              f"{recipe.name!r}; choose an empty folder, or force (--force) to overwrite its "
                              f"{CONFIG_FILE} and {WEIGHTS_FILE}")
-    found = resume_hash(directory)
-    if resume and found is not None and found != recipe_hash(recipe):
-        raise ValueError(f"resume: the resume point in {directory / RESUME_DIR} belongs to another recipe "
-                         f"(hash {found or 'not recorded'}, this recipe {recipe_hash(recipe)}); restart "
-                         "(--restart) to discard it, or choose another folder")
+        _check_resume_folders(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -337,7 +337,7 @@ def _save_resume(directory: Path, model: SeqModel, opt: torch.optim.Optimizer, s
                  history: list[dict], elapsed: float, recipe: Recipe) -> None:
     from safetensors.torch import save_file, save_model
 
-    tmp, final, old = (directory / name for name in RESUME_DIRS)
+    final, tmp, old = (directory / name for name in RESUME_DIRS)
     _remove_resume_folder(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(model, str(tmp / WEIGHTS_FILE))
