@@ -269,7 +269,7 @@ class SeqModel(HookedRootModule):
         # provenance, set by the loaders (seqlens.models.io / zoo): the tokenizer when the
         # directory has one, the directory / zoo name, the training Recipe and its metrics
         self.tokenizer: Any = None
-        self._tap_reach: int | None = None  # tokens run inside tap_states (None: outside it)
+        self._tap_runs: list[tuple[int, int]] | None = None  # [start, end) runs inside tap_states
         self.name: str | None = None
         self.recipe: Any = None
         self.metrics: dict[str, float] = {}
@@ -311,8 +311,8 @@ class SeqModel(HookedRootModule):
             x, layer_state = block(x, None if state is None else state.layers[i], pos=pos)
             new_layers.append(layer_state)
         logits = self.unembed(self.ln_final(x))
-        if self._tap_reach is not None:  # how far tap_states' positions were covered (see there)
-            self._tap_reach = max(self._tap_reach, pos + tokens.shape[1])
+        if self._tap_runs is not None:  # which positions tap_states' taps could fire at (see there)
+            self._tap_runs.append((pos, pos + tokens.shape[1]))
         if state is None:
             return logits, None
         return logits, ModelState(new_layers, pos + tokens.shape[1])
@@ -324,8 +324,8 @@ class SeqModel(HookedRootModule):
     # -- recurrent inference -------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> ModelState:
-        if batch <= 0:
-            raise ValueError(f"batch: expected a positive integer, got {batch}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+            raise ValueError(f"batch: expected a positive integer, got {batch!r}")
         p = self.embed.weight
         device = p.device if device is None else torch.device(device)
         dtype = p.dtype if dtype is None else dtype
@@ -395,7 +395,7 @@ class SeqModel(HookedRootModule):
         chunk. Memory is O(state) plus one chunk when ``return_logits=False``; for recurrent
         mixers the state has a fixed size, for attention it is the KV cache (O(L)).
         """
-        if chunk_size <= 0:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
         chunks, total = self._chunks(tokens, chunk_size)
         outs: list[Tensor] = []
@@ -448,20 +448,32 @@ class SeqModel(HookedRootModule):
             raise NotImplementedError(
                 f"tap_states: arch {self.cfg.arch!r} has no fixed-size recurrent state (its state "
                 "is the KV cache, see init_state); use hook_k / hook_v instead")
-        old, old_reach = [b.mixer.tap_positions for b in self.blocks], self._tap_reach
+        old, old_runs = [b.mixer.tap_positions for b in self.blocks], self._tap_runs
         for b in self.blocks:
             b.mixer.tap_positions = pos
-        self._tap_reach = 0
+        self._tap_runs = []
         try:
             yield pos
-            reach = self._tap_reach
+            runs = self._tap_runs
         finally:
             for b, o in zip(self.blocks, old):
                 b.mixer.tap_positions = o
-            self._tap_reach = old_reach
-        if 0 < reach <= int(pos[-1]):  # something ran, but not far enough for every tap to fire
-            raise ValueError(f"positions: tap positions {pos[pos >= reach].tolist()} lie past the end of "
-                             f"the input run inside tap_states ({reach} tokens); hook_state never fired for them")
+            self._tap_runs = old_runs
+        self._check_taps_fired(pos, runs)
+
+    @staticmethod
+    def _check_taps_fired(pos: Tensor, runs: list[tuple[int, int]]) -> None:
+        """After tap_states: when inputs ran but some tap positions lay in none of them (past the
+        end of a stream, or before the position a continued state started at), say so."""
+        if not runs:
+            return
+        fired = torch.zeros_like(pos, dtype=torch.bool)
+        for start, end in runs:
+            fired |= (pos >= start) & (pos < end)
+        if not bool(fired.all()):
+            covered = ", ".join(f"[{a}, {b})" for a, b in sorted(set(runs))[:4])
+            raise ValueError(f"positions: tap positions {pos[~fired].tolist()[:8]} lie outside the input run "
+                             f"inside tap_states (positions {covered}); hook_state never fired for them")
 
     @staticmethod
     def _tap_tensor(positions: Any) -> Tensor:

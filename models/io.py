@@ -312,6 +312,15 @@ def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = Non
     """Open a zoo model by name, or a local directory (seqlens or Hugging Face format)."""
     from . import zoo
 
+    if not isinstance(name_or_dir, (str, os.PathLike)) or str(name_or_dir) == "":
+        raise TypeError(f"name_or_dir: expected a zoo name or a directory path, got {name_or_dir!r}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
     if isinstance(name_or_dir, str) and name_or_dir in zoo.names():
         return zoo.load(name_or_dir, device=device)
     if Path(name_or_dir).exists():

@@ -397,10 +397,25 @@ def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool
     from .io import check_model_size
 
     check_model_size(recipe.model, what="recipe.model")  # before any allocation
+    check_batch_tokens(recipe)
     directory = Path(out_dir) if out_dir is not None else None
     do_resume = prepare_output(directory, recipe, resume, force) if directory is not None else False
     with torch.enable_grad():  # robust to a caller's no_grad / set_grad_enabled(False)
         return _train(recipe, directory, do_resume, progress, save_every)
+
+
+MAX_BATCH_TOKENS = 2**22  # tokens in one training / evaluation batch a recipe may ask for
+
+
+def check_batch_tokens(recipe: Recipe) -> None:
+    """Refuse a recipe whose batches (``batch_size`` × ``seq_len`` from its data kwargs) exceed
+    :data:`MAX_BATCH_TOKENS`, before any data or model is allocated."""
+    for split, kwargs in (("data_kwargs", recipe.data_kwargs), ("eval_kwargs", recipe.eval_kwargs)):
+        length = kwargs.get("seq_len", 1)
+        if isinstance(length, int) and recipe.batch_size * max(length, 1) > MAX_BATCH_TOKENS:
+            raise ValueError(f"recipe.batch_size: {recipe.batch_size} sequences x seq_len {length} ({split}) "
+                             f"= {recipe.batch_size * length:,} tokens per batch, above the limit of "
+                             f"{MAX_BATCH_TOKENS:,}")
 
 
 def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,

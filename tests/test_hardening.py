@@ -105,6 +105,14 @@ def test_cli_hooks_on_auto_map_folder_does_not_hang(tmp_path):
 # ----------------------------------------------------------------------------- 2: memory bombs
 
 
+def test_load_arguments_are_checked():
+    for bad in (123, None, ""):
+        with pytest.raises(TypeError, match="name_or_dir"):
+            seqlens.load(bad)
+    with pytest.raises(ValueError, match="device"):
+        seqlens.load("tiny-mamba", device="nope")
+
+
 def test_huge_config_beside_tiny_weights_fails_before_allocating(tmp_path):
     tiny("transformer").save(tmp_path)
     rewrite_config(tmp_path, d_model=8192, n_layers=64, n_heads=64)
@@ -127,6 +135,8 @@ def test_recipe_model_size_is_capped(monkeypatch):
     monkeypatch.setattr(io, "MAX_PARAMS", 10_000)
     with pytest.raises(ValueError, match=r"recipe.model: the config implies [\d,]+ parameters, above"):
         T.train(tiny_recipe(model=ModelConfig(arch="lstm", vocab_size=16, d_model=64, n_layers=4)), progress=False)
+    with pytest.raises(ValueError, match="recipe.batch_size: 10000000 sequences"):
+        T.train(tiny_recipe(batch_size=10**7), progress=False)
     # the estimate equals the real count, for every architecture
     for arch in ARCHS:
         model = tiny(arch, n_layers=3)
@@ -409,7 +419,7 @@ def test_tap_positions_must_be_integers():
 @pytest.mark.parametrize("arch", ["mamba", "gla", "mingru", "lstm"])
 def test_tap_past_the_end_of_a_stream_is_reported(arch):
     model = tiny(arch)
-    with pytest.raises(ValueError, match=r"positions: tap positions \[50\] lie past the end .*\(10 tokens\)"):
+    with pytest.raises(ValueError, match=r"positions: tap positions \[50\] lie outside the input run .*\[0, 4\), \[4, 8\), \[8, 10\)"):
         with model.tap_states([3, 50]):
             model.stream(toks(1, 10), chunk_size=4)
     # taps reached by a later stream call that continues the state are fine
@@ -419,6 +429,20 @@ def test_tap_past_the_end_of_a_stream_is_reported(arch):
             first = model.stream(toks(1, 10), chunk_size=4)
             model.stream(toks(1, 10), chunk_size=4, state=first.state)
     assert sum(fired) == 2
+    # a tap before the position a continued state starts at never fires either
+    state = model.stream(toks(1, 10)).state
+    with pytest.raises(ValueError, match=r"tap positions \[2\] lie outside the input run .*\[10, 14\)"):
+        with model.tap_states([2, 12]):
+            model.stream(toks(1, 4), state=state)
+
+
+@pytest.mark.parametrize("call", ["stream-chunk", "init-state-float", "init-state-bool"])
+def test_sizes_must_be_integers(call):
+    model = tiny("mamba")
+    with pytest.raises(ValueError, match="chunk_size|batch"):
+        {"stream-chunk": lambda: model.stream(toks(1, 4), chunk_size=2.5),
+         "init-state-float": lambda: model.init_state(2.5),
+         "init-state-bool": lambda: model.init_state(True)}[call]()
 
 
 def test_layer_true_is_not_an_int():
