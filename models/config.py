@@ -42,8 +42,11 @@ def _type_text(tp: Any) -> str:
         return " or ".join(_type_text(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
-    origin = typing.get_origin(tp)
-    return getattr(origin or tp, "__name__", str(tp))
+    if tp is float:
+        return "finite float"
+    if typing.get_args(tp):  # e.g. tuple[float, float]
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
 
 
 def _matches(value: Any, tp: Any) -> bool:

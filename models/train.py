@@ -398,6 +398,7 @@ def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool
 
     check_model_size(recipe.model, what="recipe.model")  # before any allocation
     check_batch_tokens(recipe)
+    check_data(recipe)
     directory = Path(out_dir) if out_dir is not None else None
     do_resume = prepare_output(directory, recipe, resume, force) if directory is not None else False
     with torch.enable_grad():  # robust to a caller's no_grad / set_grad_enabled(False)
@@ -416,6 +417,16 @@ def check_batch_tokens(recipe: Recipe) -> None:
             raise ValueError(f"recipe.batch_size: {recipe.batch_size} sequences x seq_len {length} ({split}) "
                              f"= {recipe.batch_size * length:,} tokens per batch, above the limit of "
                              f"{MAX_BATCH_TOKENS:,}")
+
+
+def check_data(recipe: Recipe) -> None:
+    """Draw one training and one evaluation sequence before training starts, so a bad task name or
+    argument fails at once, and require the data's token ids to fit the model's vocabulary."""
+    for split in ("train", "eval"):
+        tokens = get_batch(recipe.replace(batch_size=1), 0, split).tokens
+        if int(tokens.max()) >= recipe.model.vocab_size:
+            raise ValueError(f"recipe.model.vocab_size: {recipe.model.vocab_size} is too small for the "
+                             f"{split} data, whose token ids reach {int(tokens.max())}")
 
 
 def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,

@@ -482,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args)
+    except SystemExit as e:  # a benchmark's own argument parser: return its status, do not exit
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     except CLIError as e:
         print(f"seqlens {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

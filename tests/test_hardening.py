@@ -327,6 +327,17 @@ def _recipe_file(tmp_path: Path) -> str:
     return str(path)
 
 
+RECIPE_BASE = {"name": "x", "model": {"arch": "lstm", "d_model": 16, "n_layers": 1, "vocab_size": 16,
+                                     "pattern_heads": 4}, "data": "task:induction",
+               "data_kwargs": {"seq_len": 12, "vocab_size": 16}, "steps": 1, "batch_size": 1, "eval_every": 1,
+               "eval_batches": 1}
+BAD_RECIPES = {
+    "task.json": {"data": "task:nope"},
+    "kwargs.json": {"data_kwargs": {"seq_len": 12}},
+    "vocab.json": {"model": {**RECIPE_BASE["model"], "vocab_size": 4}},
+    "betas.json": {"betas": [0.9]},
+}
+
 CLI_CASES = {
     "hooks-seq-len": (["hooks", "tiny-mamba", "--seq-len", "2000000000"], "--seq-len"),
     "hooks-batch": (["hooks", "tiny-mamba", "--batch", "100000000"], "--batch"),
@@ -343,6 +354,11 @@ CLI_CASES = {
     "train-recipe-binary": (["train", "{tmp}/binary/config.json", "--out", "{tmp}/o"], "not UTF-8"),
     "train-recipe-types": (["train", "{tmp}/types.json", "--out", "{tmp}/o"], "Recipe.steps"),
     "zoo-build-unknown": (["zoo", "build", "nope"], "unknown organism 'nope'"),
+    "train-task-unknown": (["train", "{tmp}/task.json", "--out", "{tmp}/o"], "unknown task 'nope'"),
+    "train-task-kwargs": (["train", "{tmp}/kwargs.json", "--out", "{tmp}/o"], "missing required argument"),
+    "train-vocab-small": (["train", "{tmp}/vocab.json", "--out", "{tmp}/o"], "vocab_size: 4 is too small"),
+    "train-betas": (["train", "{tmp}/betas.json", "--out", "{tmp}/o"], "Recipe.betas: expected tuple[float, float]"),
+    "hooks-hf-model-type": (["hooks", "{tmp}/hf"], "'model_type' must be a string"),
     "zoo-build-out-file": (["zoo", "build", "induction-attn2", "--out", "{tmp}/file"], "is a file"),
 }
 
@@ -355,6 +371,10 @@ def test_cli_bad_input_one_line_exit_2(capsys, tmp_path, case):
     (tmp_path / "binary" / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
     (tmp_path / "list.json").write_text("[1]")
     (tmp_path / "types.json").write_text(json.dumps({**tiny_recipe().to_dict(), "steps": "10"}))
+    for name, change in BAD_RECIPES.items():
+        (tmp_path / name).write_text(json.dumps({**RECIPE_BASE, **change}))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": ["gpt2"]}))
     argv = [a.format(tmp=tmp_path, recipe=_recipe_file(tmp_path)) for a in argv]
     rc = main(argv)
     err = capsys.readouterr().err
