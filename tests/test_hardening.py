@@ -199,6 +199,18 @@ def test_train_output_must_be_a_writable_folder(tmp_path):
         T.train(tiny_recipe(), tmp_path / "file" / "sub", progress=False)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores folder permissions")
+def test_train_read_only_output_fails_before_training(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match="not writable"):
+            T.train(tiny_recipe(), ro, progress=False)
+    finally:
+        ro.chmod(0o755)
+
+
 def _interrupted_run(tmp_path, monkeypatch, recipe) -> Path:
     out = tmp_path / "run"
     real = T.get_batch
