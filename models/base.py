@@ -397,6 +397,8 @@ class SeqModel(HookedRootModule):
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable (start, logits, state), got {type(callback).__name__}")
         chunks, total = self._chunks(tokens, chunk_size)
         outs: list[Tensor] = []
         bar = None

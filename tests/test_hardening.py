@@ -468,6 +468,11 @@ def test_tap_past_the_end_of_a_stream_is_reported(arch):
             model.stream(toks(1, 4), state=state)
 
 
+def test_stream_callback_must_be_callable():
+    with pytest.raises(TypeError, match="callback: expected a callable"):
+        tiny("mamba").stream(toks(1, 4), callback=5)
+
+
 @pytest.mark.parametrize("call", ["stream-chunk", "init-state-float", "init-state-bool"])
 def test_sizes_must_be_integers(call):
     model = tiny("mamba")
