@@ -61,6 +61,12 @@ def computed(what: str, title: str, args: tuple, button: bool, compute, idle: st
         return None
 
 
+def shown_bounds(n: int, least: int = 100, most: int = 3000) -> tuple[int, int, int]:
+    """``(min, max, default)`` of a "how much of a text of ``n`` units to show" input: never a
+    minimum above the maximum, whatever the text's length (a short text: all of it)."""
+    return min(least, n), n, min(most, n)
+
+
 def yes_no(value) -> str:
     return "—" if value is None else ("yes" if value else "no")
 
@@ -358,8 +364,10 @@ with tab_gates:
                                  hide_index=True, width="stretch")
                     st.plotly_chart(report.figure(), key="cells_figure")
                 with right:
-                    shown = int(st.number_input("Bytes shown", min_value=100, max_value=len(report.tokens),
-                                                value=min(3000, len(report.tokens)), step=500,
+                    lo, hi, default = shown_bounds(len(report.tokens))
+                    if not lo <= st.session_state.get("states_cells_shown", default) <= hi:
+                        st.session_state.pop("states_cells_shown")  # another text's value
+                    shown = int(st.number_input("Bytes shown", min_value=lo, max_value=hi, value=default, step=500,
                                                 key="states_cells_shown"))
                     # the top unit of a feature is shown with its correlation; another one by name
                     st.html(report.html(feature if unit == units[0] else unit, max_bytes=shown))

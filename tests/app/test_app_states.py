@@ -149,3 +149,22 @@ def test_library_errors_become_messages():
     assert any(m.startswith("State collapse: n_tokens: 1024") for m in errors(at))
     at.number_input(key="w_states_n_tokens").set_value(512).run()
     assert not errors(at) and any("Run collapse probe" in i.value for i in at.info)
+
+
+def test_interpretable_cells_on_the_default_own_text():
+    """Issue 15 item 8: the default code snippet is shorter than the old 100-byte minimum of
+    "Bytes shown" (min_value 100 > max_value 51 raised); the bounds now follow the text."""
+    at = open_app("states", model=TEXT)
+    at.radio(key="w_states_cells_source").set_value("Your Python code").run()
+    click(at, "states_cells_run")
+    no_problem(at)
+    n = len(at.text_area(key="w_states_cells_text").value.encode())
+    shown = at.number_input(key="states_cells_shown")
+    assert shown.value == shown.max == n and shown.min <= n
+    (view,) = [h.proto.body for h in at.get("html")]
+    assert "<pre" in view and "top unit for" in view
+    at.text_area(key="w_states_cells_text").input("x = 1\n" * 800).run()  # longer text: 100..3000 again
+    click(at, "states_cells_run")
+    no_problem(at)
+    shown = at.number_input(key="states_cells_shown")
+    assert (shown.min, shown.value, shown.max) == (100, 3000, 4800)
