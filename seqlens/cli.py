@@ -81,23 +81,16 @@ def random_tokens(model, batch: int, seq_len: int, seed: int):
 
 def count_parameters(model) -> int:
     """Number of distinct parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    from seqlens.models.summary import count_parameters as count
+
+    return count(model)
 
 
 def arch_summary(model) -> dict[str, Any]:
     """The config fields that say what a model is, for the header line and ``--json``."""
-    cfg = model.cfg
-    out: dict[str, Any] = {"arch": cfg.arch, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
-                           "vocab_size": cfg.vocab_size, "n_ctx": cfg.n_ctx, "norm": cfg.norm}
-    if cfg.arch == "mamba":
-        out.update(d_inner=cfg.d_inner, d_state=cfg.d_state, d_conv=cfg.d_conv,
-                   dt_rank=cfg.dt_rank_, pattern_heads=cfg.pattern_heads)
-    else:
-        out.update(n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim,
-                   positions=cfg.positions, mlp="none" if cfg.attn_only else cfg.mlp,
-                   parallel_residual=cfg.parallel_residual)
-    out["parameters"] = count_parameters(model)
-    return out
+    from seqlens.models.summary import arch_summary as summary
+
+    return summary(model)
 
 
 def arch_line(summary: dict[str, Any]) -> str:
@@ -106,7 +99,9 @@ def arch_line(summary: dict[str, Any]) -> str:
 
 
 def supports_taps(model) -> bool:
-    return all(getattr(b.mixer, "supports_state_taps", False) for b in model.blocks)
+    from seqlens.models.hooks import supports_taps as taps
+
+    return taps(model)
 
 
 def format_table(rows: Sequence[tuple[str, str]], header: tuple[str, str]) -> str:
@@ -166,19 +161,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def collect_hooks(model, tokens, taps: list[int] | None) -> tuple[list[tuple[str, list[int]]], list[str]]:
     """``(name, shape)`` of every hook that fired on ``tokens`` in execution order, and the
-    names of declared hooks that did not fire. With ``taps``, runs inside ``tap_states`` so
-    recurrent mixers' ``hook_state`` fires."""
-    import contextlib
+    names of declared hooks that did not fire (:func:`seqlens.models.hooks.record_hooks`)."""
+    from seqlens.models.hooks import record_hooks
 
-    import torch
-
-    ctx = model.tap_states(taps) if taps else contextlib.nullcontext()
-    with torch.no_grad(), ctx:
-        _, cache = model.run_with_cache(tokens)
-    fired = [(name, list(t.shape)) for name, t in cache.items()]
-    seen = {name for name, _ in fired}
-    silent = [name for name in model.hook_dict if name not in seen]
-    return fired, silent
+    return record_hooks(model, tokens, taps)
 
 
 def parse_taps(text: str | None, seq_len: int) -> list[int]:
