@@ -3,7 +3,7 @@
     seqlens info                      versions, devices, zoo models, kernel backends
     seqlens hooks MODEL [--json]      every hook name with its shape, in execution order
     seqlens demo [MODEL]              load a model and check forward == step == stream
-    seqlens app [STREAMLIT_OPTIONS]   start the Streamlit dashboard
+    seqlens app [--expose] [--model-dir DIR] [STREAMLIT_OPTIONS]   the dashboard (127.0.0.1 by default)
 
 ``MODEL`` is a zoo name (``seqlens info`` lists them) or a local checkpoint directory (seqlens
 or Hugging Face format). Nothing here touches the network. Bad input (unknown model, sequence

@@ -17,6 +17,7 @@ LENGTH_OPTIONS = [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 DEPTH_OPTIONS = [0.0, 0.25, 0.5, 0.75, 1.0]
 FIT_LENGTHS = [64, 128, 256, 512, 1024]
 FIT_DEPTHS = [0.0, 0.5, 1.0]
+MAX_TOKENS = 65536  # the longest stream the collapse probe runs from the page
 MITIGATIONS = {"normalize_states": "Normalize states", "forget_more": "Forget more", "state_window": "State window"}
 
 model_key, model = state.current_model()
@@ -88,7 +89,7 @@ with tab_collapse:
     c1, c2, c3 = st.columns([2, 1, 1])
     source = widget("radio", "Input", sources, key="states_source", default=sources[0], options=sources,
                     where=c1, format_func=lambda s: SOURCE_HELP.get(s, s))
-    n_tokens = int(widget("number_input", "Tokens", min_value=128, max_value=65536, step=1024,
+    n_tokens = int(widget("number_input", "Tokens", min_value=128, max_value=MAX_TOKENS, step=1024,
                           key="states_n_tokens", default=4096, where=c2,
                           help=f"Stream length; past 2·L = {2 * L} the collapse rule can judge."))
     run_collapse = c3.button("Run collapse probe", type="primary", key="states_collapse_run")
@@ -150,8 +151,9 @@ with tab_collapse:
                 if on:
                     chosen.append(("forget_more", float(b), float(c)))
             else:
-                w = int(widget("number_input", "Window (tokens)", min_value=1, max_value=65536,
-                               step=collapse.DEFAULT_CHUNK, key="states_window", default=max(L, collapse.DEFAULT_CHUNK),
+                w = int(widget("number_input", "Window (tokens)", min_value=1, max_value=MAX_TOKENS,
+                               step=collapse.DEFAULT_CHUNK, key="states_window",
+                               default=min(max(L, collapse.DEFAULT_CHUNK), MAX_TOKENS),  # n_ctx may exceed it
                                help=f"Rounded up to whole chunks of {collapse.DEFAULT_CHUNK} tokens."))
                 if on:
                     chosen.append(("state_window", w))

@@ -168,3 +168,20 @@ def test_interpretable_cells_on_the_default_own_text():
     no_problem(at)
     shown = at.number_input(key="states_cells_shown")
     assert (shown.min, shown.value, shown.max) == (100, 3000, 4800)
+
+
+def test_states_page_defaults_on_a_model_with_a_long_context(tmp_path, monkeypatch):
+    """A checkpoint whose n_ctx (its training length here) exceeds the page's 65,536-token bound: the
+    state window's default stays within its bounds instead of breaking the page."""
+    import seqlens
+    from seqlens.models import ModelConfig
+
+    cfg = ModelConfig(arch="mamba", vocab_size=256, d_model=16, n_layers=1, d_state=4, n_ctx=200_000)
+    seqlens.build(cfg, seed=0).save(tmp_path / "long")
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path))
+    at = open_app()
+    at.radio(key="w_model_source").set_value("Local directory").run()
+    at.text_input(key="w_model_dir").input(str(tmp_path / "long")).run()
+    at.switch_page("views/states.py").run()
+    no_problem(at)
+    assert at.number_input(key="w_states_window").value == 65536
