@@ -18,6 +18,7 @@ DEPTH_OPTIONS = [0.0, 0.25, 0.5, 0.75, 1.0]
 FIT_LENGTHS = [64, 128, 256, 512, 1024]
 FIT_DEPTHS = [0.0, 0.5, 1.0]
 MAX_TOKENS = 65536  # the longest stream the collapse probe runs from the page
+MAX_CELL_TEXT = 65536  # bytes of the user's own text the interpretable-cells probe runs on
 MITIGATIONS = {"normalize_states": "Normalize states", "forget_more": "Forget more", "state_window": "State window"}
 
 model_key, model = state.current_model()
@@ -345,8 +346,14 @@ with tab_gates:
                            default=5, where=c3))
         run_cells = st.button("Find interpretable cells", type="primary", key="states_cells_run")
         cells_args = (model_key, text, top_k)
-        report = computed("cells", "Interpretable cells", cells_args, run_cells,
-                          lambda: analyses.interpretable_cells(*cells_args), "Press **Find interpretable cells**.")
+        def cells():
+            if isinstance(text, str) and len(text.encode()) > MAX_CELL_TEXT:  # activations of every byte are kept
+                raise ValueError(f"text: {len(text.encode()):,} bytes; at most {MAX_CELL_TEXT:,} bytes are analysed "
+                                 "here (use seqlens.probes.interpretable_cells in Python for longer texts)")
+            return analyses.interpretable_cells(*cells_args)
+
+        report = computed("cells", "Interpretable cells", cells_args, run_cells, cells,
+                          "Press **Find interpretable cells**.")
         if report is not None:
             with state.errors_shown("Interpretable cells"):
                 c1, c2 = st.columns(2)

@@ -168,6 +168,10 @@ def test_interpretable_cells_on_the_default_own_text():
     no_problem(at)
     shown = at.number_input(key="states_cells_shown")
     assert (shown.min, shown.value, shown.max) == (100, 3000, 4800)
+    at.text_area(key="w_states_cells_text").input("x = 1\n" * 20000).run()  # 120,000 bytes: refused, not run
+    click(at, "states_cells_run")
+    assert errors(at) == ["Interpretable cells: text: 120,000 bytes; at most 65,536 bytes are analysed here "
+                          "(use seqlens.probes.interpretable_cells in Python for longer texts)"]
 
 
 def test_states_page_defaults_on_a_model_with_a_long_context(tmp_path, monkeypatch):
