@@ -102,15 +102,15 @@ def checked_directory(text: str) -> Path:
     if not roots:
         raise PermissionError("no local model directories are configured: start the dashboard with "
                               f"`seqlens app --model-dir DIR` (or set {MODEL_DIRS_ENV}) to open checkpoints under DIR")
-    given = Path(text).expanduser()
+    # only "~" / "~/..." (this user) expand: "~name" would say whether user "name" exists
+    given = Path(text).expanduser() if text == "~" or text.startswith("~/") else Path(text)
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
-    for candidate in candidates:
-        path = Path(os.path.realpath(candidate))  # no filesystem check before the containment test
-        if any(path == root or path.is_relative_to(root) for root in roots):
-            break
-    else:
+    inside = [path for path in (Path(os.path.realpath(c)) for c in candidates)  # resolved before any check
+              if any(path == root or path.is_relative_to(root) for root in roots)]
+    if not inside:
         raise PermissionError(f"{text!r} is not under a configured model directory "
                               f"({', '.join(str(r) for r in roots)})")
+    path = next((p for p in inside if p.exists()), inside[0])  # relative: the first root that has it
     if not path.exists():
         raise FileNotFoundError(f"directory {text!r} does not exist")
     if not path.is_dir():
@@ -152,6 +152,8 @@ def load_model(model_key: str):
     pristine model."""
     from seqlens.models.hooks import attached_hooks
 
+    if model_key.startswith("dir:"):  # also on a cache hit: the roots are checked on every use
+        checked_directory(model_key[4:])
     models = st.session_state.setdefault(SESSION_MODELS_KEY, {})
     model = models.pop(model_key, None)
     if model is None or attached_hooks(model):

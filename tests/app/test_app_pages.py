@@ -7,6 +7,8 @@ Pages are addressed as a user reaches them: ``AppTest.from_file("app/main.py")``
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from conftest import chart_titles, charts, errors, figure_text, iframes, keyed_charts, no_problem, open_app
@@ -71,6 +73,11 @@ def test_local_checkpoint_directory_opens(tmp_path, monkeypatch):
     at.switch_page("views/attention.py").run()
     no_problem(at)
     assert at.radio(key="w_prompt_mode").options == ["Free text", "Token ids"]  # byte-level, no recipe
+    (tmp_path / "other").mkdir()
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path / "other"))  # the loaded model is cached, yet
+    at.run()                                                             # the roots are checked on every use
+    assert errors(at) == [f"Could not open model {str(tmp_path / 'my-model')!r}: {str(tmp_path / 'my-model')!r} "
+                          f"is not under a configured model directory ({os.path.realpath(tmp_path / 'other')})"]
 
 
 def open_directory(text: str):
@@ -108,7 +115,9 @@ def test_directory_picker_refuses_paths_outside_the_roots_alike(tmp_path, monkey
         msgs = errors(open_directory(text))
         # the same sentence for every path outside: nothing says whether it exists or what it is
         assert msgs == [f"Could not open model {text!r}: {text!r} is not under a configured model directory "
-                        f"({root})"], (what, msgs)
+                        f"({os.path.realpath(root)})"], (what, msgs)
+    # "~name" is not expanded (it would tell whether user "name" exists): a name under the root
+    assert errors(open_directory("~root/x")) == ["Could not open model '~root/x': directory '~root/x' does not exist"]
     seqlens.build(zoo.PRESETS["tiny-gpt2"][0], seed=0).save(root / "mine")
     at = open_directory("mine")  # relative to the root
     no_problem(at)
