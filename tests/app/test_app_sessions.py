@@ -108,6 +108,9 @@ def assert_clean(model: str, *sessions) -> None:
 
 def run_with_b(gate: Gate, session_a, model: str, ids: list[int], layer: int, normalisation: str):
     """Start A (which arms ``gate``), wait until it is inside the intervention, run B, release A."""
+    import streamlit as st
+
+    st.cache_data.clear()  # both sessions compute now (no entry left by an earlier test)
     join = in_thread(session_a)
     assert gate.inside.wait(WAIT), "session A never entered the intervention"
     try:
