@@ -355,9 +355,11 @@ class SeqModel(HookedRootModule):
             n = len(state.layers) if isinstance(state.layers, list) else type(state.layers).__name__
             raise ValueError(f"state: has {n} layers but this model has {len(self.blocks)}; "
                              "it comes from another model (use this model's init_state())")
-        batch = self._state_batch(state) if state.layers and state.layers[0] else 0
+        first = state.layers[0] if state.layers else None
+        batch = next((v.shape[0] for v in first.values() if isinstance(v, Tensor) and v.dim()), 1) \
+            if isinstance(first, dict) else 1
         for i, (block, got) in enumerate(zip(self.blocks, state.layers)):
-            want = block.mixer.init_state(max(batch, 1), torch.device("meta"), self.embed.weight.dtype)
+            want = block.mixer.init_state(batch, torch.device("meta"), self.embed.weight.dtype)
             if not isinstance(got, dict) or set(got) != set(want):
                 keys = sorted(got) if isinstance(got, dict) else type(got).__name__
                 raise ValueError(f"state: layer {i} has entries {keys} but this model's {self.cfg.arch} "

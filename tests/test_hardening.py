@@ -425,6 +425,9 @@ def test_state_from_another_model_is_refused():
     assert attn.step(x, grown)[1].pos == 6
     with pytest.raises(ValueError, match="state: pos"):
         model.step(x, ModelState(model.init_state(1).layers, pos=-1))
+    for layers in ([["not", "a dict"], {}], [{"conv": 1, "ssm": 2}, {}]):
+        with pytest.raises(ValueError, match="state: layer 0"):
+            model.step(x, ModelState(layers))
 
 
 # ----------------------------------------------------------------------------- 10: empty input, taps
