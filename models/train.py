@@ -258,6 +258,8 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def _json_or_none(path: Path) -> Any:
     try:
+        if path.stat().st_size > 16 * 2**20:  # ours are a few kB; do not parse a huge foreign file
+            return None
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # absent, unreadable, binary or not JSON: not ours
         return None
