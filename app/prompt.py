@@ -61,7 +61,7 @@ def task_specials(model) -> dict[int, str]:
     recipe = getattr(model, "recipe", None)
     if recipe is None:
         return {}
-    from seqlens.models.train import task_vocab
+    from seqlens.tasks import task_vocab
 
     try:
         vocab = task_vocab(recipe)
@@ -158,7 +158,7 @@ def check_length(model, ids: list[int]) -> None:
 def task_sample(model_key: str, row: int) -> tuple[int, ...]:
     """Row ``row`` of the organism's first evaluation batch."""
     from seqlens.app.state import load_model
-    from seqlens.models.train import get_batch
+    from seqlens.tasks import get_batch
 
     model = load_model(model_key)
     tokens = get_batch(model.recipe, 0, split="eval").tokens
@@ -170,7 +170,7 @@ def task_sample(model_key: str, row: int) -> tuple[int, ...]:
 @st.cache_data(show_spinner=False)
 def task_rows(model_key: str) -> int:
     from seqlens.app.state import load_model
-    from seqlens.models.train import get_batch
+    from seqlens.tasks import get_batch
 
     return int(get_batch(load_model(model_key).recipe, 0, split="eval").tokens.shape[0])
 

@@ -65,9 +65,9 @@ def is_byte_model(model) -> bool:
 
 
 def lm_batch(tokens: Tensor):
-    """A :class:`~seqlens.models.train.Batch` scoring ``tokens [B, L]`` as a language model:
+    """A :class:`~seqlens.tasks.TaskBatch` scoring ``tokens [B, L]`` as a language model:
     targets ``tokens[:, t + 1]``, the last position masked out."""
-    from seqlens.models.train import Batch
+    from seqlens.tasks import Batch
 
     targets = torch.zeros_like(tokens)
     targets[:, :-1] = tokens[:, 1:]
@@ -100,7 +100,7 @@ def default_batch(model, tokens: Tensor | None = None, batch: int = DEFAULT_BATC
     batch = _positive_int("batch", batch)
     recipe = getattr(model, "recipe", None)
     if recipe is not None:
-        from seqlens.models.train import get_batch
+        from seqlens.tasks import get_batch
 
         b = get_batch(recipe, 0, split="eval")
         return b, {"data": f"recipe:{recipe.name}:eval[0]", "batch": b.tokens.shape[0], "seq_len": b.tokens.shape[1]}
@@ -109,7 +109,7 @@ def default_batch(model, tokens: Tensor | None = None, batch: int = DEFAULT_BATC
         from seqlens.corpus import StdlibCorpus
 
         w = StdlibCorpus().eval_windows(seq_len, "val", max_windows=batch)
-        from seqlens.models.train import Batch
+        from seqlens.tasks import Batch
 
         b = Batch(w[:, :-1], w[:, 1:], torch.ones(w.shape[0], seq_len, dtype=torch.bool))
         return b, {"data": "stdlib:val (evenly spaced windows)", "batch": w.shape[0], "seq_len": seq_len}
@@ -211,7 +211,7 @@ def find_outliers(m: Tensor, n_sigma: float) -> tuple[list[int], float, float]:
 
 @torch.no_grad()
 def _loss_acc(model, batch) -> tuple[float, float]:
-    from seqlens.models.train import masked_loss
+    from seqlens.tasks import masked_loss
 
     toks = batch.tokens.to(model.device)
     logits = model(toks).float().cpu()
