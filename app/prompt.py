@@ -23,6 +23,7 @@ from typing import Any
 import streamlit as st
 
 from seqlens.app.state import error_text, persistent, remember
+from seqlens.text import encode, is_byte_level
 
 FREE_TEXT, TASK_SAMPLE, TOKEN_IDS = "Free text", "Task sample", "Token ids"
 DEFAULT_TEXT = "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n"
@@ -50,10 +51,6 @@ class Prompt:
 
 
 # ----------------------------------------------------------------------------- model facts
-
-
-def is_byte_level(model) -> bool:
-    return getattr(model, "tokenizer", None) is None and model.cfg.vocab_size == 256
 
 
 def task_specials(model) -> dict[int, str]:
@@ -117,7 +114,7 @@ def encode_text(model, text: str) -> list[int]:
         raise PromptError("The prompt is empty: type some text.")
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
-        return [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]]
+        return encode(text, tok)
     if is_byte_level(model):
         return list(text.encode("utf-8"))
     raise PromptError(f"Free text needs a tokenizer or a byte-level model; this model has a task vocabulary "

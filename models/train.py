@@ -27,6 +27,7 @@ from torch import Tensor
 from seqlens.tasks import METRICS, evaluate, get_batch, masked_loss
 # re-exports: the data side moved to seqlens.tasks; these names stay importable from the trainer
 from seqlens.tasks import Batch, step_seed, task_vocab  # noqa: F401
+from seqlens.validate import positive_int
 
 from .base import WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
@@ -74,8 +75,7 @@ class Recipe:
         if not (self.data.startswith("task:") or self.data == "corpus:stdlib"):
             raise ValueError(f"Recipe.data: expected 'task:<name>' or 'corpus:stdlib', got {self.data!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"Recipe.{name}: expected a positive integer, got {getattr(self, name)}")
+            positive_int(f"Recipe.{name}", getattr(self, name))
         if self.train_on not in ("mask", "all"):
             raise ValueError(f"Recipe.train_on: expected 'mask' or 'all', got {self.train_on!r}")
         if self.metric not in METRICS:

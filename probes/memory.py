@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from seqlens import tasks
-from seqlens.text import encode
+from seqlens.text import encode, is_byte_level
 from seqlens.result import Result
 
 CONDITIONS = tasks.NOUN_CONDITIONS  # ("repeat", "permute", "novel")
@@ -98,7 +98,7 @@ def _resolve_mode(model, mode: str | None) -> str:
         return "tokenizer"
     recipe = getattr(model, "recipe", None)
     if recipe is None:
-        return "bytes" if model.cfg.vocab_size == 256 else "tokens"
+        return "bytes" if is_byte_level(model) else "tokens"
     return "bytes" if _recipe_vocab(recipe).byte_level else "tokens"
 
 

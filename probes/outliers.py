@@ -42,6 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlens.result import Result
+from seqlens.text import is_byte_level
+from seqlens.validate import positive_int
 
 DEFAULT_BATCH = 16
 DEFAULT_SEQ_LEN = 128
@@ -51,17 +53,10 @@ DEFAULT_SEQ_LEN = 128
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
+    return positive_int(name, value, minimum)
 
 
-def is_byte_model(model) -> bool:
-    """A byte-level model: its tokenizer is a ByteTokenizer, or it has none and 256 tokens."""
-    from seqlens.corpus import ByteTokenizer
-
-    tok = getattr(model, "tokenizer", None)
-    return isinstance(tok, ByteTokenizer) or (tok is None and model.cfg.vocab_size == 256)
+is_byte_model = is_byte_level  # the library's one byte-level test (seqlens.text), under this module's name
 
 
 def lm_batch(tokens: Tensor):

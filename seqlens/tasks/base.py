@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from seqlens.validate import check_int
+
 SeedLike = int | torch.Generator
 
 
@@ -151,15 +153,7 @@ def make_generator(seed: SeedLike) -> torch.Generator:
     raise TypeError(f"seed: expected an int or a torch.Generator, got {type(seed).__name__}")
 
 
-def _check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an int, or a ValueError / TypeError naming the argument."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name}: expected an integer, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: expected an integer <= {high}, got {value}")
-    return int(value)
+_check_int = check_int  # the shared validator (seqlens.validate), under the tasks' historical name
 
 
 def _randint(g: torch.Generator, low: int, high: int) -> int:

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tiny_models as tm
-from planted import DH, V, planted_model
+from seqlens.testing import tiny as tm
+from seqlens.testing.planted import DH, V, planted_model
 from seqlens.circuits.ablation import (CausalCheck, ablate_heads, all_heads, causal_check, causal_mean,
                                        family, n_heads)
 from seqlens.circuits.task_metric import TaskMetric

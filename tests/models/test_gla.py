@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from seqlens.models.gla import (GatedLinearAttention, Retention, gla_attention_matrix, gla_chunked,
                                 gla_recurrent_ref)
-from tiny_models import CONFIGS, make, tokens
+from seqlens.testing.tiny import CONFIGS, make, tokens
 
 B, H, DK, DV = 2, 3, 8, 5
 

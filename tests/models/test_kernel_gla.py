@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from seqlens.models.kernels import dispatch
 from seqlens.models.kernels import linear_attention as la
 from seqlens.models.kernels.linear_attention import gated_linear_attention
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 pytest.importorskip("triton")
 

@@ -18,7 +18,7 @@ from seqlens.models.kernels.linear_recurrence import (
     mingru_scan,
     mingru_scan_ref,
 )
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 triton_lr = pytest.importorskip("seqlens.models.kernels.linear_recurrence_triton")
 

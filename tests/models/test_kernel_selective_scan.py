@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("triton")
 
-import scan_inputs  # noqa: E402
+from seqlens.testing import scan as scan_inputs  # noqa: E402
 from seqlens.models.kernels import dispatch  # noqa: E402
 from seqlens.models.kernels import selective_scan_triton as sst  # noqa: E402
 from seqlens.models.kernels.selective_scan import (  # noqa: E402

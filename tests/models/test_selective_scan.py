@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import scan_inputs
+from seqlens.testing import scan as scan_inputs
 from seqlens.models.kernels.selective_scan import (
     ScanOutput,
     selective_scan,

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import CONFIGS, RECURRENT, make
+from seqlens.testing.tiny import CONFIGS, RECURRENT, make
 
 from seqlens.models import ModelConfig, zoo
 from seqlens.models.base import Mixer, SeqModel
