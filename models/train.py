@@ -183,7 +183,7 @@ def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, prog
            save_every: int | None) -> TrainResult:
     from tqdm.auto import tqdm
 
-    from . import build
+    from .registry import build
 
     torch.manual_seed(recipe.seed)
     model = build(recipe.model, seed=recipe.seed).train()
@@ -223,11 +223,11 @@ def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, prog
 def write_checkpoint(directory: Path, model: SeqModel, recipe: Recipe, metrics: dict[str, float],
                      history: list[dict], seconds: float) -> None:
     """Final files: weights, and config.json with config, recipe, seed, metrics and version."""
-    import seqlens
+    from seqlens.version import __version__
 
     model.save(directory, extra={
         "recipe": recipe.to_dict(), "seed": recipe.seed, "metrics": metrics, "history": history,
         "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
-        "version": seqlens.__version__})
+        "version": __version__})
     if (directory / RESUME_DIR).exists():
         shutil.rmtree(directory / RESUME_DIR)

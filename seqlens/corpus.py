@@ -40,7 +40,7 @@ from typing import Literal
 
 import torch
 
-from seqlens.tasks import SeedLike, make_generator
+from seqlens.tasks.base import SeedLike, make_generator
 from seqlens.validate import check_int, positive_int
 
 Split = Literal["train", "val"]
