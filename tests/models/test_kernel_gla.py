@@ -78,8 +78,11 @@ CASES = [  # T, d_k, d_v, gated, strength, initial state, taps
     pytest.param(1, 16, 16, True, 1.0, True, [0], id="T1-gla-init"),
     pytest.param(17, 16, 32, False, 5.0, False, [0, 5, 16], id="T17-retnet-strong-kv16x32"),
     pytest.param(45, 32, 16, True, 2.0, True, [0, 20, 44], id="T45-gla-init-kv32x16"),
-    pytest.param(100, 16, 16, True, float("inf"), False, [0, 37, 63, 64, 99], id="T100-gla-strong"),
-    pytest.param(128, 16, 16, False, 1.0, True, [0, 15, 16, 64, 127], id="T128-retnet-init"),
+    # the two multi-chunk cases take seconds in the interpreter: slow (they still run in CI)
+    pytest.param(100, 16, 16, True, float("inf"), False, [0, 37, 63, 64, 99], id="T100-gla-strong",
+                 marks=pytest.mark.slow),
+    pytest.param(128, 16, 16, False, 1.0, True, [0, 15, 16, 64, 127], id="T128-retnet-init",
+                 marks=pytest.mark.slow),
 ]
 
 
