@@ -116,7 +116,7 @@ def encode_text(model, text: str) -> list[int]:
     if tok is not None:
         return encode(text, tok)
     if is_byte_level(model):
-        return list(text.encode("utf-8"))
+        return encode(text)
     raise PromptError(f"Free text needs a tokenizer or a byte-level model; this model has a task vocabulary "
                       f"of {model.cfg.vocab_size} ids: use a task sample or token ids.")
 
