@@ -221,16 +221,16 @@ def _judge(model, prompt: NeedlePrompt, out: Tensor) -> dict[str, float]:
             "recall": recall, "correct": float(recall > CORRECT_RECALL)}
 
 
-def _decode(model, prompts: list[NeedlePrompt], batch_size: int, progress: bool) -> list[Tensor]:
+def _decode(model, prompts: list[NeedlePrompt], batch_size: int, progress: Any) -> list[Tensor]:
     """Greedy outputs (``len(answer)`` tokens) of every prompt, batched by prompt length."""
-    from tqdm.auto import tqdm
+    from seqlens.progress import progress_bar
 
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault((len(p.tokens), len(p.answer)), []).append(i)
     batches = [(idx[i:i + batch_size], n) for (_, n), idx in groups.items() for i in range(0, len(idx), batch_size)]
     outputs: list[Tensor] = [torch.empty(0, dtype=torch.long)] * len(prompts)
-    for idx, n_new in tqdm(batches, desc="passkey sweep", disable=not progress):
+    for idx, n_new in progress_bar(progress, batches, desc="passkey sweep"):
         toks = torch.stack([prompts[i].tokens for i in idx]).to(model.device)
         for i, row in zip(idx, greedy_decode(model, toks, n_new).cpu()):
             outputs[i] = row
@@ -240,13 +240,14 @@ def _decode(model, prompts: list[NeedlePrompt], batch_size: int, progress: bool)
 @torch.no_grad()
 def passkey_sweep(model, lengths: int | Sequence[int] = DEFAULT_LENGTHS,
                   depths: float | Sequence[float] = DEFAULT_DEPTHS, n_trials: int = 8, seed: int = 0,
-                  measure: str = "exact", threshold: float = 0.95, batch_size: int = 16, progress: bool = True,
+                  measure: str = "exact", threshold: float = 0.95, batch_size: int = 16, progress: Any = True,
                   **format_kwargs: Any) -> PasskeySweep:
     """Passkey accuracy of ``model`` over ``lengths × depths`` (``n_trials`` per cell; module
     docstring). Prompts: :func:`~seqlens.circuits.retrieval.needle_prompts` (``format_kwargs``:
     ``kind``, ``style``, ``answer_len``; the model's own format by default), decoded greedily in
     batches of ``batch_size``. ``measure`` fills ``accuracy`` and decides ``longest_perfect``
-    (accuracy ≥ ``threshold`` at every depth).
+    (accuracy ≥ ``threshold`` at every depth). ``progress``: one step per decoded batch
+    (:mod:`seqlens.progress`: a bool or ``callable(done, total)``).
     """
     if measure not in SWEEP_MEASURES:
         raise ValueError(f"measure: expected one of {list(SWEEP_MEASURES)}, got {measure!r}")
@@ -580,7 +581,7 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
                  tokens: Tensor | None = None, n_seqs: int = 256, seq_len: int | None = None,
                  n_positions: int = 16, symbols: int | Sequence[int] = 16, source: str = "auto", seed: int = 0,
                  C: float = 1.0, test_size: float = 0.25, max_iter: int = 300, max_features: int | None = 512,
-                 batch_size: int = 64, progress: bool = True) -> LagCurve:
+                 batch_size: int = 64, progress: Any = True) -> LagCurve:
     """Memory curve of ``model``: logistic-regression probes read ``x_{t−k}`` from the state at t
     for every lag k in ``lags`` (module docstring).
 
@@ -594,8 +595,9 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
     state wider than this is first projected onto its top ``max_features`` principal components
     (standardised features; PCA fitted on the training split only, the one the probes use), which
     keeps wide states (text-mamba: 4096 entries per layer) fast; None probes the raw state.
+    ``progress``: one step per fitted probe (:mod:`seqlens.progress`).
     """
-    from tqdm.auto import tqdm
+    from seqlens.progress import progress_bar
 
     if (isinstance(lags, (str, bytes)) or not isinstance(lags, (Sequence, range)) or len(lags) == 0
             or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 0 for k in lags)):
@@ -619,7 +621,7 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
     feats = {h: _reduce(x.reshape(B * n_pos, -1).numpy(), train, max_features, int(seed)) for h, x in raw.items()}
     acc, train_acc = torch.zeros(len(layers), len(lags)), torch.zeros(len(layers), len(lags))
     chance = [0.0] * len(lags)
-    bar = tqdm(total=len(layers) * len(lags), desc="lag probes", disable=not progress)
+    bar = progress_bar(progress, total=len(layers) * len(lags), desc="lag probes")
     for j, k in enumerate(lags):
         y = toks[:, pos - k].reshape(-1).numpy()
         for i, h in enumerate(hooks):

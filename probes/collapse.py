@@ -120,6 +120,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlens.result import Result
+from seqlens.text import encode, is_byte_level
 
 DEFAULT_TOKENS = 16_384
 DEFAULT_CHUNK = 128
@@ -312,15 +313,8 @@ def train_length(model, train_len: int | None = None) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- token sources
 
 
-def _byte_level(model) -> bool:
-    return model.cfg.vocab_size == 256
-
-
 def _text_ids(model, text: str) -> list[int]:
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "encode"):
-        return list(tok.encode(text))
-    return list(text.encode("utf-8"))
+    return encode(text, getattr(model, "tokenizer", None))  # no BOS: the text is repeated
 
 
 class _Generated:
@@ -335,7 +329,7 @@ class _Generated:
             self.nl = nl if nl < V else 0
             self.description = f"token {self.nl} ('\\n' in byte vocabularies) repeated"
         elif source == "repeat":
-            if _byte_level(model) or getattr(model, "tokenizer", None) is not None:
+            if is_byte_level(model) or getattr(model, "tokenizer", None) is not None:
                 period = torch.tensor(_text_ids(model, REPEAT_TEXT), dtype=torch.long)
                 self.description = f"{REPEAT_TEXT!r} repeated ({len(period)} tokens)"
             else:
@@ -783,7 +777,7 @@ def _verdict(r: dict[str, Any], L: int, loss_margin: float, rms_ratio: float) ->
 
 def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None, chunk: int = DEFAULT_CHUNK,
                    train_len: int | None = None, batch: int | None = None, seed: int = 0,
-                   progress: bool = True, loss_margin: float = LOSS_MARGIN,
+                   progress: Any = True, loss_margin: float = LOSS_MARGIN,
                    rms_ratio: float = RMS_RATIO) -> CollapseResult:
     """Stream a long input through ``model`` carrying the state and record, per chunk, layer and
     head, the state and decay statistics, the loss per position bucket and the collapse verdict
@@ -812,9 +806,9 @@ def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None,
                          "cannot run past it (state collapse is not applicable)")
     heads = n_state_heads(model)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="state_collapse", unit="tok")
+    if progress:  # True or a callable(done, total) (seqlens.progress); one step per streamed token
+        from seqlens.progress import progress_bar
+        bar = progress_bar(progress, total=total, desc="state_collapse", unit="tok")
     tracker = _Tracker(model, heads, L, bar)
     device = model.device
 
