@@ -1,4 +1,4 @@
-"""`SeqModel`: the interface every seqlens architecture implements (see DESIGN.md).
+"""`SeqModel`: the interface every seqlens architecture implements (see docs/design.md).
 
 A model is embed -> blocks -> final norm -> unembed. Each block is pre-norm residual:
 
@@ -16,6 +16,7 @@ code path, so they agree by construction up to floating point, and tests hold th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,17 @@ def hook_active(hp: HookPoint) -> bool:
         or _m._global_forward_hooks
         or _m._global_forward_pre_hooks
     )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then ``os.replace`` it into place: a
+    reader or a crash never sees a half-written file, and a failure leaves ``path`` as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- norms / mlp
@@ -511,7 +523,7 @@ class SeqModel(HookedRootModule):
     @torch.no_grad()
     def mixer_pattern(self, tokens: Tensor, layer: int) -> Tensor:
         """Attention matrix ``[B, H, L, L]`` of layer ``layer``'s sequence mixer: the softmax
-        pattern for attention, the implicit attention (METHODS.md §7) for recurrent mixers, averaged
+        pattern for attention, the implicit attention (docs/methods.md §7) for recurrent mixers, averaged
         over the mixer's head groups (see the mixer's ``pattern`` docstring)."""
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)
@@ -549,11 +561,16 @@ class SeqModel(HookedRootModule):
 
     # -- io ------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` (``{"seqlens": cfg, ...extra}``) and ``model.safetensors``, each
-        atomically (see :func:`seqlens.models.io.save_checkpoint`)."""
-        from .io import save_checkpoint
+        """Write ``model.safetensors`` then ``config.json`` (``{"seqlens": cfg, ...extra}``), each
+        atomically (:func:`atomic_write`)."""
+        from safetensors.torch import save_model
 
-        return save_checkpoint(self, directory, extra)
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"seqlens": self.cfg.to_dict(), **(extra or {})}, indent=2)
+        atomic_write(d / WEIGHTS_FILE, lambda tmp: save_model(self, str(tmp)))
+        atomic_write(d / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+        return d
 
     @property
     def device(self) -> torch.device:

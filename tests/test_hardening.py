@@ -130,9 +130,9 @@ def test_million_layer_config_fails_before_building_layers(tmp_path):
 
 
 def test_recipe_model_size_is_capped(monkeypatch):
-    from seqlens.models import io
+    from seqlens.models import sizing
 
-    monkeypatch.setattr(io, "MAX_PARAMS", 10_000)
+    monkeypatch.setattr(sizing, "MAX_PARAMS", 10_000)
     with pytest.raises(ValueError, match=r"recipe.model: the config implies [\d,]+ parameters, above"):
         T.train(tiny_recipe(model=ModelConfig(arch="lstm", vocab_size=16, d_model=64, n_layers=4)), progress=False)
     with pytest.raises(ValueError, match="recipe.batch_size: 10000000 sequences"):
@@ -140,7 +140,7 @@ def test_recipe_model_size_is_capped(monkeypatch):
     # the estimate equals the real count, for every architecture
     for arch in ARCHS:
         model = tiny(arch, n_layers=3)
-        assert io.estimate_parameters(model.cfg) == sum(p.numel() for p in model.parameters()), arch
+        assert sizing.estimate_parameters(model.cfg) == sum(p.numel() for p in model.parameters()), arch
 
 
 @pytest.mark.parametrize("arch", ARCHS)
