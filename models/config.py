@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from seqlens.validate import ArgumentTypeError
+
 ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
 RECURRENT_ARCHS = ("mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
 POSITIONS = ("learned", "rotary", "none")
@@ -82,7 +84,8 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 
 def check_field_types(obj: Any) -> None:
-    """Raise ``TypeError`` naming ``Class.field`` when a field of the dataclass instance ``obj``
+    """Raise :class:`seqlens.validate.ArgumentTypeError` (a TypeError and a ValueError) naming
+    ``Class.field`` when a field of the dataclass instance ``obj``
     does not match its annotation (see :func:`_matches`). Generic: works on any dataclass whose
     annotations ``typing.get_type_hints`` can resolve, so configs split into parts keep it."""
     hints = _type_hints(type(obj))
@@ -90,7 +93,7 @@ def check_field_types(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if f.name in hints and not _matches(value, hints[f.name]):
-            raise TypeError(f"{where}.{f.name}: expected {_type_text(hints[f.name])}, got {value!r} "
+            raise ArgumentTypeError(f"{where}.{f.name}: expected {_type_text(hints[f.name])}, got {value!r} "
                             f"({type(value).__name__})")
 
 
