@@ -29,6 +29,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import ModelConfig
+from .mixer import Mixer, NotApplicableError  # noqa: F401 - the protocol lives in models/mixer.py
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -54,34 +55,82 @@ def hook_active(hp: HookPoint) -> bool:
 # ----------------------------------------------------------------------------- norms / mlp
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with TransformerLens' ``hook_normalized`` (after scale and shift)."""
+class Norm(nn.Module):
+    """Base of our norms, with TransformerLens 4's hook names: ``hook_scale [B, L, 1]`` (the
+    denominator: ``sqrt(var + eps)``, LayerNorm after centring), ``hook_normalized [B, L, d]``
+    (before the affine weight and bias), ``hook_out [B, L, d]`` (after them: what the next layer
+    reads). The output is computed by one fused call; when a hook on ``hook_scale`` or
+    ``hook_normalized`` is active the pieces are computed explicitly, and an edit (a hook returning
+    a new tensor) is rebuilt into the output (TL 4 does the same)."""
 
-    def __init__(self, d: int, eps: float, bias: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
-        self.eps = eps
-        self.hook_normalized = HookPoint()
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return self.hook_normalized(y)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back."""
+    is_layernorm: bool = False
 
     def __init__(self, d: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.eps = eps
+        self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
+        self.hook_out = HookPoint()
+
+    def fused(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        out = self.fused(x)
+        if hook_active(self.hook_scale) or hook_active(self.hook_normalized):
+            x32 = x.float() if x.dtype not in (torch.float32, torch.float64) else x
+            centred = x32 - x32.mean(-1, keepdim=True) if self.is_layernorm else x32
+            scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            hooked_scale = self.hook_scale(scale)
+            normalized = centred / hooked_scale
+            hooked = self.hook_normalized(normalized)
+            if hooked_scale is not scale or hooked is not normalized:
+                out = self.affine(hooked, x.dtype)
+        return self.hook_out(out)
+
+    def linear_part(self) -> Tensor:
+        """The linear part ``N [d, d]`` in row convention, ``x ↦ x N``: ``(I − 11ᵀ/d) diag(w)``
+        (LayerNorm: centre, then weight) or ``diag(w)`` (RMSNorm). Left out: the ``1/scale`` (a
+        positive factor per token) and the bias, as TransformerLens' ``fold_ln`` does."""
+        w = self.weight.detach()
+        N = torch.diag(w)
+        if self.is_layernorm:
+            d = w.shape[0]
+            N = (torch.eye(d, dtype=w.dtype, device=w.device) - 1.0 / d) @ N
+        return N
+
+
+class LayerNorm(Norm):
+    """LayerNorm (``F.layer_norm``), with an optional bias."""
+
+    is_layernorm = True
+
+    def __init__(self, d: int, eps: float, bias: bool = True):
+        super().__init__(d, eps)
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def fused(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+    def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        y = y * self.weight
+        return (y if self.bias is None else y + self.bias).to(dtype)
+
+
+class RMSNorm(Norm):
+    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back."""
+
+    def fused(self, x: Tensor) -> Tensor:
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.hook_normalized(self.weight * y.to(x.dtype))
+        return self.weight * y.to(x.dtype)
+
+    def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.weight * y.to(dtype)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -101,8 +150,10 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 class MLP(nn.Module):
     """Plain ``fc_out(act(fc_in x))`` or gated ``fc_out(act(fc_gate x) * fc_in x)`` (SwiGLU).
 
-    Hooks: ``hook_pre`` (fc_in output, [B, L, d_mlp]), ``hook_post`` (neuron activations after the
-    nonlinearity / gating), ``hook_out`` ([B, L, d_model]).
+    Hooks (TransformerLens' names and meanings): ``hook_pre [B, L, d_mlp]``, the pre-activation
+    (plain: ``fc_in x``; gated: the gate ``fc_gate x``), ``hook_pre_linear`` (gated only: the linear
+    branch ``fc_in x``, Llama's ``up_proj``), ``hook_post`` (neuron activations after the
+    nonlinearity / gating), ``hook_out [B, L, d_model]``.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -112,60 +163,20 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(cfg.mlp_dim, cfg.d_model, bias=cfg.mlp_bias)
         self.act = ACTIVATIONS[cfg.act]
         self.hook_pre = HookPoint()
+        if self.fc_gate is not None:
+            self.hook_pre_linear = HookPoint()
         self.hook_post = HookPoint()
         self.hook_out = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.hook_pre(self.fc_in(x))
         if self.fc_gate is not None:
-            post = self.act(self.fc_gate(x)) * pre
+            post = self.act(self.hook_pre(self.fc_gate(x))) * self.hook_pre_linear(self.fc_in(x))
         else:
-            post = self.act(pre)
+            post = self.act(self.hook_pre(self.fc_in(x)))
         return self.hook_out(self.fc_out(self.hook_post(post)))
 
 
 # ----------------------------------------------------------------------------- mixers
-
-
-class Mixer(nn.Module):
-    """Base of every sequence mixer. Calling convention: ``forward(x [B, T, d_model], state=None,
-    pos=0) -> (out [B, T, d_model], new_state)`` (see the module docstring); ``init_state``
-    returns the empty state dict; ``pattern(x) -> [B, H, L, L]`` the (implicit) attention matrix
-    for the normalised mixer input ``x``. Every mixer ends with ``hook_out``."""
-
-    supports_state_taps: bool = False
-    state_key: str | None = None  # the state entry hook_state reports (see tap_value)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tap_positions: Tensor | None = None  # set by SeqModel.tap_states
-        self.hook_out = HookPoint()
-
-    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def pattern(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def tap_value(self, state: dict[str, Tensor]) -> Tensor:
-        """What ``hook_state`` reports for one position, read off this mixer's state dict (tests
-        compare taps with the step loop through it). Default: ``state[self.state_key]``."""
-        return state[self.state_key]
-
-    def check_tap_range(self, length: int, state: dict | None) -> None:
-        """In a single forward pass (no state) a tap past the input's end would silently never
-        fire: make it an error. Streams tap across chunks, so there it is allowed."""
-        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= length:
-            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
-                             f"the {length}-token input (use stream() to tap across chunks)")
-
-    def local_taps(self, pos: int, length: int) -> Tensor | None:
-        """Tap positions falling in ``[pos, pos + length)``, shifted to chunk-local indices."""
-        if self.tap_positions is None:
-            return None
-        p = self.tap_positions
-        local = p[(p >= pos) & (p < pos + length)] - pos
-        return local if local.numel() else None
 
 
 def grouped_pattern(alpha: Callable[[slice], Tensor], width: int, heads: int, shape: tuple[int, int],
@@ -437,7 +448,7 @@ class SeqModel(HookedRootModule):
             raise _StopForward
 
         try:
-            with self.hooks(fwd_hooks=[(f"blocks.{layer}.ln1.hook_normalized", grab)]):
+            with self.hooks(fwd_hooks=[(f"blocks.{layer}.ln1.hook_out", grab)]):
                 self(tokens)
         except _StopForward:
             pass
