@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -253,6 +254,37 @@ class _StopForward(Exception):
     pass
 
 
+_ALIAS = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<rest>attn\.hook_\w+|hook_attn_out|hook_mlp_out)$")
+
+
+class SeqCache(ActivationCache):
+    """An ``ActivationCache`` whose lookups also accept TransformerLens' names and
+    ``get_act_name`` shorthands (resolved with ``SeqModel.resolve_hook_name``)."""
+
+    def _primary(self, key: Any) -> Any:
+        import transformer_lens.utilities as utils
+
+        if isinstance(key, str) and key in self.cache_dict:
+            return key
+        if isinstance(key, tuple):
+            if len(key) > 1 and key[1] is not None and key[1] < 0:
+                key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
+            key = utils.get_act_name(*key)
+        name = self.model.resolve_hook_name(key)
+        if name not in self.cache_dict and isinstance(key, str) and "." not in key:
+            name = self.model.resolve_hook_name(utils.get_act_name(key))
+        return name
+
+    def __getitem__(self, key: Any) -> Tensor:
+        return self.cache_dict[self._primary(key)]
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self._primary(key) in self.cache_dict
+        except Exception:
+            return False
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -423,8 +455,8 @@ class SeqModel(HookedRootModule):
             raise ValueError(f"positions: expected non-negative positions, got {pos.tolist()}")
         if pos.numel() > 1 and not bool((pos[1:] > pos[:-1]).all()):
             raise ValueError(f"positions: expected strictly increasing positions, got {pos.tolist()}")
-        if not all(getattr(b.mixer, "supports_state_taps", False) for b in self.blocks):
-            raise NotImplementedError(
+        if not self.supports_state_taps:
+            raise NotApplicableError(
                 f"tap_states: arch {self.cfg.arch!r} has no fixed-size recurrent state (its state "
                 "is the KV cache, see init_state); use hook_k / hook_v instead")
         old = [b.mixer.tap_positions for b in self.blocks]
@@ -481,14 +513,104 @@ class SeqModel(HookedRootModule):
         if not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.cfg.n_layers}), got {layer!r}")
 
+    # -- the mixer protocol, model-wide --------------------------------------------------------
+    @property
+    def mixers(self) -> list[Mixer]:
+        return [b.mixer for b in self.blocks]
+
+    @property
+    def n_groups(self) -> int:
+        """"Heads" per layer: attention / GLA heads, or channel groups of recurrent mixers (the
+        one place this number comes from; see ``Mixer.groups``)."""
+        return self.blocks[0].mixer.groups.n
+
+    @property
+    def supports_state_taps(self) -> bool:
+        """Whether every mixer has a fixed-size state that :meth:`tap_states` can report."""
+        return all(m.supports_state_taps for m in self.mixers)
+
+    @property
+    def is_softmax(self) -> bool:
+        """Whether every mixer is softmax attention (pattern rows are distributions)."""
+        return all(m.is_softmax for m in self.mixers)
+
+    @property
+    def backend(self) -> str:
+        return self.blocks[0].mixer.backend
+
+    def set_backend(self, backend: str) -> "SeqModel":
+        """Kernel backend of every mixer's sequence op ("auto", "triton", "chunked", "loop",
+        "ref", as each mixer's ``BACKENDS`` allows); ValueError naming ``backend`` otherwise."""
+        for m in self.mixers:
+            m.set_backend(backend)
+        return self
+
+    def norm_modules(self) -> dict[str, nn.Module]:
+        """Every normalisation module, by name (ours and torch's LayerNorm)."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, (Norm, nn.LayerNorm))}
+
     # -- TransformerLens glue ------------------------------------------------------------------
+    def resolve_hook_name(self, name: str) -> str:
+        """The primary hook name for ``name``: TransformerLens' attention names resolve on softmax
+        attention layers (``blocks.{l}.attn.X`` -> ``blocks.{l}.mixer.X``, ``blocks.{l}.hook_attn_out``
+        -> ``blocks.{l}.mixer.hook_out``), ``blocks.{l}.hook_mlp_out`` -> ``blocks.{l}.mlp.hook_out``;
+        any other name is returned unchanged."""
+        if name in self.hook_dict or not isinstance(name, str):
+            return name
+        m = _ALIAS.match(name)
+        if m is None:
+            return name
+        layer, rest = int(m["layer"]), m["rest"]
+        if not 0 <= layer < len(self.blocks):
+            return name
+        if rest == "hook_mlp_out":
+            return f"blocks.{layer}.mlp.hook_out"
+        if not self.blocks[layer].mixer.is_softmax:
+            return name
+        if rest == "hook_attn_out":
+            return f"blocks.{layer}.mixer.hook_out"
+        return f"blocks.{layer}.mixer.{rest[len('attn.'):]}" if rest.startswith("attn.") else name
+
+    def _resolve_filter(self, names_filter: Any) -> Any:
+        if isinstance(names_filter, str):
+            return self.resolve_hook_name(names_filter)
+        if isinstance(names_filter, (list, tuple)):
+            return [self.resolve_hook_name(n) for n in names_filter]
+        if callable(names_filter):
+            aliases = self.hook_aliases()
+            return lambda name: names_filter(name) or any(names_filter(a) for a in aliases.get(name, ()))
+        return names_filter
+
+    def hook_aliases(self) -> dict[str, list[str]]:
+        """``primary name -> [TransformerLens aliases]`` of this model (see :meth:`resolve_hook_name`)."""
+        out: dict[str, list[str]] = {}
+        for l, block in enumerate(self.blocks):
+            names = [f"blocks.{l}.hook_mlp_out"]
+            if block.mixer.is_softmax:
+                names += [f"blocks.{l}.hook_attn_out"]
+                names += [f"blocks.{l}.attn.{n.split('.')[-1]}" for n in self.hook_dict
+                          if n.startswith(f"blocks.{l}.mixer.")]
+            for a in names:
+                primary = self.resolve_hook_name(a)
+                if primary != a and primary in self.hook_dict:
+                    out.setdefault(primary, []).append(a)
+        return out
+
+    def _enable_hook(self, name: Any, hook: Callable, dir: str = "fwd") -> None:  # type: ignore[override]
+        """TransformerLens' hook installation, with aliases resolved (run_with_hooks, hooks())."""
+        return super()._enable_hook(name=self._resolve_filter(name) if isinstance(name, str) or callable(name)
+                                    else name, hook=hook, dir=dir)
+
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, ActivationCache]:
-        """TransformerLens' ``run_with_cache``, returning an ``ActivationCache``."""
+        """TransformerLens' ``run_with_cache``, returning an ``ActivationCache`` keyed by primary
+        names that also answers to TransformerLens' names (``cache["pattern", 0]``,
+        ``cache["blocks.0.attn.hook_z"]``); ``names_filter`` accepts either."""
+        if "names_filter" in kwargs:
+            kwargs["names_filter"] = self._resolve_filter(kwargs["names_filter"])
         out, cache = super().run_with_cache(*args, **kwargs)
-        if isinstance(cache, ActivationCache):
-            return out, cache
+        data = cache.cache_dict if isinstance(cache, ActivationCache) else cache
         has_batch = not kwargs.get("remove_batch_dim", False)
-        return out, ActivationCache(cache, self, has_batch_dim=has_batch)
+        return out, SeqCache(data, self, has_batch_dim=has_batch)
 
     def hook_names(self) -> list[str]:
         return list(self.hook_dict.keys())

@@ -159,7 +159,7 @@ class LinearAttentionMixer(Mixer):
         gain = self.g_norm.weight.repeat(self.n_heads)  # group-norm weight [d_v] is shared by the heads
         return OVFactors(head_rows(self.v_proj.weight, self.n_heads),
                          head_columns(self.o_proj.weight, self.n_heads, gain), "linear_attention",
-                         "v_proj rows, group-norm weight, o_proj columns of head h; group-norm 1/rms and "
+                         "linearised: v_proj rows, group-norm weight, o_proj columns of head h; group-norm 1/rms and "
                          "SiLU output gate (per-token factors) omitted")
 
     @property

@@ -140,7 +140,7 @@ class LSTMMixer(Mixer):
     def ov_factors(self) -> OVFactors:  # in_proj gates [i f g o]
         D, H = self.hidden_dim, self.groups.n
         return OVFactors(head_rows(self.in_proj.weight[2 * D:3 * D], H), head_columns(self.out_proj.weight, H),
-                         "lstm", "in_proj g-gate rows of cell group h, tanh(g) and tanh(c) as identity, "
+                         "lstm", "linearised: in_proj g-gate rows of cell group h, tanh(g) and tanh(c) as identity, "
                          "recurrent U_g h and output gate omitted, out_proj columns")
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:

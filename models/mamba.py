@@ -193,7 +193,7 @@ class MambaMixer(Mixer):
         gain = self.conv1d.weight[:, 0, :].sum(-1)  # DC gain of each channel's causal conv
         return OVFactors(head_rows(self.in_proj.weight[:self.d_inner], H),
                          head_columns(self.out_proj.weight, H, gain), "mamba",
-                         "in_proj x-branch rows of channel group h, conv1d replaced by its DC gain (sum of "
+                         "linearised: in_proj x-branch rows of channel group h, conv1d replaced by its DC gain (sum of "
                          "taps), SiLU(conv) and SSM as identity, SiLU(z) gate omitted, out_proj columns")
 
     # -- implicit attention (METHODS.md §7) ------------------------------------------------------

@@ -155,7 +155,7 @@ class MinRNNMixer(Mixer):
         H = self.groups.n
         return OVFactors(head_rows(self.in_proj.weight[:self.hidden_dim], H),
                          head_columns(self.out_proj.weight, H), "minrnn",
-                         "in_proj candidate rows of channel group h, candidate activation as identity "
+                         "linearised: in_proj candidate rows of channel group h, candidate activation as identity "
                          "(offset and biases omitted), out_proj columns")
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:

@@ -24,7 +24,7 @@ An analysis that does not apply raises :class:`NotApplicableError` and offers ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -120,14 +120,24 @@ class StateSpec:
         return state.reshape(state.shape[0], heads, -1)
 
 
-class OVFactors(NamedTuple):
+@dataclass(frozen=True)
+class OVFactors:
     """``W_OV^h = W_V[h] @ W_O[h]``: ``W_V [H, d_model, r]``, ``W_O [H, r, d_model]``; ``kind``
-    names the path, ``dropped`` says what a linearisation left out ("" when exact)."""
+    names the path (``"attention"``, ``"linear_attention"``, ``"mamba"``, ``"minrnn"``, ``"lstm"``),
+    ``description`` says whether it is exact and what a linearisation dropped. Unpacks as
+    ``W_V, W_O, kind``."""
 
     W_V: Tensor
     W_O: Tensor
     kind: str
-    dropped: str = ""
+    description: str = ""
+
+    @property
+    def exact(self) -> bool:
+        return self.description.startswith("exact")
+
+    def __iter__(self):
+        return iter((self.W_V, self.W_O, self.kind))
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ class Attention(Mixer):
 
     def ov_factors(self) -> OVFactors:
         W_V = head_rows(self.v.weight, self.n_kv).repeat_interleave(self.n_heads // self.n_kv, 0)
-        return OVFactors(W_V, head_columns(self.o.weight, self.n_heads), "attention", "")
+        return OVFactors(W_V, head_columns(self.o.weight, self.n_heads), "attention",
+                         "exact: W_V^h W_O^h (GQA: kv head h // (H / n_kv)); value bias and norms excluded")
 
     def state_view(self, layer_state: dict[str, Tensor], new: int, heads: int) -> Tensor:
         """``[B, H, G]``: the last ``new`` cached keys and values of every query head."""
