@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from seqlens.models import build
-from seqlens.models.lstm import LSTMMixer
+from seqlens.models.lstm import HOOK, LSTMMixer
 from tiny_models import CONFIGS, make, tokens
 
 D = CONFIGS["lstm"].hidden_dim
@@ -75,7 +75,7 @@ def test_hooks_fire_with_documented_shapes():
         torch.testing.assert_close(cache[p + "hook_state"][:, :, 0], cache[p + "hook_z"][:, positions])
         torch.testing.assert_close(cache[p + "hook_state"][:, :, 1], cache[p + "hook_c"][:, positions])
         # the module equations hold between the hooked quantities
-        i, f, g, o, c, h = (cache[p + f"hook_{k}"] for k in "ifgoch")
+        i, f, g, o, c, h = (cache[p + HOOK[k]] for k in "ifgoch")
         c_prev = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], 1)
         torch.testing.assert_close(c, f * c_prev + i * g)
         torch.testing.assert_close(h, o * torch.tanh(c))
@@ -142,7 +142,7 @@ def test_cell_ablation_feeds_the_recurrence():
         _, cache = model.run_with_cache(tokens(2, 17))
         streamed = model.stream(tokens(2, 17), chunk_size=1).logits
     for k in "ifgoch":
-        torch.testing.assert_close(cache[f"blocks.1.mixer.hook_{k}"], expected[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cache["blocks.1.mixer." + HOOK[k]], expected[k], atol=1e-6, rtol=1e-5)
     assert cache["blocks.1.mixer.hook_c"][..., d].abs().max() == 0  # the cache keeps the edited run
     torch.testing.assert_close(streamed, model.run_with_hooks(tokens(2, 17), fwd_hooks=[hook]), atol=2e-5, rtol=1e-4)
     _, clean = model.run_with_cache(tokens(2, 17))

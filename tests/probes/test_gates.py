@@ -141,7 +141,7 @@ def test_lstm_gates_are_the_hooked_gates():
     _, cache = model.run_with_cache(toks)
     res = gate_saturation(model, toks)
     for gate in ("i", "f", "o"):
-        g = cache[f"blocks.1.mixer.hook_{gate}"].double()
+        g = cache["blocks.1.mixer." + {"i": "hook_input_gate", "f": "hook_decay", "o": "hook_out_gate"}[gate]].double()
         assert res.row(1, gate)["left"] == pytest.approx(float((g < 0.1).double().mean()), abs=1e-12)
         assert res.row(1, gate)["mean"] == pytest.approx(float(g.mean()), abs=1e-6)
 
