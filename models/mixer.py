@@ -305,7 +305,8 @@ class Mixer(nn.Module):
     def forget_hooks(self, b_scale: float, c: float) -> HookList:
         """``forget_more``: hooks that raise the decay to the power ``c`` and scale the write by
         ``b_scale``."""
-        raise NotApplicableError(f"forget_more: {type(self).__name__} has no decay or state to edit")
+        raise NotApplicableError(f"forget_more: {type(self).__name__} (softmax attention) has no decay or state "
+                                 "write to edit; not applicable")
 
     def gates(self) -> list[GateSpec]:
         """The gates in [0, 1] this mixer computes (empty: none)."""

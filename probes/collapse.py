@@ -119,6 +119,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlens.models.mixer import LOG_FLOOR, NotApplicableError, StateSpec  # noqa: F401 - LOG_FLOOR re-exported
 from seqlens.result import Result
 
 DEFAULT_TOKENS = 16_384
@@ -134,101 +135,66 @@ REPEAT_TEXT = ("The capital of China is Beijing. The capital of USA is Washingto
                "The capital of Norway is Oslo. ")
 REPEAT_PERIOD = 64  # random-token period of "repeat" for non-byte vocabularies
 REFERENCE_ROWS = 8  # rows of the default reference prompt of normalize_states
-LOG_FLOOR = -1000.0  # per-token log decay floor (exp underflows to 0 long before)
 RULE = ("collapsed iff max over buckets [L·2^k, L·2^(k+1)) past L (spanning ≥ L/2 positions) of the mean "
         "loss > mean loss over [0, L) + loss_margin  AND  some (layer, head) has max_{t>L} state RMS > "
         "rms_ratio × its RMS at t = L (non-finite values count as exceeding)")
-
-FAMILIES = {"mamba": "mamba", "gla": "gla", "retnet": "gla", "mingru": "minrnn", "minlstm": "minrnn",
-            "lstm": "lstm", "transformer": "attention", "fox": "attention"}
-LINEAR = ("mamba", "gla", "minrnn")
 
 # active mitigations per model, recorded in the settings of every CollapseResult
 _ACTIVE: "weakref.WeakKeyDictionary[Any, list[dict]]" = weakref.WeakKeyDictionary()
 
 
 # ----------------------------------------------------------------------------- architecture views
+# Everything architecture-specific is the mixer's answer (seqlens.models.mixer): its state_spec
+# (which state entry, its layout, linear or not), state_view, decay_hooks / decay /
+# log_chunk_decay and forget_hooks.
 
 
-def _family(model) -> str:
+def _check_model(model) -> None:
     from seqlens.models.base import SeqModel
 
     if not isinstance(model, SeqModel):
         raise TypeError(f"model: expected a seqlens SeqModel, got {type(model).__name__}")
-    fam = FAMILIES.get(model.cfg.arch)
-    if fam is None:
-        raise NotImplementedError(f"model: no collapse probe for arch {model.cfg.arch!r}")
-    return fam
+
+
+def _mixer(model, layer: int = 0):
+    return model.blocks[layer].mixer
+
+
+def _fixed_state(model) -> bool:
+    """Whether the mixers carry a fixed-size state (not a KV cache)."""
+    return all(m.state_spec is not None and m.state_spec.fixed_size for m in model.mixers)
 
 
 def n_state_heads(model) -> int:
-    """Heads the statistics are reported for: GLA / RetNet / attention heads, else
-    ``cfg.pattern_heads`` channel groups (Mamba: of d_inner; minGRU / minLSTM / LSTM: of D_h)."""
-    fam = _family(model)
-    return model.cfg.n_heads if fam in ("gla", "attention") else model.cfg.pattern_heads
-
-
-def _state_key(fam: str) -> str:
-    return {"mamba": "ssm", "gla": "S", "minrnn": "h", "lstm": "c"}[fam]
+    """Heads the statistics are reported for: ``model.n_groups`` (attention / GLA heads, or
+    ``cfg.pattern_heads`` channel groups of Mamba's d_inner / minGRU, minLSTM, LSTM's D_h)."""
+    _check_model(model)
+    return model.n_groups
 
 
 def head_view(state: Tensor, heads: int) -> Tensor:
     """``[B, ...] -> [B, H, G]``: a layer's state split into ``heads`` contiguous groups along the
     first non-batch dim (Mamba ``[B, D, N]``, GLA ``[B, H, d_k, d_v]``, minGRU / LSTM ``[B, D]``)."""
-    return state.reshape(state.shape[0], heads, -1)
-
-
-def _attention_view(layer_state: dict[str, Tensor], new: int, heads: int) -> Tensor:
-    """``[B, H, G]``: the last ``new`` cached keys and values of every query head."""
-    k, v = layer_state["k"], layer_state["v"]
-    rep = heads // k.shape[1]
-    kv = torch.cat([k[:, :, -new:], v[:, :, -new:]], dim=-1)  # [B, H_kv, T, 2 dh]
-    kv = kv.repeat_interleave(rep, dim=1) if rep > 1 else kv
-    return kv.reshape(kv.shape[0], heads, -1)
+    return StateSpec.head_view(state, heads)
 
 
 def _decay_hooks(model) -> tuple[str, ...]:
     """Hook names (under ``blocks.{l}.mixer``) whose final values give the decay."""
-    fam = _family(model)
-    if fam == "attention":
-        return ("hook_log_forget",) if model.cfg.arch == "fox" else ()
-    return {"mamba": ("hook_delta",), "gla": ("hook_log_decay",), "minrnn": ("hook_gate",),
-            "lstm": ("hook_f",)}[fam]
+    return _mixer(model).decay_hooks
 
 
 def _decay_tensor(model, layer: int, seen: dict[str, Tensor], heads: int) -> Tensor | None:
     """The per-token decay of the last chunk, ``[B, T, H, G]`` (G: the head's decay elements)."""
-    fam, arch = _family(model), model.cfg.arch
-    if not seen:
+    d = _mixer(model, layer).decay(seen) if seen else None
+    if d is None:
         return None
-    if fam == "mamba":
-        A = model.blocks[layer].mixer.A  # [D, N]
-        d = torch.exp(seen["hook_delta"].float()[..., None] * A)  # [B, T, D, N]
-    elif fam == "gla":
-        d = seen["hook_log_decay"].float().exp()  # [B, T, H, d_k]
-    elif fam == "minrnn":
-        g = seen["hook_gate"].float()
-        d = 1 - g if arch == "mingru" else g  # [B, T, D_h]
-    elif fam == "lstm":
-        d = seen["hook_f"].float()
-    else:
-        d = seen["hook_log_forget"].float().exp()  # [B, T, H]
     B, T = d.shape[:2]
     return d.reshape(B, T, heads, -1)
 
 
 def _log_chunk_decay(model, layer: int, seen: dict[str, Tensor]) -> Tensor:
-    """log of the chunk's cumulative decay, broadcastable to the layer's state (float64):
-    Mamba ``A·ΣΔ [B, D, N]``, GLA ``Σ log g [B, H, d_k, 1]``, minGRU / minLSTM ``Σ log a [B, D_h]``."""
-    fam, arch = _family(model), model.cfg.arch
-    if fam == "mamba":
-        s = seen["hook_delta"].double().sum(1)  # [B, D]
-        return s[..., None] * model.blocks[layer].mixer.A.double()
-    if fam == "gla":
-        return seen["hook_log_decay"].double().clamp_min(LOG_FLOOR).sum(1)[..., None]
-    g = seen["hook_gate"].double()
-    a = 1 - g if arch == "mingru" else g
-    return torch.log(a).clamp_min(LOG_FLOOR).sum(1)
+    """log of the chunk's cumulative decay, broadcastable to the layer's state (float64)."""
+    return _mixer(model, layer).log_chunk_decay(seen)
 
 
 # ----------------------------------------------------------------------------- hook readers
@@ -507,7 +473,8 @@ class _Tracker:
     loss sums per chunk and per bucket; holds only the previous head states (O(state))."""
 
     def __init__(self, model, heads: int, train_len: int, bar):
-        self.model, self.fam, self.heads, self.L, self.bar = model, _family(model), heads, train_len, bar
+        self.model, self.heads, self.L, self.bar = model, heads, train_len, bar
+        self.fixed = _fixed_state(model)
         self.positions: list[int] = []
         # per-chunk summaries as packed float32 (4 bytes a number, no per-object overhead)
         self.state, self.cos, self.decay = array("f"), array("f"), array("f")
@@ -567,11 +534,10 @@ class _Tracker:
         nan = torch.full((self.heads,), float("nan"))
         nan_decay = torch.full((self.heads, len(DECAY_NAMES)), float("nan"))
         for l, layer_state in enumerate(state.layers):
-            if self.fam == "attention":
-                view = _attention_view(layer_state, T, self.heads)
+            view = _mixer(self.model, l).state_view(layer_state, T, self.heads)
+            if not self.fixed:  # a KV cache: the chunk's new entries, no previous state to compare
                 cos = nan
             else:
-                view = head_view(layer_state[_state_key(self.fam)], self.heads)
                 cos = nan if self.prev[l] is None else F.cosine_similarity(
                     view.float(), self.prev[l], dim=-1).mean(0).cpu()
                 self.prev[l] = view.detach().float().clone()
@@ -796,7 +762,7 @@ def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None,
     given tokens otherwise). ``train_len``: default from the recipe (``data_kwargs["seq_len"]``), else
     ``cfg.n_ctx``. ``batch``: rows of the named sources (default 1). Memory is O(state + chunk)
     for recurrent models (per-chunk summaries are a few floats each)."""
-    fam = _family(model)
+    _check_model(model)
     chunk = _positive_int("chunk", chunk)
     n_tokens = _positive_int("n_tokens", n_tokens, allow_none=True)
     if n_tokens is not None and n_tokens < 2:
@@ -807,7 +773,7 @@ def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None,
     loss_margin, rms_ratio = _positive_float("loss_margin", loss_margin), _positive_float("rms_ratio", rms_ratio)
     L, L_from = train_length(model, train_len)
     chunks, description, scored, total = _token_chunks(model, source, n_tokens, chunk, L, batch, seed)
-    if fam == "attention" and model.cfg.positions == "learned" and total is not None and total > model.cfg.n_ctx:
+    if not _fixed_state(model) and model.cfg.positions == "learned" and total is not None and total > model.cfg.n_ctx:
         raise ValueError(f"n_tokens: {total} exceeds n_ctx={model.cfg.n_ctx}; learned position embeddings "
                          "cannot run past it (state collapse is not applicable)")
     heads = n_state_heads(model)
@@ -831,7 +797,7 @@ def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None,
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
-    return _build(model, tracker, L, L_from, heads, fam, loss_margin, rms_ratio, {
+    return _build(model, tracker, L, L_from, heads, loss_margin, rms_ratio, {
         "source": source if isinstance(source, str) else description, "source_description": description,
         "loss_positions": scored,
         "n_tokens": tracker.positions[-1], "chunk": chunk, "batch": int(tracker.chunk.shape[0]), "seed": seed,
@@ -842,7 +808,7 @@ def _unpack(values: array, shape: tuple[int, ...]) -> Tensor:
     return torch.frombuffer(bytearray(values.tobytes()), dtype=torch.float32).reshape(shape)
 
 
-def _build(model, t: _Tracker, L: int, L_from: str, heads: int, fam: str, loss_margin: float,
+def _build(model, t: _Tracker, L: int, L_from: str, heads: int, loss_margin: float,
            rms_ratio: float, extra: dict) -> CollapseResult:
     n = t.positions[-1]
     K = max(t.bucket_cnt) + 1 if t.bucket_cnt else 1  # buckets 0 .. K-1 hold positions
@@ -863,35 +829,37 @@ def _build(model, t: _Tracker, L: int, L_from: str, heads: int, fam: str, loss_m
         "train_len": L,
     }
     _verdict(r, L, loss_margin, rms_ratio)
-    state_desc = {"mamba": "ssm [B, d_inner, d_state], heads = cfg.pattern_heads channel groups of d_inner",
-                  "gla": "S [B, H, d_k, d_v], the mixer's heads",
-                  "minrnn": "h [B, D_h], heads = cfg.pattern_heads channel groups",
-                  "lstm": "cell c [B, D_h], heads = cfg.pattern_heads channel groups",
-                  "attention": "the keys and values each chunk wrote to the KV cache, per query head"}[fam]
+    state_desc = _mixer(model).state_spec.description
     settings = {"model": getattr(model, "name", None), "arch": model.cfg.arch, **extra, "train_len": L,
                 "train_len_from": L_from, "heads": heads, "state": state_desc,
                 "decay_hooks": list(_decay_hooks(model)), "stats": list(STAT_NAMES), "decay_stats": list(DECAY_NAMES),
                 "rule": RULE, "loss_margin": loss_margin, "rms_ratio": rms_ratio,
                 "mitigations": [dict(m) for m in _ACTIVE.get(model, [])],
-                "scan_backend": getattr(model.blocks[0].mixer, "scan_backend", "auto")}
+                "scan_backend": model.backend}
     return CollapseResult(settings=settings, **r)
 
 
 # ----------------------------------------------------------------------------- mitigations
 
 
-def _recurrent_family(model, what: str) -> str:
-    fam = _family(model)
-    if fam == "attention":
-        raise NotImplementedError(f"{what}: arch {model.cfg.arch!r} has no fixed-size recurrent state (its state is "
-                                  "the KV cache); not applicable")
-    return fam
+def _state_key(model, what: str) -> str:
+    """The state entry the mitigations rescale (``state_spec.key``); NotApplicableError for a KV cache."""
+    _check_model(model)
+    if not _fixed_state(model):
+        raise NotApplicableError(f"{what}: arch {model.cfg.arch!r} has no fixed-size recurrent state (its state is "
+                                 "the KV cache); not applicable")
+    return _mixer(model).state_spec.key
+
+
+def applies_to(model) -> bool:
+    """Whether :func:`normalize_states` / :func:`reference_norms` apply (a fixed-size state)."""
+    return _fixed_state(model)
 
 
 def reference_norms(model, reference: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """``[n_layers, H]``: the largest head state norm (over batch rows and chunk ends) while
     streaming ``reference [B, L]``."""
-    fam = _recurrent_family(model, "reference_norms")
+    key = _state_key(model, "reference_norms")
     if not isinstance(reference, Tensor) or reference.dim() != 2 or reference.shape[1] == 0:
         raise ValueError(f"reference: expected token ids [batch, length], got "
                          f"{list(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__}")
@@ -900,7 +868,7 @@ def reference_norms(model, reference: Tensor, chunk: int = DEFAULT_CHUNK) -> Ten
 
     def cb(start, logits, state):
         for l, s in enumerate(state.layers):
-            norms = head_view(s[_state_key(fam)], heads).double().norm(dim=-1).amax(0).cpu()
+            norms = head_view(s[key], heads).double().norm(dim=-1).amax(0).cpu()
             best[l] = torch.maximum(best[l], norms)
 
     model.stream(reference.to(model.device), chunk_size=chunk, callback=cb, return_logits=False)
@@ -925,7 +893,7 @@ def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor
     reached on ``reference`` (token ids ``[B, L]``; default: 8 rows of the model's own task stream
     of training length, see :func:`reference_norms`). Yields ``{"tau": [n_layers, H], "clipped":
     [n_layers, H]}``, ``clipped`` counting the (chunk, row) rescalings."""
-    fam = _recurrent_family(model, "normalize_states")
+    key = _state_key(model, "normalize_states")
     heads = n_state_heads(model)
     shape = (model.cfg.n_layers, heads)
     if tau is None:
@@ -939,7 +907,6 @@ def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor
     if not bool((tau_t > 0).all()) or not bool(torch.isfinite(tau_t).all()):
         raise ValueError(f"tau: expected positive finite thresholds, got {tau_t.tolist()}")
     clipped = torch.zeros(shape, dtype=torch.long)
-    key = _state_key(fam)
 
     def hook(layer: int, module, args, kwargs, output):
         out, new = output
@@ -964,54 +931,11 @@ def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor
             h.remove()
 
 
-def _pow(x: Tensor, c: float) -> Tensor:
-    return x if c == 1.0 else x.clamp_min(0) ** c
-
-
 def _forget_hooks(model, b_scale: float, c: float) -> list[tuple[str, Callable]]:
-    fam, arch = _family(model), model.cfg.arch
-    mul = lambda f: (lambda t, hook: t * f)  # noqa: E731
-    names: list[tuple[str, Callable]] = []
-    if fam == "mamba":
-        names = [("hook_delta", mul(c)), ("hook_B", mul(b_scale / c))]
-    elif fam == "gla":
-        names = [("hook_log_decay", mul(c)), ("hook_k", mul(b_scale))]
-    elif arch == "minlstm":
-        names = [("hook_gate", lambda t, hook: _pow(t, c)), ("hook_input_gate", mul(b_scale))]
-    elif arch == "mingru":
-        return _mingru_hooks(model, b_scale, c)
-    elif fam == "lstm":
-        names = [("hook_f", lambda t, hook: _pow(t, c)), ("hook_i", mul(b_scale))]
-    elif arch == "fox":
-        if b_scale != 1.0:
-            raise NotImplementedError("b_scale: attention has no state write to scale (FoX: only decay_scale applies)")
-        names = [("hook_log_forget", mul(c))]
-    else:
-        raise NotImplementedError(f"forget_more: arch {model.cfg.arch!r} (softmax attention) has no decay or state "
-                                  "write to edit; not applicable")
-    return [(f"blocks.{l}.mixer.{n}", fn) for l in range(model.cfg.n_layers) for n, fn in names]
-
-
-def _mingru_hooks(model, b_scale: float, c: float) -> list[tuple[str, Callable]]:
-    """minGRU shares z between decay (1 − z) and write (z): z' = 1 − (1 − z)^c on hook_gate and
-    h̃·b_scale·z/z' on hook_candidate (called right after it), so the write stays z·h̃·b_scale."""
-    out = []
-    for l in range(model.cfg.n_layers):
-        ratio: dict[str, Tensor] = {}
-
-        def gate(z, hook, ratio=ratio):
-            if c == 1.0:
-                return z
-            z2 = 1 - _pow(1 - z, c)
-            ratio["r"] = torch.where(z2 > 0, z / z2.clamp_min(1e-30), torch.ones_like(z))
-            return z2
-
-        def cand(h, hook, ratio=ratio):
-            r = ratio.pop("r", None)
-            return h * b_scale if r is None else h * (b_scale * r).to(h.dtype)
-
-        out += [(f"blocks.{l}.mixer.hook_gate", gate), (f"blocks.{l}.mixer.hook_candidate", cand)]
-    return out
+    """Every layer's ``mixer.forget_hooks`` (NotApplicableError for softmax attention)."""
+    _check_model(model)
+    return [(f"blocks.{l}.mixer.{n}", fn) for l, b in enumerate(model.blocks)
+            for n, fn in b.mixer.forget_hooks(b_scale, c)]
 
 
 @contextlib.contextmanager
@@ -1043,16 +967,17 @@ def state_window(model, window: int):
     ``h_(t−r,t] = h_t − (∏ a) h_{t−r}``; exact for linear recurrences (see the module docstring).
     Attention: the KV cache keeps its last ``window`` entries. LSTM: NotImplementedError."""
     window = _positive_int("window", window)
-    fam = _family(model)
-    if fam == "lstm":
-        raise NotImplementedError("state_window: the LSTM's recurrence is nonlinear (gates read h), so the state "
-                                  "of the last tokens is not a difference of states; not applicable")
+    _check_model(model)
+    spec = _mixer(model).state_spec
+    if spec.fixed_size and not spec.linear:
+        raise NotApplicableError(f"state_window: the {type(_mixer(model)).__name__}'s recurrence is nonlinear (gates "
+                                 "read h), so the state of the last tokens is not a difference of states; not applicable")
     info = {"name": "state_window", "window": window}
-    if fam == "attention":
+    if not spec.fixed_size:
         with _mixer_forward_hooks(model, lambda layer: partial(_trim_cache, window)), _mitigation(model, info):
             yield info
         return
-    key = _state_key(fam)
+    key = spec.key
     queues = [_Window() for _ in model.blocks]
     with _last_values(model, _decay_hooks(model)) as seen:
 
