@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from seqlens.circuits.ablation import check_heads
+from seqlens.models.mixer import applies_to
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.patterns import is_softmax_model, normalise_rows, resolve_normalisation
 from seqlens.circuits.task_metric import resolve_task
@@ -131,6 +132,7 @@ def _calibration_hook(layer: int, heads: list[int], tau: float, beta: float, fee
     return hook
 
 
+@applies_to(lambda model: model.is_softmax)
 @contextlib.contextmanager
 def calibrate_sinks(model, heads: Iterable[tuple[int, int]], tau: float = 0.1, beta: float = 0.4,
                     feed_first: bool = True) -> Iterator[dict[tuple[int, int], Tensor]]:
@@ -298,7 +300,7 @@ def _patterns(model, toks: Tensor, layer: int, mode: str) -> Iterator[Tensor]:
     """``mixer_pattern`` of ``toks`` a few sequences at a time (≈ :data:`PATTERN_BUDGET` floats),
     float32, rows normalised as ``|α| / Σ|α|`` when ``mode == "abs_rows"``."""
     B, T = toks.shape
-    heads = max(model.cfg.n_heads, model.cfg.pattern_heads)
+    heads = model.n_groups
     rows = max(1, PATTERN_BUDGET // (heads * T * T))
     for start in range(0, B, rows):
         p = model.mixer_pattern(toks[start:start + rows], layer).float()

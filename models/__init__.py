@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import ModelState, SeqModel, StreamOutput, hook_active
+from .mixer import Mixer, NotApplicableError
 from .config import ARCHS, ModelConfig
 
 
@@ -52,4 +53,4 @@ def build(cfg: ModelConfig, seed: int | None = 0) -> SeqModel:
         return cls(cfg).eval()
 
 
-__all__ = ["ARCHS", "ModelConfig", "ModelState", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "model_class"]
+__all__ = ["ARCHS", "Mixer", "ModelConfig", "ModelState", "NotApplicableError", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "model_class"]

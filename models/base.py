@@ -30,7 +30,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import ModelConfig
-from .mixer import Mixer, NotApplicableError  # noqa: F401 - the protocol lives in models/mixer.py
+from .mixer import Mixer, NotApplicableError, applies_to  # noqa: F401 - the protocol lives in models/mixer.py
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -441,6 +441,7 @@ class SeqModel(HookedRootModule):
         return iter(tokens), None
 
     # -- state taps ------------------------------------------------------------------------------
+    @applies_to(lambda model: model.supports_state_taps)
     @contextlib.contextmanager
     def tap_states(self, positions: Sequence[int] | Tensor):
         """Inside this context, ``blocks.{l}.mixer.hook_state`` fires with the recurrent state
@@ -494,6 +495,7 @@ class SeqModel(HookedRootModule):
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)
 
+    @applies_to(lambda model: model.is_softmax)
     def attention_stats(self, tokens: Tensor, layer: int, sink_k: int = 4,
                         span: tuple[int, int] | Tensor | None = None, backend: str = "auto") -> Any:
         """Per-query attention statistics of layer ``layer`` (softmax / forgetting attention):
@@ -503,8 +505,8 @@ class SeqModel(HookedRootModule):
         rows: use :meth:`mixer_pattern` (implicit attention) for them."""
         x = self.mixer_input(tokens, layer)  # validates layer
         mixer = self.blocks[layer].mixer
-        if not callable(getattr(mixer, "stats", None)):
-            raise NotImplementedError(
+        if not mixer.is_softmax:
+            raise NotApplicableError(
                 f"attention_stats: layer {layer}'s mixer ({type(mixer).__name__}) is not softmax attention; "
                 "use mixer_pattern(tokens, layer) for the implicit attention of recurrent mixers")
         return mixer.stats(x, sink_k, span, backend)

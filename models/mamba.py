@@ -161,6 +161,11 @@ class MambaMixer(Mixer):
         return out, new_state
 
     # -- protocol (module docstring) ---------------------------------------------------------------
+    def summary(self) -> dict:
+        cfg = self.cfg
+        return dict(d_inner=cfg.d_inner, d_state=cfg.d_state, d_conv=cfg.d_conv, dt_rank=cfg.dt_rank_,
+                    pattern_heads=cfg.pattern_heads)
+
     @property
     def groups(self) -> Groups:
         return channel_groups(self.cfg.pattern_heads, self.d_inner)

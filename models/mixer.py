@@ -41,6 +41,24 @@ class NotApplicableError(ValueError, NotImplementedError):
     (the ``model`` argument is the wrong kind); analyses offer ``applies_to(model)`` to ask first."""
 
 
+def applies_to(predicate: Callable[[Any], bool]) -> Callable:
+    """Decorator: attach ``predicate(model) -> bool`` as ``fn.applies_to``, so callers (the app)
+    ask whether an analysis applies instead of running it and catching :class:`NotApplicableError`."""
+    def mark(fn: Callable) -> Callable:
+        fn.applies_to = predicate
+        return fn
+    return mark
+
+
+def raises_not_applicable(call: Callable[[], Any]) -> bool:
+    """True unless ``call()`` raises :class:`NotApplicableError` (for predicates built on a probe call)."""
+    try:
+        call()
+    except NotApplicableError:
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------- declarations
 
 
@@ -233,6 +251,7 @@ class Mixer(nn.Module):
     memory_hook: ClassVar[str | None] = None  # units that carry memory (interpretable cells)
     whole_sequence_modes: ClassVar[tuple[str, ...]] = ("uniform",)  # ablations needing position 0
     is_softmax: ClassVar[bool] = False  # rows of pattern() are softmax distributions
+    d_state: int | None = None  # state size per channel (Mamba's N); None where there is none
     lrp: ClassVar[LRPRules] = LRPRules()
 
     def __init__(self) -> None:
@@ -318,6 +337,12 @@ class Mixer(nn.Module):
 
     def ov_factors(self) -> OVFactors:
         raise NotApplicableError(f"ov_factors: no OV circuit defined for mixer {type(self).__name__}")
+
+    def summary(self) -> dict[str, Any]:
+        """The config fields that say what this mixer is (``seqlens info`` / the app's model page)."""
+        cfg = self.cfg
+        return dict(n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim, positions=cfg.positions,
+                    mlp="none" if cfg.attn_only else cfg.mlp, parallel_residual=cfg.parallel_residual)
 
     @classmethod
     def hook_specs(cls, cfg: Any) -> list[HookSpec]:

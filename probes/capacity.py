@@ -191,9 +191,10 @@ def state_size(model) -> dict[str, int | None]:
     architectures) and the number of entries of the recurrent state ``hook_state`` reports, summed
     over layers (None for attention, whose state is the KV cache)."""
     cfg = model.cfg
-    d_state = int(cfg.d_state) if cfg.arch == "mamba" else None
-    mixers = [b.mixer for b in model.blocks]
-    if not all(getattr(m, "supports_state_taps", False) for m in mixers):
+    d_state = model.blocks[0].mixer.d_state
+    d_state = None if d_state is None else int(d_state)
+    mixers = model.mixers
+    if not model.supports_state_taps:
         return {"d_state": d_state, "elements": None}
     st = model.init_state(1)
     elements = sum(int(m.tap_value(layer).numel()) for m, layer in zip(mixers, st.layers))
@@ -544,7 +545,7 @@ def _lag_hooks(model, layers, source: str) -> tuple[list[int], str, list[str]]:
         raise ValueError(f"layer: expected None, an integer or a list of integers in [0, {n}), got {layers!r}")
     if source not in SOURCES:
         raise ValueError(f"source: expected one of {list(SOURCES)}, got {source!r}")
-    has_state = all(getattr(b.mixer, "supports_state_taps", False) for b in model.blocks)
+    has_state = model.supports_state_taps
     if source == "auto":
         source = "state" if has_state else "resid"
     if source == "state" and not has_state:

@@ -119,7 +119,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqlens.models.mixer import LOG_FLOOR, NotApplicableError, StateSpec  # noqa: F401 - LOG_FLOOR re-exported
+from seqlens.models.mixer import LOG_FLOOR, NotApplicableError, StateSpec, applies_to, raises_not_applicable  # noqa: F401 - LOG_FLOOR re-exported
 from seqlens.result import Result
 
 DEFAULT_TOKENS = 16_384
@@ -851,11 +851,12 @@ def _state_key(model, what: str) -> str:
     return _mixer(model).state_spec.key
 
 
-def applies_to(model) -> bool:
-    """Whether :func:`normalize_states` / :func:`reference_norms` apply (a fixed-size state)."""
-    return _fixed_state(model)
+def _linear_or_cache(model) -> bool:
+    spec = _mixer(model).state_spec
+    return not spec.fixed_size or spec.linear
 
 
+@applies_to(_fixed_state)
 def reference_norms(model, reference: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """``[n_layers, H]``: the largest head state norm (over batch rows and chunk ends) while
     streaming ``reference [B, L]``."""
@@ -883,6 +884,7 @@ def _default_reference(model) -> Tensor:
     return _Generated(model, "task", REFERENCE_ROWS, 0).get(0, L)[0]
 
 
+@applies_to(_fixed_state)
 @contextlib.contextmanager
 def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor | None = None):
     """State normalisation (Stuffed Mamba; METHODS.md §5): inside the block, every state a mixer
@@ -938,6 +940,7 @@ def _forget_hooks(model, b_scale: float, c: float) -> list[tuple[str, Callable]]
             for n, fn in b.mixer.forget_hooks(b_scale, c)]
 
 
+@applies_to(lambda model: raises_not_applicable(lambda: _forget_hooks(model, 1.0, 1.0)))
 @contextlib.contextmanager
 def forget_more(model, b_scale: float = 1.0, decay_scale: float = 1.0):
     """"Forget more, remember less" (Stuffed Mamba; METHODS.md §5): inside the block the state
@@ -960,6 +963,7 @@ class _Window:
         self.total = 0
 
 
+@applies_to(_linear_or_cache)
 @contextlib.contextmanager
 def state_window(model, window: int):
     """Sliding window by state difference (METHODS.md §5): inside the block, the state each mixer

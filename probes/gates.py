@@ -4,20 +4,21 @@ Understanding Recurrent Networks", §4.2 and §4.3), across every gated architec
 Gate saturation (:func:`gate_saturation`): for each layer and gate, the fraction of gate values
 below ``low`` (left-saturated, default 0.1) and above ``high`` (right-saturated, default 0.9),
 pooled over every (token, unit) of the data, plus the same fractions per unit (Karpathy's
-scatter plot). The gates per architecture (hook names under ``blocks.{l}.mixer``):
+scatter plot). The gates are each mixer's answer (``Mixer.gates()``, hook names under
+``blocks.{l}.mixer``):
 
 =========  ==========================================================================
-lstm       input ``i`` (hook_i), forget ``f`` (hook_f), output ``o`` (hook_o); ``[D_h]``
-mingru     update ``z`` (hook_gate) and the decay ``1 − z`` it implies; ``[D_h]``
-minlstm    normalised forget ``f'`` (hook_gate, the decay) and input ``i'``
-           (hook_input_gate); ``[D_h]``
+lstm       input ``i`` (hook_input_gate), forget ``f`` (hook_decay), output ``o``
+           (hook_out_gate); ``[D_h]``
+mingru     update ``z`` (hook_input_gate) and the decay ``1 − z`` (hook_decay); ``[D_h]``
+minlstm    normalised forget ``f'`` (hook_decay) and input ``i'`` (hook_input_gate); ``[D_h]``
 mamba      the decay ``exp(Δ_t A)`` per state element (d, n): Δ from hook_delta (after
            softplus), ``A = −exp(A_log) [D, N]``; units ``D·N``
 gla        the decay ``g = exp(log g)`` (hook_log_decay); units ``H·d_k``
 retnet     the constant decay ``γ_h`` (hook_log_decay): the same for every token, so the
            fractions only say which heads' γ lie past the thresholds; the γ values are
-           reported in ``constants``
-fox        the forget gate ``f = exp(log f)`` (hook_log_forget); units ``H``
+           reported in ``constants`` (``Mixer.gate_constants``)
+fox        the forget gate ``f = exp(log f)`` (hook_log_decay); units ``H``
 =========  ==========================================================================
 
 Output gates that are not in [0, 1] (Mamba's and GLA's SiLU gates) are not gates in this sense
@@ -26,12 +27,13 @@ and are left out. Softmax Transformers have no gates: :class:`NotApplicableError
 Interpretable cells (:func:`interpretable_cells`): Pearson correlation, over the byte positions
 of a Python source text, between each unit of a hook and byte-level features of the text
 (:func:`python_features`). The unit at position t is the activation after reading byte t; the
-feature at t describes byte t. Default units, every layer (the units that carry memory):
+feature at t describes byte t. Default units, every layer: the mixer's ``memory_hook`` (the
+units that carry memory):
 
 =========  ==========================================================================
 lstm       the cell ``c`` (hook_c), as in Karpathy et al.
-mingru     the hidden state ``h`` (hook_hidden; also minlstm)
-mamba      the per-channel scan output ``y_d = C_t·h_{t,d} + D_d u_{t,d}`` (hook_ssm_out):
+mingru     the hidden state ``h`` (hook_z; also minlstm)
+mamba      the per-channel scan output ``y_d = C_t·h_{t,d} + D_d u_{t,d}`` (hook_z):
            one read-out of each channel's N-dimensional state (the full state would be
            ``D·N`` units)
 gla        the per-head read-out ``q_t S_t`` (hook_z, flattened to ``H·d_v`` units)
@@ -58,18 +60,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from seqlens.models.mixer import NotApplicableError, applies_to
 from seqlens.result import Result
 
 from .outliers import check_tokens, default_batch, is_byte_model
 
 CHUNK_ELEMENTS = 2**24  # values per chunk when counting saturation (Mamba expands by d_state)
 DEFAULT_TEXT_BYTES = 8192
-
-
-class NotApplicableError(ValueError, NotImplementedError):
-    """The analysis does not apply to this architecture (e.g. gates of a softmax Transformer).
-    A ValueError (the ``model`` argument is the wrong kind) and a NotImplementedError (as
-    ``tap_states`` raises for attention)."""
 
 
 # ============================================================================ gate saturation
@@ -87,43 +84,19 @@ class GateSpec:
     description: str
 
 
-def _identity(x: Tensor) -> Tensor:
-    return x
+def has_gates(model) -> bool:
+    """Whether :func:`gate_saturation` applies: some mixer declares gates (``Mixer.gates``)."""
+    return any(m.gates() for m in model.mixers)
 
 
 def gate_specs(model) -> list[GateSpec]:
-    """The gates :func:`gate_saturation` reads for ``model``'s architecture (module docstring)."""
-    arch, L = model.cfg.arch, model.cfg.n_layers
-    specs: list[GateSpec] = []
-    for l in range(L):
-        p = f"blocks.{l}.mixer"
-        if arch == "lstm":
-            specs += [GateSpec(l, g, f"{p}.hook_{g}", _identity, f"{name} gate σ(·)")
-                      for g, name in (("i", "input"), ("f", "forget"), ("o", "output"))]
-        elif arch == "mingru":
-            specs += [GateSpec(l, "z", f"{p}.hook_gate", _identity, "update gate z (share written)"),
-                      GateSpec(l, "1-z", f"{p}.hook_gate", lambda z: 1 - z, "decay 1 − z (share kept)")]
-        elif arch == "minlstm":
-            specs += [GateSpec(l, "f'", f"{p}.hook_gate", _identity, "normalised forget gate f' (decay)"),
-                      GateSpec(l, "i'", f"{p}.hook_input_gate", _identity, "normalised input gate i'")]
-        elif arch == "mamba":
-            A = model.blocks[l].mixer.A.detach()  # [D, N]
-            specs.append(GateSpec(l, "exp(ΔA)", f"{p}.hook_delta",
-                                  lambda d, A=A: torch.exp(d.float()[..., None] * A.to(d.device)),
-                                  "decay exp(Δ_t A) per state element (d, n)"))
-        elif arch == "gla":
-            specs.append(GateSpec(l, "g", f"{p}.hook_log_decay", lambda x: torch.exp(x.float()),
-                                  "decay g = exp(log g) per head and key dimension"))
-        elif arch == "retnet":
-            specs.append(GateSpec(l, "γ (constant)", f"{p}.hook_log_decay", lambda x: torch.exp(x.float()),
-                                  "constant decay γ_h = 1 − 2^(−5−h), the same for every token"))
-        elif arch == "fox":
-            specs.append(GateSpec(l, "f", f"{p}.hook_log_forget", lambda x: torch.exp(x.float()),
-                                  "forget gate f = σ(w·x + b) per head"))
-        else:
-            raise NotApplicableError(
-                f"model: gate_saturation is not applicable to arch {arch!r}: softmax attention has no "
-                "gates (gated archs: lstm, mingru, minlstm, mamba, gla, retnet, fox)")
+    """The gates :func:`gate_saturation` reads: every mixer's ``gates()`` (module docstring)."""
+    specs = [GateSpec(l, g.name, f"blocks.{l}.mixer.{g.hook}", g.transform, g.meaning)
+             for l, block in enumerate(model.blocks) for g in block.mixer.gates()]
+    if not specs:
+        raise NotApplicableError(
+            f"model: gate_saturation is not applicable to arch {model.cfg.arch!r}: softmax attention has no "
+            "gates (gated archs: lstm, mingru, minlstm, mamba, gla, retnet, fox)")
     return specs
 
 
@@ -252,6 +225,7 @@ def _check_thresholds(low: Any, high: Any) -> None:
         raise ValueError(f"low: expected low < high, got low={low!r}, high={high!r}")
 
 
+@applies_to(has_gates)
 def gate_saturation(model, tokens: Tensor | None = None, low: float = 0.1, high: float = 0.9, *,
                     batch: int = 16, seq_len: int | None = None, seed: int = 0) -> GateSaturation:
     """Left (< ``low``) and right (> ``high``) saturation of every gate of every layer (module
@@ -273,9 +247,8 @@ def gate_saturation(model, tokens: Tensor | None = None, low: float = 0.1, high:
     finally:
         model.train(was_training)
     rows = [_saturation(seen[s.hook], s.transform, low, high) for s in specs]
-    constants = {}
-    if model.cfg.arch == "retnet":
-        constants = {str(l): model.blocks[l].mixer.gamma.tolist() for l in range(model.cfg.n_layers)}
+    constants = {str(l): b.mixer.gate_constants() for l, b in enumerate(model.blocks)
+                 if b.mixer.gate_constants() is not None}
     settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch, **info,
                 "low": low, "high": high, "gates": {s.gate: s.description for s in specs},
                 "pooling": "every (token, unit) value of the batch"}
@@ -426,9 +399,9 @@ def python_features(text: str | bytes) -> dict[str, Tensor]:
 
 def default_unit_hooks(model) -> list[str]:
     """The memory-carrying units of every layer (module docstring)."""
-    arch, L = model.cfg.arch, model.cfg.n_layers
-    suffix = {"lstm": "mixer.hook_c", "mingru": "mixer.hook_hidden", "minlstm": "mixer.hook_hidden",
-              "mamba": "mixer.hook_ssm_out", "gla": "mixer.hook_z", "retnet": "mixer.hook_z"}.get(arch)
+    L = model.cfg.n_layers
+    memory = model.blocks[0].mixer.memory_hook
+    suffix = None if memory is None else f"mixer.{memory}"
     if suffix is None:  # attention: MLP neurons
         suffix = "mlp.hook_post" if model.blocks[0].mlp is not None else "hook_resid_post"
     return [f"blocks.{l}.{suffix}" for l in range(L)]

@@ -35,7 +35,7 @@ with state.errors_shown("Attention patterns"):
     pats = analyses.patterns(model_key, prompt.ids, normalisation)[layer]  # [H, L, L]
     H, L = pats.shape[0], pats.shape[1]
     kind = "implicit attention" if cfg.is_recurrent else "attention"
-    st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if cfg.arch in ('mamba', 'mingru', 'minlstm', 'lstm') else 'heads'}.")
+    st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if model.blocks[0].mixer.groups.unit == 'channel' else 'heads'}.")
     head_names = [f"L{layer}H{h}" for h in range(H)]
 
     tab_hover, tab_grid = st.tabs(["Token view", "Heatmaps"])
