@@ -30,7 +30,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import ModelConfig
-from .mixer import Mixer, NotApplicableError, applies_to  # noqa: F401 - the protocol lives in models/mixer.py
+from .mixer import HookSpec, Mixer, NotApplicableError, applies_to  # noqa: F401 - the protocol lives in models/mixer.py
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,6 +64,9 @@ class Norm(nn.Module):
     ``hook_normalized`` is active the pieces are computed explicitly, and an edit (a hook returning
     a new tensor) is rebuilt into the output (TL 4 does the same)."""
 
+    HOOKS = (HookSpec("hook_scale", "[B, L, 1]", "sqrt(var + eps) (LayerNorm: of the centred input), TL 4's hook_scale"),
+             HookSpec("hook_normalized", "[B, L, d_model]", "normalised input before the affine weight / bias (TL 4)"),
+             HookSpec("hook_out", "[B, L, d_model]", "after weight and bias: what the next layer reads"))
     is_layernorm: bool = False
 
     def __init__(self, d: int, eps: float):
@@ -157,6 +160,11 @@ class MLP(nn.Module):
     nonlinearity / gating), ``hook_out [B, L, d_model]``.
     """
 
+    HOOKS = (HookSpec("hook_pre", "[B, L, d_mlp]", "pre-activation (gated: the gate fc_gate x, Llama's gate_proj)"),
+             HookSpec("hook_pre_linear", "[B, L, d_mlp]", "gated MLP's linear branch fc_in x (Llama's up_proj)", "gated_mlp"),
+             HookSpec("hook_post", "[B, L, d_mlp]", "neuron activations after the nonlinearity / gating"),
+             HookSpec("hook_out", "[B, L, d_model]", "the MLP's output"))
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc_in = nn.Linear(cfg.d_model, cfg.mlp_dim, bias=cfg.mlp_bias)
@@ -202,6 +210,10 @@ def grouped_pattern(alpha: Callable[[slice], Tensor], width: int, heads: int, sh
 
 class Block(nn.Module):
     """One pre-norm residual block around a sequence mixer (and an MLP unless ``mlp=None``)."""
+
+    HOOKS = (HookSpec("hook_resid_pre", "[B, L, d_model]", "residual stream into the block"),
+             HookSpec("hook_resid_mid", "[B, L, d_model]", "after the mixer, before the MLP", "sequential_mlp"),
+             HookSpec("hook_resid_post", "[B, L, d_model]", "residual stream out of the block"))
 
     def __init__(self, cfg: ModelConfig, mixer: nn.Module, with_mlp: bool):
         super().__init__()
@@ -294,6 +306,12 @@ class SeqModel(HookedRootModule):
     an MLP; everything else (forward / step / stream / taps / patterns / io) lives here."""
 
     has_mlp: bool = True
+    HOOKS = (HookSpec("hook_embed", "[B, L, d_model]", "token embedding"),)
+
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:  # pragma: no cover - abstract
+        """The :class:`Mixer` subclass this model builds for ``cfg`` (its ``make_mixer``)."""
+        raise NotImplementedError
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -321,8 +339,8 @@ class SeqModel(HookedRootModule):
         """Subclasses add architecture-specific modules here (e.g. position embeddings), before
         the hook points are indexed."""
 
-    def make_mixer(self, layer: int) -> nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def make_mixer(self, layer: int) -> nn.Module:
+        return self.mixer_class(self.cfg)(self.cfg)
 
     # -- core -------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Tensor, pos: int) -> Tensor:

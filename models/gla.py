@@ -94,9 +94,12 @@ class LinearAttentionMixer(Mixer):
         HookSpec("hook_k", "[B, L, H, d_k]", "keys (write)"),
         HookSpec("hook_v", "[B, L, H, d_v]", "values (the value written)"),
         HookSpec("hook_log_decay", "[B, L, H, d_k]", "log decay log g_t (RetNet: constant log γ_h)"),
+        HookSpec("hook_state", "[B, T, H, d_k, d_v]", "state S after the tapped positions", "tap_states"),
         HookSpec("hook_z", "[B, L, H, d_v]", "per-head output q_t S_t before the group norm (per-group output)"),
         HookSpec("hook_out_gate", "[B, L, value_dim]", "output gate SiLU(g_proj x)"),
-        HookSpec("hook_state", "[B, T, H, d_k, d_v]", "state S after the tapped positions", "tap_states"),
+        HookSpec("g_norm.hook_scale", "[B, L, H, 1]", "group norm: per-head rms of hook_z"),
+        HookSpec("g_norm.hook_normalized", "[B, L, H, d_v]", "group norm: hook_z / rms, before its weight"),
+        HookSpec("g_norm.hook_out", "[B, L, H, d_v]", "group norm output (after its weight)"),
         HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
     )
     BACKENDS = ("triton", "chunked", "ref")
@@ -258,5 +261,6 @@ class GLA(SeqModel):
 
     has_mlp = True
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return Retention(self.cfg) if self.cfg.arch == "retnet" else GatedLinearAttention(self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return Retention if cfg.arch == "retnet" else GatedLinearAttention

@@ -257,5 +257,6 @@ class LSTM(SeqModel):
 
     has_mlp = True
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return LSTMMixer(self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return LSTMMixer

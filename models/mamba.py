@@ -52,9 +52,9 @@ class MambaMixer(Mixer):
         HookSpec("hook_delta", "[B, L, D]", "step size Δ after softplus (decay exp(ΔA))"),
         HookSpec("hook_B", "[B, L, N]", "input matrix B_t (write)"),
         HookSpec("hook_C", "[B, L, N]", "output matrix C_t (read)"),
-        HookSpec("hook_z", "[B, L, D]", "scan output incl. the D skip, before the gate (per-group output)"),
         HookSpec("hook_out_gate", "[B, L, D]", "output gate SiLU(z branch)"),
         HookSpec("hook_state", "[B, T, D, N]", "SSM state after the tapped positions", "tap_states"),
+        HookSpec("hook_z", "[B, L, D]", "scan output incl. the D skip, before the gate (per-group output)"),
         HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
     )
     BACKENDS = ("triton", "chunked", "ref")
@@ -240,5 +240,6 @@ class Mamba(SeqModel):
 
     has_mlp = False
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return MambaMixer(self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return MambaMixer

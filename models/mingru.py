@@ -107,8 +107,8 @@ class MinRNNMixer(Mixer):
         HookSpec("hook_input_gate", "[B, L, D_h]", "write weight w (minGRU: update gate z; minLSTM: i')"),
         HookSpec("hook_decay", "[B, L, D_h]", "decay a (minGRU: 1 − z; minLSTM: normalised forget gate f')"),
         HookSpec("hook_candidate", "[B, L, D_h]", "candidate h̃ = g(Linear_h x) (the value written)"),
-        HookSpec("hook_z", "[B, L, D_h]", "hidden state h_t, read into out_proj (per-group output)"),
         HookSpec("hook_state", "[B, T, D_h]", "h after the tapped positions", "tap_states"),
+        HookSpec("hook_z", "[B, L, D_h]", "hidden state h_t, read into out_proj (per-group output)"),
         HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
     )
     BACKENDS = ("triton", "loop", "chunked", "ref")
@@ -252,6 +252,7 @@ class MinLSTMMixer(MinRNNMixer):
     scale: ``f' + i' = 1``). ``hook_decay`` reports ``f'``, ``hook_input_gate`` ``i'``."""
 
     n_gates = 2
+    HOOKS = (MinRNNMixer.HOOKS[1], MinRNNMixer.HOOKS[0]) + MinRNNMixer.HOOKS[2:]  # f' is computed first
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden, forget, inp = self.in_proj(x).chunk(3, dim=-1)
@@ -278,5 +279,6 @@ class MinGRU(SeqModel):
 
     has_mlp = True
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return MIXERS[self.cfg.arch](self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return MIXERS[cfg.arch]

@@ -356,7 +356,6 @@ def hook_exists(when: str, cfg: Any) -> bool:
     if not when or when == "tap_states":
         return True
     conds = {"rotary": cfg.positions == "rotary", "learned": cfg.positions == "learned",
-             "mlp": not cfg.attn_only, "sequential": not cfg.parallel_residual and not cfg.attn_only,
              "gated_mlp": cfg.mlp == "gated"}
     if when in conds:
         return conds[when]

@@ -245,7 +245,8 @@ class ForgettingAttention(Attention):
     Protocol: the decay is ``f = exp(hook_log_decay)`` per head (a gate in [0, 1]); ``forget_more``
     multiplies the log decay by c (there is no state write to scale)."""
 
-    HOOKS = Attention.HOOKS + (HookSpec("hook_log_decay", "[B, L, H]", "log forget gate log f_t (log decay)"),)
+    HOOKS = Attention.HOOKS[:5] + (HookSpec("hook_log_decay", "[B, L, H]", "log forget gate log f_t (log decay)"),
+                                   ) + Attention.HOOKS[5:]
     decay_hooks = ("hook_log_decay",)
     lrp = LRPRules(detach=("hook_pattern", "hook_log_decay"), uniform=("hook_z = pattern @ v",),
                    note="AttnLRP; the forget bias enters the logits and is detached with them")
@@ -286,8 +287,11 @@ class ForgettingAttention(Attention):
 class Transformer(SeqModel):
     """Softmax (``arch="transformer"``) or forgetting (``arch="fox"``) attention Transformer."""
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return ForgettingAttention(self.cfg) if self.cfg.arch == "fox" else Attention(self.cfg)
+    HOOKS = SeqModel.HOOKS + (HookSpec("hook_pos_embed", "[B, L, d_model]", "learned position embedding", "learned"),)
+
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return ForgettingAttention if cfg.arch == "fox" else Attention
 
     def build_extras(self) -> None:
         if self.cfg.positions == "learned":
