@@ -46,7 +46,7 @@ def overwrite(fn):
 KNOWN = {
     "lstm": (["hook_input_gate", "hook_decay", "hook_out_gate"], pattern, {g: (0.25, 0.5, MEAN) for g in ("i", "f", "o")}),
     "mingru": (["hook_input_gate"], pattern, {"z": (0.25, 0.5, MEAN), "1-z": (0.5, 0.25, 1 - MEAN)}),
-    "minlstm": (["hook_gate", "hook_input_gate"], pattern, {"f'": (0.25, 0.5, MEAN), "i'": (0.25, 0.5, MEAN)}),
+    "minlstm": (["hook_decay", "hook_input_gate"], pattern, {"f'": (0.25, 0.5, MEAN), "i'": (0.25, 0.5, MEAN)}),
     "gla": (["hook_log_decay"], lambda s: pattern(s).log(), {"g": (0.25, 0.5, MEAN)}),
     "fox": (["hook_log_decay"], lambda s: pattern(s).log(), {"f": (0.25, 0.5, MEAN)}),
 }
