@@ -21,18 +21,19 @@ that a snapshot exists exactly there. After every chunk, per layer and per head:
   ``loss_mask`` (``train_on="mask"``, e.g. the passkey organisms, which never learned to predict
   the filler), where only the masked positions count — the task's own metric.
 
-Heads and the "state" per architecture (``H`` = ``cfg.pattern_heads`` for the channel-group archs):
+Heads and the "state" per architecture (``H`` = ``model.n_groups``; each mixer's ``state_spec``,
+``decay`` and ``forget_hooks`` implement this table, see seqlens.models.mixer):
 
 ============  ============================  =================================  ===================
 arch          state (head view)             decay (hook)                       heads
 ============  ============================  =================================  ===================
 mamba         ``ssm [B, D, N]``             ``exp(Δ A)`` (``hook_delta``)      H groups of d_inner
 gla / retnet  ``S [B, H, d_k, d_v]``        ``g = exp(log g)`` (hook_log_decay) the mixer's heads
-mingru        ``h [B, D_h]``                ``1 − z`` (``hook_gate``)          H groups of D_h
-minlstm       ``h [B, D_h]``                ``f'`` (``hook_gate``)             H groups of D_h
-lstm          cell ``c [B, D_h]``           ``f`` (``hook_f``)                 H groups of D_h
+mingru        ``h [B, D_h]``                ``1 − z`` (``hook_decay``)         H groups of D_h
+minlstm       ``h [B, D_h]``                ``f'`` (``hook_decay``)            H groups of D_h
+lstm          cell ``c [B, D_h]``           ``f`` (``hook_decay``)             H groups of D_h
 transformer   new KV entries of the chunk   none (NaN)                         query heads
-fox           new KV entries of the chunk   forget gate ``f`` (hook_log_forget) query heads
+fox           new KV entries of the chunk   forget gate ``f`` (hook_log_decay)  query heads
 ============  ============================  =================================  ===================
 
 Attention has no fixed-size state: its "state" statistics are those of the keys and values the
@@ -82,11 +83,11 @@ edits hooks, so it acts on every token and in every entry point.
             input weight)
   gla       ``hook_log_decay`` log g·c; ``hook_k`` k·b_scale (what ``kᵀv`` writes)
   retnet    same as gla (the constant log γ goes through hook_log_decay too)
-  mingru    ``hook_gate`` z' = 1 − (1 − z)^c; ``hook_candidate`` h̃ · b_scale · z/z' (so the
+  mingru    ``hook_input_gate`` z' = 1 − (1 − z)^c; ``hook_candidate`` h̃ · b_scale · z/z' (so the
             write z·h̃ is unchanged by c)
-  minlstm   ``hook_gate`` f'^c; ``hook_input_gate`` i'·b_scale
-  lstm      ``hook_f`` f^c; ``hook_i`` i·b_scale (nonlinear: the edits feed the LSTM's replay)
-  fox       ``hook_log_forget`` log f·c (``b_scale`` must be 1); softmax attention: not
+  minlstm   ``hook_decay`` f'^c; ``hook_input_gate`` i'·b_scale
+  lstm      ``hook_decay`` f^c; ``hook_input_gate`` i·b_scale (nonlinear: the edits feed the LSTM's replay)
+  fox       ``hook_log_decay`` log f·c (``b_scale`` must be 1); softmax attention: not
             applicable (NotImplementedError)
   ========  ===============================================================================
 
