@@ -71,6 +71,18 @@ def expected_shapes(cfg: ModelConfig, batch: int, length: int, taps: int | None)
             if taps is not None or h.when != "tap_states"}
 
 
+def spec_mismatches(model, fired: dict[str, tuple[int, ...]], batch: int, length: int,
+                    taps: int | None) -> list[str]:
+    """What disagrees between hooks that fired (``{name: shape}``) and the spec: hooks outside
+    the spec, and hooks whose shape differs from it (declared hooks that did not fire are the
+    caller's to report: ``hook_state`` fires only inside ``tap_states``)."""
+    expected = expected_shapes(model.cfg, batch, length, taps)
+    out = [f"{n}: not in the hook spec" for n in fired if n not in expected]
+    out += [f"{n}: shape {list(s)}, spec says {list(expected[n])}" for n, s in fired.items()
+            if n in expected and tuple(s) != expected[n]]
+    return out
+
+
 def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 

@@ -171,7 +171,12 @@ def collect_hooks(model, tokens, taps: list[int] | None) -> tuple[list[tuple[str
         _, cache = model.run_with_cache(tokens)
     fired = [(name, list(t.shape)) for name, t in cache.items()]
     seen = {name for name, _ in fired}
-    silent = [name for name in model.hook_dict if name not in seen]
+    from seqlens.models.hookdoc import hook_table, spec_mismatches  # the spec is the reference
+
+    silent = [name for name, _ in hook_table(model.cfg) if name not in seen]
+    wrong = spec_mismatches(model, dict(fired), tokens.shape[0], tokens.shape[1], len(taps) if taps else None)
+    if wrong:
+        raise ValueError("hooks disagree with the hook spec (docs/hooks.md): " + "; ".join(wrong))
     return fired, silent
 
 
