@@ -2,7 +2,7 @@
 
 ``main.py`` routes with ``st.navigation``; ``views/`` holds one thin page per analysis; the
 shared pieces are ``state`` (model choice and loading, error display), ``prompt`` (prompt input,
-encoding, token labels), ``figures`` (pattern heatmaps) and ``hover`` (the token-hover view).
+encoding, token labels) and ``hover`` (the token-hover view); figures come from library Results.
 Pages only arrange what library functions return (DESIGN.md).
 """
 

@@ -1,20 +1,18 @@
 """Cached calls of library analyses, keyed on the model key and plain (hashable) inputs.
 
 Streamlit cannot hash tensors or models, so every function here takes the model key (see
-:mod:`seqlens.app.state`) and token ids as tuples, fetches the model from ``st.cache_resource``
-and returns what the library returns (Result objects, numpy arrays). Nothing is computed here
-that a library function does not compute.
+:mod:`seqlens.app.state`) and token ids as tuples, runs the library on this session's own copy of
+the model (``state.load_model``) and returns what the library returns (Result objects). Nothing is
+computed here: each function is a caching wrapper around one library call, plus the
+``st.progress`` bar that the library's ``progress=`` callback drives.
 """
 
 from __future__ import annotations
 
-import io
-import threading
 import time
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import streamlit as st
 
 from seqlens.app.state import load_model
@@ -36,14 +34,13 @@ def as_tensor(ids: tuple[int, ...] | tuple[tuple[int, ...], ...]):
 @st.cache_data(show_spinner="Running the model once to record hook shapes ...")
 def hook_table(model_key: str, seq_len: int = 8) -> tuple[list[tuple[str, list[int]]], list[str], list[int] | None]:
     """``(fired hooks with shapes, declared hooks that did not fire, tap positions)`` on a seeded
-    random input, as ``seqlens hooks`` prints them."""
-    from seqlens import cli
+    random input, as ``seqlens hooks`` prints them (:mod:`seqlens.models.hooks`)."""
+    from seqlens.models import hooks
 
     model = load_model(model_key)
     seq_len = min(seq_len, model.cfg.n_ctx)
-    tokens = cli.random_tokens(model, 1, seq_len, 0)
-    taps = [seq_len - 1] if cli.supports_taps(model) else None
-    fired, silent = cli.collect_hooks(model, tokens, taps)
+    taps = hooks.default_taps(model, seq_len)
+    fired, silent = hooks.record_hooks(model, hooks.random_tokens(model, 1, seq_len, 0), taps)
     return fired, silent, taps
 
 
@@ -57,13 +54,13 @@ def zoo_table() -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- attention
 
 
-@st.cache_data(show_spinner="Computing attention patterns ...", max_entries=32)
-def patterns(model_key: str, ids: tuple[int, ...], normalisation: str = "auto") -> list[np.ndarray]:
-    """``[H, L, L]`` float32 pattern of every layer for one sequence (``layer_patterns``)."""
-    from seqlens.circuits import layer_patterns
+@st.cache_data(show_spinner="Computing attention patterns ...", max_entries=64)
+def patterns(model_key: str, ids: tuple[int, ...], layer: int, normalisation: str = "auto",
+             labels: tuple[str, ...] | None = None):
+    """``circuits.attention_patterns(model, ids, layer, normalisation, labels)``: a Patterns Result."""
+    from seqlens.circuits import attention_patterns
 
-    model = load_model(model_key)
-    return [p[0].cpu().numpy() for p in layer_patterns(model, as_tensor(ids).to(model.device), normalisation)]
+    return attention_patterns(load_model(model_key), list(ids), layer, normalisation, labels=labels)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -129,138 +126,56 @@ def sink_scores(model_key: str, rows: tuple[tuple[int, ...], ...]):
     return _sink_scores(model, tokens=as_tensor(rows).to(model.device))
 
 
-def _pattern_hooks(heads) -> list[str]:
-    return [f"blocks.{l}.mixer.hook_pattern" for l in sorted({l for l, _ in heads})]
-
-
 @st.cache_data(show_spinner="Calibrating ...", max_entries=16)
 def calibration(model_key: str, ids: tuple[int, ...], heads: tuple[tuple[int, int], ...], tau: float,
-                beta: float) -> dict[tuple[int, int], dict[str, Any]]:
-    """Per calibrated head: its pattern on ``ids`` before and inside ``calibrate_sinks`` (read at
-    ``hook_pattern`` with ``run_with_cache``, which sees the calibrated pattern), the received
-    attention ``r(j)`` of both (``received_attention``) and the sinks ACT found."""
-    from seqlens.circuits.sinks import calibrate_sinks, received_attention
+                beta: float, labels: tuple[str, ...] | None = None):
+    """``circuits.calibration_patterns(model, ids, heads, tau, beta)``: a CalibrationPatterns Result
+    (each head's pattern and r(j) before / inside ``calibrate_sinks``, the sinks ACT found)."""
+    from seqlens.circuits import calibration_patterns
 
-    model = load_model(model_key)
-    tokens = as_tensor(ids).to(model.device)
-    names = _pattern_hooks(heads)
-    _, before = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    with calibrate_sinks(model, list(heads), tau=tau, beta=beta) as found:
-        _, after = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-        sinks = {key: value[0].nonzero().flatten().tolist() for key, value in found.items()}
-    out = {}
-    for l, h in heads:
-        b = before[f"blocks.{l}.mixer.hook_pattern"][0, h].float().cpu()
-        a = after[f"blocks.{l}.mixer.hook_pattern"][0, h].float().cpu()
-        out[(l, h)] = {"before": b.numpy(), "after": a.numpy(), "r_before": received_attention(b).numpy(),
-                       "r_after": received_attention(a).numpy(), "sinks": sinks.get((l, h), [])}
-    return out
+    return calibration_patterns(load_model(model_key), list(ids), list(heads), tau=tau, beta=beta, labels=labels)
 
 
 @st.cache_data(show_spinner="Evaluating the task metric with and without calibration ...", max_entries=16)
-def calibration_metric(model_key: str, heads: tuple[tuple[int, int], ...], tau: float,
-                       beta: float) -> dict[str, Any]:
-    """The organism's task metric (``resolve_task(model, None)``) without and with
-    ``calibrate_sinks(model, heads, tau, beta)``."""
-    from seqlens.circuits.sinks import calibrate_sinks
-    from seqlens.circuits.task_metric import resolve_task
+def calibration_metric(model_key: str, heads: tuple[tuple[int, int], ...], tau: float, beta: float):
+    """``circuits.calibration_metric(model, heads, tau, beta)``: the organism's task metric without and
+    with calibration, a CalibrationMetric Result."""
+    from seqlens.circuits import calibration_metric as _calibration_metric
 
-    model = load_model(model_key)
-    metric = resolve_task(model, None)
-    before = metric(model)
-    with calibrate_sinks(model, list(heads), tau=tau, beta=beta):
-        after = metric(model)
-    return {"name": metric.name, "before": before, "after": after,
-            "improvement": metric.improvement(before, after), "higher_is_better": metric.higher_is_better}
+    return _calibration_metric(load_model(model_key), list(heads), tau=tau, beta=beta)
 
 
-def progress_metric(model, bar, total: int, label: str):
-    """The organism's task metric (``resolve_task(model, None)``) wrapped so that every evaluation
-    advances ``bar`` (an ``st.progress``) by ``1 / total``: how the app shows the progress of
-    library loops that evaluate a metric once per condition."""
-    from seqlens.circuits.task_metric import TaskMetric, resolve_task
+def progress_callback(label: str, unit: str = "", where: Any = None) -> Callable[[int, int | None], None]:
+    """A library ``progress=`` callback (``callable(done, total)``) drawing an ``st.progress``:
+    ``"<label>: done/total <unit>"``, redrawn at most ~100 times. ``.bar`` is the element."""
+    bar = (where or st).progress(0.0, text=f"{label} ...")
+    shown = [-1]
+    suffix = f" {unit}" if unit else ""
 
-    base = resolve_task(model, None)
-    done = [0]
+    def report(done: int, total: int | None) -> None:
+        frac = min(1.0, done / total) if total else 0.0
+        if int(100 * frac) != shown[0]:
+            shown[0] = int(100 * frac)
+            bar.progress(frac, text=f"{label}: {done}/{total}{suffix}" if total else label)
 
-    def counted(m):
-        value = base.fn(m)
-        done[0] += 1
-        bar.progress(min(1.0, done[0] / total), text=f"{label}: {done[0]}/{total}")
-        return value
-
-    return TaskMetric(base.name, counted, base.higher_is_better)
+    report.bar = bar  # type: ignore[attr-defined]
+    return report
 
 
 # ----------------------------------------------------------------------------- states (probes)
 #
-# The probes report progress through tqdm (``from tqdm.auto import tqdm`` at call time, with
-# ``progress=True``). ``_library_progress`` draws those bars as one ``st.progress``: while the block
-# runs, ``tqdm.auto.tqdm`` is a subclass that, in the calling thread only, also reports every update
-# to the bar (other threads and sessions get plain tqdm). The bar is created inside the cached
-# function, so a cache hit replays it at its final value instead of running anything.
-
-_PROGRESS = threading.local()  # .report: callable(tqdm bar) drawing this thread's st.progress, or None
-_TQDM_LOCK = threading.Lock()
-_TQDM_PATCH: dict[str, Any] = {"users": 0, "original": None}
-
-
-def _reporting_tqdm(original):
-    class ReportingTqdm(original):  # type: ignore[misc, valid-type]
-        """tqdm that also reports each update to the st.progress bound to this thread."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            report = getattr(_PROGRESS, "report", None)
-            if report is not None:  # no terminal output; an update for every step
-                kwargs.update(file=io.StringIO(), mininterval=0, miniters=1)
-            super().__init__(*args, **kwargs)
-            self._st_report = report
-            if report is not None:
-                report(self)
-
-        def update(self, n: float | None = 1):
-            out = super().update(n)
-            if self._st_report is not None:
-                self._st_report(self)
-            return out
-
-    return ReportingTqdm
+# The probes report progress through their ``progress=`` argument (seqlens.progress): a callback
+# that draws one ``st.progress``. The bar is created inside the cached function, so a cache hit
+# replays it at its final value instead of running anything.
 
 
 @contextmanager
-def _library_progress(label: str) -> Iterator[None]:
-    """An ``st.progress`` fed by the tqdm bars the library opens in this thread inside the block."""
-    import tqdm.auto
-
-    bar = st.progress(0.0, text=f"{label} ...")
-    shown = [-1, ""]
-
-    def report(t) -> None:
-        frac = min(1.0, float(t.n) / float(t.total)) if t.total else 0.0
-        step = int(100 * frac)
-        if step != shown[0] or t.desc != shown[1]:  # at most ~100 updates per bar
-            shown[0], shown[1] = step, t.desc
-            desc = (t.desc or "").replace("_", " ")
-            what = label if not desc or desc in label else f"{label} ({desc})"
-            unit = "" if t.unit == "it" else f" {t.unit}"
-            bar.progress(frac, text=f"{what}: {int(t.n)}/{int(t.total)}{unit}" if t.total else what)
-
-    with _TQDM_LOCK:
-        if _TQDM_PATCH["users"] == 0:
-            _TQDM_PATCH["original"] = tqdm.auto.tqdm
-            tqdm.auto.tqdm = _reporting_tqdm(tqdm.auto.tqdm)
-        _TQDM_PATCH["users"] += 1
-    _PROGRESS.report = report
+def _library_progress(label: str, unit: str = "") -> Iterator[Callable[[int, int | None], None]]:
+    """A ``progress=`` callback drawing an ``st.progress`` for the block; the time taken at the end."""
+    report = progress_callback(label, unit)
     t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        _PROGRESS.report = None
-        with _TQDM_LOCK:
-            _TQDM_PATCH["users"] -= 1
-            if _TQDM_PATCH["users"] == 0:
-                tqdm.auto.tqdm = _TQDM_PATCH["original"]
-    bar.progress(1.0, text=f"{label}: done in {time.perf_counter() - t0:.1f} s")
+    yield report
+    report.bar.progress(1.0, text=f"{label}: done in {time.perf_counter() - t0:.1f} s")  # type: ignore[attr-defined]
 
 
 # mitigations of the States page as plain tuples: ("normalize_states", tau or None),
@@ -308,9 +223,9 @@ def state_collapse(model_key: str, source: str, n_tokens: int,
     model = load_model(model_key)
     label = "state collapse" + (" with " + ", ".join(m[0] for m in mitigations) if mitigations else "")
     notes: dict[str, Any] = {}
-    with ExitStack() as stack, _library_progress(label):
+    with ExitStack() as stack, _library_progress(label, "tok") as progress:
         entered = [(_enter_mitigation(stack, model, m), m) for m in mitigations]
-        res = collapse.state_collapse(model, source=source, n_tokens=n_tokens, progress=True)
+        res = collapse.state_collapse(model, source=source, n_tokens=n_tokens, progress=progress)
         for value, m in entered:
             if m[0] == "normalize_states":
                 notes = {"clipped": int(value["clipped"].sum()), "tau": value["tau"].tolist()}
@@ -325,9 +240,9 @@ def passkey_sweep(model_key: str, lengths: tuple[int, ...], depths: tuple[float,
     from seqlens.probes import capacity
 
     model = load_model(model_key)
-    with _library_progress(f"passkey sweep of {model_key.partition(':')[2]}"):
+    with _library_progress(f"passkey sweep of {model_key.partition(':')[2]}", "batches") as progress:
         return capacity.passkey_sweep(model, list(lengths), list(depths), n_trials=n_trials, measure=measure,
-                                      progress=True)
+                                      progress=progress)
 
 
 def capacity_fit(sweeps: list, target: str = "longest_perfect", level: float = 0.5):
@@ -349,8 +264,8 @@ def lag_decoding(model_key: str, max_lag: int, n_seqs: int):
     from seqlens.probes import capacity
 
     model = load_model(model_key)
-    with _library_progress("lag decoding"):
-        return capacity.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs, progress=True)
+    with _library_progress("lag decoding", "probes") as progress:
+        return capacity.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs, progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -1,6 +1,12 @@
 """Shared app state: which model is open (sidebar, kept in ``st.session_state``), loading it once
 per process (``st.cache_resource``), and turning failures into messages instead of tracebacks.
 
+Sessions are isolated: the shared model is never run; each session runs its own deep copy
+(:func:`load_model`), so hooks one session attaches (ablation, calibration, mitigations, state
+taps) never reach another session, and every ``st.cache_data`` entry is a function of the pristine
+model and the inputs only. Local directories open only under the roots the operator configured
+(:func:`model_roots`).
+
 A model is named by a *model key*, a plain string that is hashable and cacheable:
 ``"zoo:<name>"`` for a zoo organism or preset, ``"dir:<path>"`` for a local checkpoint directory
 (seqlens or Hugging Face format). Every cached analysis takes the key, not the model.
@@ -8,6 +14,8 @@ A model is named by a *model key*, a plain string that is hashable and cacheable
 
 from __future__ import annotations
 
+import copy
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,6 +25,8 @@ import streamlit as st
 DEFAULT_MODEL = "induction-attn2"
 SOURCES = ("Zoo organism", "Local directory")
 MODEL_KEY = "model_key"  # session_state: the key of the model chosen in the sidebar
+SESSION_MODELS_KEY = "session_models"  # session_state: {model key: this session's copy}
+SESSION_MODELS = 4  # copies a session keeps (the capacity fit runs every passkey organism)
 
 
 def error_text(exc: BaseException) -> str:
@@ -73,23 +83,85 @@ def remember(key: str, value: Any) -> Any:
 # ----------------------------------------------------------------------------- models
 
 
+MODEL_DIRS_ENV = "SEQLENS_MODEL_DIRS"  # os.pathsep-separated roots the directory picker may open
+
+
+def model_roots() -> list[Path]:
+    """The directories under which the sidebar may open a local checkpoint: ``$SEQLENS_MODEL_DIRS``
+    (``seqlens app --model-dir DIR`` sets it), symlinks resolved. None by default: a dashboard
+    reachable by others must not open (or say whether there is) any path of the machine."""
+    text = os.environ.get(MODEL_DIRS_ENV, "")
+    return [Path(os.path.realpath(Path(p).expanduser())) for p in text.split(os.pathsep) if p.strip()]
+
+
+def checked_directory(text: str) -> Path:
+    """The checkpoint directory ``text`` names (absolute, or relative to a configured root), after
+    checking that it lies under a root of :func:`model_roots` (symlinks and ``..`` resolved first).
+    A path outside every root gets the same message whether it exists or not."""
+    roots = model_roots()
+    if not roots:
+        raise PermissionError("no local model directories are configured: start the dashboard with "
+                              f"`seqlens app --model-dir DIR` (or set {MODEL_DIRS_ENV}) to open checkpoints under DIR")
+    # only "~" / "~/..." (this user) expand: "~name" would say whether user "name" exists
+    given = Path(text).expanduser() if text == "~" or text.startswith("~/") else Path(text)
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    inside = [path for path in (Path(os.path.realpath(c)) for c in candidates)  # resolved before any check
+              if any(path == root or path.is_relative_to(root) for root in roots)]
+    if not inside:
+        raise PermissionError(f"{text!r} is not under a configured model directory "
+                              f"({', '.join(str(r) for r in roots)})")
+    path = next((p for p in inside if p.exists()), inside[0])  # relative: the first root that has it
+    if not path.exists():
+        raise FileNotFoundError(f"directory {text!r} does not exist")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{text!r} is a file, not a checkpoint directory")
+    return path
+
+
+class Pristine:
+    """A loaded model that is never run: the one object per model that every browser session
+    shares (``st.cache_resource``). Pages attach hooks (ablation, calibration, mitigations, state
+    taps, the stop-forward hook of ``mixer_pattern``), so each session works on its own
+    :meth:`copy` and nothing one session does reaches another or a shared cache entry."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def copy(self):
+        return copy.deepcopy(self._model)
+
+
 @st.cache_resource(show_spinner="Loading model ...")
-def load_model(model_key: str):
-    """The model for ``model_key`` (loaded once per process and shared by every session)."""
+def pristine_model(model_key: str) -> Pristine:
+    """The shared, never-run model for ``model_key`` (loaded once per process)."""
     import seqlens
 
     kind, _, value = model_key.partition(":")
     if kind == "zoo":
-        return seqlens.load(value).eval()
+        return Pristine(seqlens.load(value).eval())
     if kind == "dir":
-        path = Path(value).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"directory {str(path)!r} does not exist")
-        if not path.is_dir():
-            raise FileNotFoundError(f"{str(path)!r} is a file, not a checkpoint directory")
-        model = seqlens.load(path).eval()
-        return model
+        return Pristine(seqlens.load(checked_directory(value)).eval())
     raise ValueError(f"model key: expected 'zoo:<name>' or 'dir:<path>', got {model_key!r}")
+
+
+def load_model(model_key: str):
+    """This session's own copy of the model for ``model_key`` (made from :func:`pristine_model`
+    on first use, kept in ``st.session_state``; the last :data:`SESSION_MODELS` models used).
+    Every analysis runs on it; a copy found with anything still attached (an intervention that
+    did not clean up) is replaced by a fresh one, so cached results are always those of the
+    pristine model."""
+    from seqlens.models.hooks import attached_hooks
+
+    if model_key.startswith("dir:"):  # also on a cache hit: the roots are checked on every use
+        checked_directory(model_key[4:])
+    models = st.session_state.setdefault(SESSION_MODELS_KEY, {})
+    model = models.pop(model_key, None)
+    if model is None or attached_hooks(model):
+        model = pristine_model(model_key).copy()
+    models[model_key] = model  # most recently used last
+    while len(models) > SESSION_MODELS:
+        models.pop(next(iter(models)))
+    return model
 
 
 def zoo_names() -> list[str]:
@@ -116,7 +188,12 @@ def sidebar_model_picker() -> str | None:
     else:
         path = sb.text_input("Checkpoint directory", key=persistent("model_dir", ""),
                              placeholder="/path/to/model (config.json + safetensors)",
-                             help="A local directory in seqlens or Hugging Face format; nothing is downloaded.")
+                             help="A local directory in seqlens or Hugging Face format, under one of the model "
+                                  "directories the dashboard was started with (`seqlens app --model-dir DIR`); "
+                                  "nothing is downloaded.")
+        roots = model_roots()
+        sb.caption("Model directories: " + ", ".join(f"`{r}`" for r in roots) if roots else
+                   "No model directories configured: start with `seqlens app --model-dir DIR`.")
         remember("model_dir", path)
         key = f"dir:{path.strip()}" if path.strip() else None
     st.session_state[MODEL_KEY] = key

@@ -15,7 +15,9 @@ from seqlens.circuits.ablation import CausalCheck, ablate_heads, all_heads, caus
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.ngram import dfa_tokens, ngram_labels, ngram_scores
 from seqlens.circuits.ov import copying_scores, effective_embedding, ov_matrices
-from seqlens.circuits.patterns import layer_patterns
+from seqlens.circuits.calibration import (CalibrationMetric, CalibrationPatterns, calibration_metric,
+                                          calibration_patterns)
+from seqlens.circuits.patterns import Patterns, attention_patterns, layer_patterns
 from seqlens.circuits.retrieval import needle_accuracy, needle_prompts, retrieval_scores
 from seqlens.circuits.sinks import (CalibrationSearch, SinkScores, calibrate_sinks, search_calibration_heads,
                                     sink_scores)
@@ -62,6 +64,8 @@ FINDERS: dict[str, Finder] = {
 }
 
 __all__ = [
+    "CalibrationMetric", "CalibrationPatterns", "Patterns", "attention_patterns", "calibration_metric",
+    "calibration_patterns",
     "FINDERS", "CalibrationSearch", "CausalCheck", "Finder", "HeadScores", "SinkScores", "TaskMetric",
     "ablate_heads", "all_heads", "calibrate_sinks", "causal_check", "check_heads", "copying_scores",
     "dfa_tokens", "duplicate_token_scores", "effective_embedding", "induction_scores", "layer_patterns",

@@ -273,13 +273,14 @@ def random_head_sets(pool: list[tuple[int, int]], k: int, n: int, seed: int | to
 
 
 def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_random: int = 10,
-                 mode: str = "zero", seed: int = 0, progress: bool = True,
+                 mode: str = "zero", seed: int = 0, progress: Any = True,
                  reference: Tensor | None = None) -> CausalCheck:
     """The task metric (``task`` as in :func:`~seqlens.circuits.task_metric.resolve_task`: None /
     "recipe" for a zoo organism's own metric, a metric name, a TaskBatch, a callable or a TaskMetric)
     with no ablation, with ``heads`` ablated (:func:`ablate_heads` with ``mode`` / ``reference``),
     and with ``n_random`` draws of as many heads drawn uniformly from all other heads
-    (``torch.Generator`` seeded with ``seed``). METHODS.md §2 (Wu et al. 2024): top-K vs K random."""
+    (``torch.Generator`` seeded with ``seed``). METHODS.md §2 (Wu et al. 2024): top-K vs K random.
+    ``progress``: one step per condition (:mod:`seqlens.progress`: a bool or ``callable(done, total)``)."""
     from seqlens.circuits.task_metric import resolve_task
 
     targets = [(l, h) for l, hs in check_heads(model, heads).items() for h in hs]
@@ -300,12 +301,12 @@ def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_ra
 
 
 def _evaluate(model, metric, conditions: list, mode: str, reference: Tensor | None,
-              progress: bool) -> list[float]:
+              progress: Any) -> list[float]:
     """``metric(model)`` under each condition (None = no ablation, else a head list)."""
-    from tqdm.auto import tqdm
+    from seqlens.progress import progress_bar
 
     values = []
-    for heads in tqdm(conditions, desc="causal check", disable=not progress):
+    for heads in progress_bar(progress, conditions, desc="causal check"):
         if heads is None:
             values.append(metric(model))
             continue

@@ -488,15 +488,16 @@ def _explicit_attention(model):
 
 def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: float = 0.4,
                              exclude_layers: str | Sequence[int] = "act", min_improvement: float = 0.0,
-                             progress: bool = True) -> CalibrationSearch:
+                             progress: Any = True) -> CalibrationSearch:
     """ACT's offline search (Yu et al. 2024): calibrate one head at a time
     (:func:`calibrate_sinks`), evaluate the task metric (:func:`resolve_task`: ``None`` = the zoo
     recipe's metric, a metric name, a TaskBatch, a callable ``model -> float`` or a TaskMetric),
     keep the heads whose improvement exceeds ``min_improvement``, then evaluate them together.
     ``exclude_layers``: ``"act"`` (the first two and the last layer; on models with ≤ 3 layers
     that is all of them, a ValueError) or a list of layers. Every forward of the search runs the
-    explicit attention path (see :func:`_explicit_attention`)."""
-    from tqdm.auto import tqdm
+    explicit attention path (see :func:`_explicit_attention`). ``progress``: one step per searched head
+    (:mod:`seqlens.progress`: a bool or ``callable(done, total)``)."""
+    from seqlens.progress import progress_bar
 
     if not is_softmax_model(model):
         raise NotImplementedError(f"search_calibration_heads: arch {model.cfg.arch!r} has no softmax attention "
@@ -506,7 +507,7 @@ def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: fl
     per_head = torch.full((model.cfg.n_layers, H), float("nan"), dtype=torch.float64)
     with _explicit_attention(model):
         baseline = metric(model)
-        for l, h in tqdm([(l, h) for l in layers for h in range(H)], desc="ACT head search", disable=not progress):
+        for l, h in progress_bar(progress, [(l, h) for l in layers for h in range(H)], desc="ACT head search"):
             with calibrate_sinks(model, [(l, h)], tau, beta):
                 per_head[l, h] = metric(model)
         kept = [(l, h) for l in layers for h in range(H)

@@ -191,16 +191,16 @@ def _judge(model, prompt: NeedlePrompt, out: Tensor) -> dict[str, float]:
             "recall": recall, "correct": float(recall > CORRECT_RECALL)}
 
 
-def _decode(model, prompts: list[NeedlePrompt], batch_size: int, progress: bool) -> list[Tensor]:
+def _decode(model, prompts: list[NeedlePrompt], batch_size: int, progress: Any) -> list[Tensor]:
     """Greedy outputs (``len(answer)`` tokens) of every prompt, batched by prompt length."""
-    from tqdm.auto import tqdm
+    from seqlens.progress import progress_bar
 
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault((len(p.tokens), len(p.answer)), []).append(i)
     batches = [(idx[i:i + batch_size], n) for (_, n), idx in groups.items() for i in range(0, len(idx), batch_size)]
     outputs: list[Tensor] = [torch.empty(0, dtype=torch.long)] * len(prompts)
-    for idx, n_new in tqdm(batches, desc="passkey sweep", disable=not progress):
+    for idx, n_new in progress_bar(progress, batches, desc="passkey sweep"):
         toks = torch.stack([prompts[i].tokens for i in idx]).to(model.device)
         for i, row in zip(idx, greedy_decode(model, toks, n_new).cpu()):
             outputs[i] = row
@@ -210,13 +210,14 @@ def _decode(model, prompts: list[NeedlePrompt], batch_size: int, progress: bool)
 @torch.no_grad()
 def passkey_sweep(model, lengths: int | Sequence[int] = DEFAULT_LENGTHS,
                   depths: float | Sequence[float] = DEFAULT_DEPTHS, n_trials: int = 8, seed: int = 0,
-                  measure: str = "exact", threshold: float = 0.95, batch_size: int = 16, progress: bool = True,
+                  measure: str = "exact", threshold: float = 0.95, batch_size: int = 16, progress: Any = True,
                   **format_kwargs: Any) -> PasskeySweep:
     """Passkey accuracy of ``model`` over ``lengths × depths`` (``n_trials`` per cell; module
     docstring). Prompts: :func:`~seqlens.circuits.retrieval.needle_prompts` (``format_kwargs``:
     ``kind``, ``style``, ``answer_len``; the model's own format by default), decoded greedily in
     batches of ``batch_size``. ``measure`` fills ``accuracy`` and decides ``longest_perfect``
-    (accuracy ≥ ``threshold`` at every depth).
+    (accuracy ≥ ``threshold`` at every depth). ``progress``: one step per decoded batch
+    (:mod:`seqlens.progress`: a bool or ``callable(done, total)``).
     """
     if measure not in SWEEP_MEASURES:
         raise ValueError(f"measure: expected one of {list(SWEEP_MEASURES)}, got {measure!r}")

@@ -237,7 +237,7 @@ def _verdict(r: dict[str, Any], L: int, loss_margin: float, rms_ratio: float) ->
 
 def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None, chunk: int = DEFAULT_CHUNK,
                    train_len: int | None = None, batch: int | None = None, seed: int = 0,
-                   progress: bool = True, loss_margin: float = LOSS_MARGIN,
+                   progress: Any = True, loss_margin: float = LOSS_MARGIN,
                    rms_ratio: float = RMS_RATIO) -> CollapseResult:
     """Stream a long input through ``model`` carrying the state and record, per chunk, layer and
     head, the state and decay statistics, the loss per position bucket and the collapse verdict
@@ -266,9 +266,9 @@ def state_collapse(model, source: Any = "newlines", n_tokens: int | None = None,
                          "cannot run past it (state collapse is not applicable)")
     heads = n_state_heads(model)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="state_collapse", unit="tok")
+    if progress:  # True or a callable(done, total) (seqlens.progress); one step per streamed token
+        from seqlens.progress import progress_bar
+        bar = progress_bar(progress, total=total, desc="state_collapse", unit="tok")
     tracker = _Tracker(model, heads, L, bar)
     device = model.device
 

@@ -201,7 +201,7 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
                  tokens: Tensor | None = None, n_seqs: int = 256, seq_len: int | None = None,
                  n_positions: int = 16, symbols: int | Sequence[int] = 16, source: str = "auto", seed: int = 0,
                  C: float = 1.0, test_size: float = 0.25, max_iter: int = 300, max_features: int | None = 512,
-                 batch_size: int = 64, progress: bool = True) -> LagCurve:
+                 batch_size: int = 64, progress: Any = True) -> LagCurve:
     """Memory curve of ``model``: logistic-regression probes read ``x_{t−k}`` from the state at t
     for every lag k in ``lags`` (module docstring).
 
@@ -215,8 +215,9 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
     state wider than this is first projected onto its top ``max_features`` principal components
     (standardised features; PCA fitted on the training split only, the one the probes use), which
     keeps wide states (text-mamba: 4096 entries per layer) fast; None probes the raw state.
+    ``progress``: one step per fitted probe (:mod:`seqlens.progress`).
     """
-    from tqdm.auto import tqdm
+    from seqlens.progress import progress_bar
 
     if (isinstance(lags, (str, bytes)) or not isinstance(lags, (Sequence, range)) or len(lags) == 0
             or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 0 for k in lags)):
@@ -240,7 +241,7 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
     feats = {h: _reduce(x.reshape(B * n_pos, -1).numpy(), train, max_features, int(seed)) for h, x in raw.items()}
     acc, train_acc = torch.zeros(len(layers), len(lags)), torch.zeros(len(layers), len(lags))
     chance = [0.0] * len(lags)
-    bar = tqdm(total=len(layers) * len(lags), desc="lag probes", disable=not progress)
+    bar = progress_bar(progress, total=len(layers) * len(lags), desc="lag probes")
     for j, k in enumerate(lags):
         y = toks[:, pos - k].reshape(-1).numpy()
         for i, h in enumerate(hooks):

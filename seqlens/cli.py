@@ -3,7 +3,7 @@
     seqlens info                      versions, devices, zoo models, kernel backends
     seqlens hooks MODEL [--json]      every hook name with its shape, in execution order
     seqlens demo [MODEL]              load a model and check forward == step == stream
-    seqlens app [STREAMLIT_OPTIONS]   start the Streamlit dashboard
+    seqlens app [--expose] [--model-dir DIR] [STREAMLIT_OPTIONS]   the dashboard (127.0.0.1 by default)
 
 ``MODEL`` is a zoo name (``seqlens info`` lists them) or a local checkpoint directory (seqlens
 or Hugging Face format). Nothing here touches the network. Bad input (unknown model, sequence
@@ -81,17 +81,16 @@ def random_tokens(model, batch: int, seq_len: int, seed: int):
 
 def count_parameters(model) -> int:
     """Number of distinct parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    from seqlens.models.summary import count_parameters as count
+
+    return count(model)
 
 
 def arch_summary(model) -> dict[str, Any]:
     """The config fields that say what a model is, for the header line and ``--json``."""
-    cfg = model.cfg
-    out: dict[str, Any] = {"arch": cfg.arch, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
-                           "vocab_size": cfg.vocab_size, "n_ctx": cfg.n_ctx, "norm": cfg.norm}
-    out.update(model.blocks[0].mixer.summary())
-    out["parameters"] = count_parameters(model)
-    return out
+    from seqlens.models.summary import arch_summary as summary
+
+    return summary(model)
 
 
 def arch_line(summary: dict[str, Any]) -> str:
@@ -100,7 +99,9 @@ def arch_line(summary: dict[str, Any]) -> str:
 
 
 def supports_taps(model) -> bool:
-    return all(getattr(b.mixer, "supports_state_taps", False) for b in model.blocks)
+    from seqlens.models.hooks import supports_taps as taps
+
+    return taps(model)
 
 
 def format_table(rows: Sequence[tuple[str, str]], header: tuple[str, str]) -> str:
@@ -160,24 +161,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def collect_hooks(model, tokens, taps: list[int] | None) -> tuple[list[tuple[str, list[int]]], list[str]]:
     """``(name, shape)`` of every hook that fired on ``tokens`` in execution order, and the
-    names of declared hooks that did not fire. With ``taps``, runs inside ``tap_states`` so
-    recurrent mixers' ``hook_state`` fires."""
-    import contextlib
+    names of declared hooks that did not fire (:func:`seqlens.models.hooks.record_hooks`)."""
+    from seqlens.models.hooks import record_hooks
 
-    import torch
-
-    ctx = model.tap_states(taps) if taps else contextlib.nullcontext()
-    with torch.no_grad(), ctx:
-        _, cache = model.run_with_cache(tokens)
-    fired = [(name, list(t.shape)) for name, t in cache.items()]
-    seen = {name for name, _ in fired}
-    from seqlens.models.hookdoc import hook_table, spec_mismatches  # the spec is the reference
-
-    silent = [name for name, _ in hook_table(model.cfg) if name not in seen]
-    wrong = spec_mismatches(model, dict(fired), tokens.shape[0], tokens.shape[1], len(taps) if taps else None)
-    if wrong:
-        raise ValueError("hooks disagree with the hook spec (docs/hooks.md): " + "; ".join(wrong))
-    return fired, silent
+    return record_hooks(model, tokens, taps)
 
 
 def parse_taps(text: str | None, seq_len: int) -> list[int]:
@@ -339,17 +326,66 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- app
 
-APP_HELP = """usage: seqlens app [STREAMLIT_OPTIONS ...]
+APP_HELP = """usage: seqlens app [--expose] [--model-dir DIR ...] [STREAMLIT_OPTIONS ...]
 
 Start the seqlens dashboard: `python -m streamlit run <seqlens/app/main.py> [STREAMLIT_OPTIONS]`.
-Every argument goes to `streamlit run`, e.g. `seqlens app --server.port 8502 --server.headless true`
-(see `streamlit run --help`). The exit status is Streamlit's."""
+It listens on 127.0.0.1 (this machine only) unless you pass --expose (every network interface) or
+your own --server.address. The sidebar opens local checkpoints only under a --model-dir DIR
+(repeatable; also $SEQLENS_MODEL_DIRS); by default only zoo models. Every other argument goes to
+`streamlit run`, e.g. `seqlens app --server.port 8502 --server.headless true` (see `streamlit run
+--help`). The exit status is Streamlit's."""
 
 
 # Streamlit defaults that keep `seqlens app` offline and non-blocking on a fresh machine: no usage
 # statistics, no first-run e-mail prompt, and a fixed address so it never looks up its external IP
 OFFLINE_STREAMLIT = {"--browser.gatherUsageStats": "false", "--server.showEmailPrompt": "false",
                      "--browser.serverAddress": "localhost"}
+LOCAL_ADDRESS = "127.0.0.1"  # where the dashboard listens unless exposed
+STREAMLIT_PORT = 8501
+
+
+def app_options(extra: list[str]) -> tuple[list[str], bool, list[str]]:
+    """Split ``seqlens app``'s own options (``--expose``, ``--model-dir DIR`` / ``--model-dir=DIR``)
+    from those that go to ``streamlit run``; returns ``(streamlit args, expose, model dirs)``."""
+    rest, dirs, expose = [], [], False
+    it = iter(extra)
+    for arg in it:
+        if arg == "--expose":
+            expose = True
+        elif arg == "--model-dir" or arg.startswith("--model-dir="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
+            if not value:
+                raise CLIError("--model-dir: expected a directory")
+            path = os.path.realpath(os.path.expanduser(value))
+            if not os.path.isdir(path):
+                raise CLIError(f"--model-dir: {value!r} is not a directory")
+            dirs.append(path)
+        else:
+            rest.append(arg)
+    return rest, expose, dirs
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` / ``--name=VALUE`` among streamlit's arguments (last wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def served_url(args: list[str], expose: bool) -> str:
+    """What the dashboard listens on, as the line ``seqlens app`` prints before starting it."""
+    port = option_value(args, "--server.port") or str(STREAMLIT_PORT)
+    address = option_value(args, "--server.address")
+    if address is None and expose:
+        return f"every network interface, port {port} (--expose): http://localhost:{port} on this machine"
+    if address in ("0.0.0.0", "::"):
+        return f"every network interface ({address}), port {port}: http://localhost:{port} on this machine"
+    host = address or LOCAL_ADDRESS
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -366,9 +402,20 @@ def cmd_app(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not MAIN.is_file():
         raise CLIError(f"the dashboard script {MAIN} is missing from this install")
+    extra, expose, dirs = app_options(extra)
     given = {a.split("=", 1)[0] for a in extra if a.startswith("--")}  # the caller's settings win
-    quiet = [x for opt, value in OFFLINE_STREAMLIT.items() if opt not in given for x in (opt, value)]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(MAIN), *quiet, *extra])
+    defaults = dict(OFFLINE_STREAMLIT)
+    if not expose and "--server.address" not in given:  # this machine only, and its URL is the one shown
+        defaults.update({"--server.address": LOCAL_ADDRESS, "--browser.serverAddress": LOCAL_ADDRESS})
+    elif option_value(extra, "--server.address") not in (None, "0.0.0.0", "::"):
+        defaults["--browser.serverAddress"] = option_value(extra, "--server.address")
+    quiet = [x for opt, value in defaults.items() if opt not in given for x in (opt, value)]
+    env = dict(os.environ)
+    if dirs:
+        env["SEQLENS_MODEL_DIRS"] = os.pathsep.join(dirs + [d for d in env.get("SEQLENS_MODEL_DIRS", "").split(
+            os.pathsep) if d])
+    print(f"seqlens app: serving {served_url(extra, expose)}", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(MAIN), *quiet, *extra], env=env)
     # a SIGTERM to `seqlens app` stops the server too instead of orphaning it
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     try:

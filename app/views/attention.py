@@ -4,7 +4,6 @@ attention of recurrent mixers), as heatmaps and as a hover-the-tokens view."""
 import streamlit as st
 
 from seqlens.app import analyses, state
-from seqlens.app.figures import pattern_figure
 from seqlens.app.hover import token_hover_html
 from seqlens.app.prompt import prompt_input
 
@@ -32,11 +31,12 @@ if cfg.is_recurrent:
     normalisation = "abs_rows" if norm_rows else "none"
 
 with state.errors_shown("Attention patterns"):
-    pats = analyses.patterns(model_key, prompt.ids, normalisation)[layer]  # [H, L, L]
-    H, L = pats.shape[0], pats.shape[1]
-    kind = "implicit attention" if cfg.is_recurrent else "attention"
+    res = analyses.patterns(model_key, prompt.ids, layer, normalisation, prompt.labels)  # a Patterns Result
+    pats = res.patterns.numpy()  # [H, L, L]
+    H, L = res.n_heads, len(res.tokens)
+    kind = "implicit attention" if res.implicit else "attention"
     st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if model.blocks[0].mixer.groups.unit == 'channel' else 'heads'}.")
-    head_names = [f"L{layer}H{h}" for h in range(H)]
+    head_names = res.head_names()
 
     tab_hover, tab_grid = st.tabs(["Token view", "Heatmaps"])
     with tab_hover:
@@ -48,10 +48,6 @@ with state.errors_shown("Attention patterns"):
         st.iframe(token_hover_html(shown, prompt.labels, names,
                                    caption=f"{model_key.partition(':')[2]} · layer {layer} · {kind}"))
     with tab_grid:
-        signed = normalisation == "none" and cfg.is_recurrent
-        fig = pattern_figure(pats, prompt.labels, head_names, signed=signed, cols=2,
-                             height_per_row=420 if L <= 64 else 520,
-                             title=f"Layer {layer} {kind} (rows: queries, columns: keys)")
-        st.plotly_chart(fig, key="attn_grid")
-        if signed:
+        st.plotly_chart(res.figure(cols=2), key="attn_grid")
+        if res.signed:
             st.caption("Raw implicit attention: signed weights (red/blue), rows need not sum to 1.")

@@ -4,7 +4,6 @@ head's pattern, and the causal check of a head set (ablated vs random heads)."""
 import streamlit as st
 
 from seqlens.app import analyses, state
-from seqlens.app.figures import pattern_figure
 from seqlens.app.hover import token_hover_html
 from seqlens.app.prompt import prompt_input
 from seqlens.circuits import FINDERS, ablation
@@ -113,14 +112,14 @@ if results:
 
         rows = analyses.finder_tokens(model_key, data)
         ids = rows[0] if rows is not None else analyses.default_data_row(model, results[by])
-        pat = analyses.patterns(model_key, tuple(ids), "auto")[layer][head]
         labels = token_labels(model, ids)
+        res = analyses.patterns(model_key, tuple(ids), layer, "auto", tuple(labels))
+        pat = res.patterns[head].numpy()
         where = "the first data sequence" if rows is not None else "a sequence of the finder's default data"
         st.caption(f"{head_label} on {where} ({len(ids)} tokens).")
         left, right = st.columns([1, 1])
         with left:
-            st.plotly_chart(pattern_figure(pat[None], labels, [head_label], cols=1, height_per_row=460),
-                            key="head_pattern")
+            st.plotly_chart(res.figure(heads=[head], cols=1, height_per_row=460, title=""), key="head_pattern")
         with right:
             st.iframe(token_hover_html(pat[None], labels, [head_label], caption=f"{head_label} · hover a token"))
 
@@ -152,11 +151,9 @@ run = st.button("Run causal check", disabled=recipe is None or not targets, type
 check_key = (model_key, tuple(targets), int(n_random), mode)
 if run:
     pairs = [tuple(int(x) for x in t[1:].split("H")) for t in targets]
-    cbar = st.progress(0.0, text="Causal check: baseline ...")
+    progress = analyses.progress_callback("Causal check")  # baseline, target heads, random draws
     with state.errors_shown("Causal check"):
-        # baseline, target heads, random draws: one metric evaluation each
-        metric = analyses.progress_metric(model, cbar, int(n_random) + 2, "Causal check")
-        res = ablation.causal_check(model, pairs, task=metric, n_random=int(n_random), mode=mode, progress=False)
+        res = ablation.causal_check(model, pairs, n_random=int(n_random), mode=mode, progress=progress)
         st.session_state["causal_result"] = (check_key, res)
 
 stored = st.session_state.get("causal_result")

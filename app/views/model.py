@@ -3,12 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from seqlens import cli
+from seqlens.models.summary import arch_summary
 from seqlens.app import analyses, state
 
 model_key, model = state.current_model()
 cfg = model.cfg
-summary = cli.arch_summary(model)
+summary = arch_summary(model)
 recipe = getattr(model, "recipe", None)
 metrics = getattr(model, "metrics", {}) or {}
 

@@ -1,12 +1,9 @@
 """Sinks page: attention-sink mass per head, hidden sinks (ACT's r(j) > τ beyond token 0), and the
 model before / after ACT attention calibration of chosen heads."""
 
-import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from seqlens.app import analyses, state
-from seqlens.app.figures import pattern_figure
 from seqlens.app.prompt import prompt_input, task_rows, token_labels
 from seqlens.circuits import sinks as sinks_lib
 
@@ -85,13 +82,11 @@ if recipe is not None:
         s_tau = c1.number_input("τ (search)", 0.01, 1.0, 0.1, 0.01, key="sinks_search_tau")
         s_beta = c2.number_input("β (search)", 0.0, 1.0, 0.4, 0.05, key="sinks_search_beta")
         if st.button("Run head search", key="sinks_search"):
-            sbar = st.progress(0.0, text="ACT head search ...")
+            progress = analyses.progress_callback("ACT head search")  # one step per head
             with state.errors_shown("ACT head search"):
-                total = res.n_layers * res.n_heads + 2  # baseline, each head, the kept heads together
-                metric = analyses.progress_metric(model, sbar, total, "ACT head search")
-                found = sinks_lib.search_calibration_heads(model, task=metric, tau=s_tau, beta=s_beta,
-                                                           exclude_layers=(), progress=False)
-                sbar.progress(1.0, text="ACT head search done")
+                found = sinks_lib.search_calibration_heads(model, tau=s_tau, beta=s_beta, exclude_layers=(),
+                                                           progress=progress)
+                progress.bar.progress(1.0, text="ACT head search done")
                 st.session_state["sinks_search_result"] = (model_key, found)
                 kept = [f"L{l}H{h}" for l, h in found.kept]
                 if kept:  # becomes the heads to calibrate below
@@ -121,30 +116,22 @@ pairs = tuple(sorted(parse(c) for c in chosen))
 
 if recipe is not None:
     with state.errors_shown("Task metric"):
-        m = analyses.calibration_metric(model_key, pairs, float(tau), float(beta))
+        m = analyses.calibration_metric(model_key, pairs, float(tau), float(beta))  # a CalibrationMetric
         c1, c2 = st.columns(2)
-        c1.metric(f"{m['name']} before", f"{m['before']:.4f}")
-        c2.metric(f"{m['name']} after calibrating {len(pairs)} heads", f"{m['after']:.4f}",
-                  delta=f"{m['after'] - m['before']:+.4f}",
-                  delta_color="normal" if m["higher_is_better"] else "inverse")
+        c1.metric(f"{m.metric} before", f"{m.before:.4f}")
+        c2.metric(f"{m.metric} after calibrating {len(pairs)} heads", f"{m.after:.4f}",
+                  delta=f"{m.after - m.before:+.4f}", delta_color="normal" if m.higher_is_better else "inverse")
 
 with state.errors_shown("Calibration"):
     ids = rows[0]
-    calib = analyses.calibration(model_key, tuple(ids), pairs, float(tau), float(beta))
-    show = st.selectbox("Calibrated head", [f"L{l}H{h}" for l, h in pairs], key="sinks_show_head")
-    one = calib[parse(show)]
     labels = token_labels(model, ids)
+    calib = analyses.calibration(model_key, tuple(ids), pairs, float(tau), float(beta), tuple(labels))
+    show = st.selectbox("Calibrated head", [f"L{l}H{h}" for l, h in pairs], key="sinks_show_head")
+    head = parse(show)
     st.caption(f"{show} on the first sequence ({len(ids)} tokens); sinks ACT found (j > 0, r(j) > τ): "
-               f"{one['sinks'] or 'none'}.")
+               f"{calib.sinks[calib.index(head)] or 'none'}.")
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(pattern_figure(np.stack([one["before"], one["after"]]), labels,
-                                       [f"{show} before", f"{show} after"], cols=2, height_per_row=420),
-                        key="calib_patterns")
+        st.plotly_chart(calib.figure(head), key="calib_patterns")
     with right:
-        fig = go.Figure([go.Scatter(y=one["r_before"].tolist(), mode="lines+markers", name="before"),
-                         go.Scatter(y=one["r_after"].tolist(), mode="lines+markers", name="after")])
-        fig.add_hline(y=float(tau), line_dash="dash", annotation_text="τ")
-        fig.update_layout(title=f"{show}: attention received r(j)", xaxis_title="key position j",
-                          yaxis_title="r(j)", height=420)
-        st.plotly_chart(fig, key="calib_received")
+        st.plotly_chart(calib.received_figure(head), key="calib_received")

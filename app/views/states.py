@@ -17,6 +17,8 @@ LENGTH_OPTIONS = [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 DEPTH_OPTIONS = [0.0, 0.25, 0.5, 0.75, 1.0]
 FIT_LENGTHS = [64, 128, 256, 512, 1024]
 FIT_DEPTHS = [0.0, 0.5, 1.0]
+MAX_TOKENS = 65536  # the longest stream the collapse probe runs from the page
+MAX_CELL_TEXT = 65536  # bytes of the user's own text the interpretable-cells probe runs on
 MITIGATIONS = {"normalize_states": "Normalize states", "forget_more": "Forget more", "state_window": "State window"}
 
 model_key, model = state.current_model()
@@ -61,6 +63,12 @@ def computed(what: str, title: str, args: tuple, button: bool, compute, idle: st
         return None
 
 
+def shown_bounds(n: int, least: int = 100, most: int = 3000) -> tuple[int, int, int]:
+    """``(min, max, default)`` of a "how much of a text of ``n`` units to show" input: never a
+    minimum above the maximum, whatever the text's length (a short text: all of it)."""
+    return min(least, n), n, min(most, n)
+
+
 def yes_no(value) -> str:
     return "—" if value is None else ("yes" if value else "no")
 
@@ -82,7 +90,7 @@ with tab_collapse:
     c1, c2, c3 = st.columns([2, 1, 1])
     source = widget("radio", "Input", sources, key="states_source", default=sources[0], options=sources,
                     where=c1, format_func=lambda s: SOURCE_HELP.get(s, s))
-    n_tokens = int(widget("number_input", "Tokens", min_value=128, max_value=65536, step=1024,
+    n_tokens = int(widget("number_input", "Tokens", min_value=128, max_value=MAX_TOKENS, step=1024,
                           key="states_n_tokens", default=4096, where=c2,
                           help=f"Stream length; past 2·L = {2 * L} the collapse rule can judge."))
     run_collapse = c3.button("Run collapse probe", type="primary", key="states_collapse_run")
@@ -144,8 +152,9 @@ with tab_collapse:
                 if on:
                     chosen.append(("forget_more", float(b), float(c)))
             else:
-                w = int(widget("number_input", "Window (tokens)", min_value=1, max_value=65536,
-                               step=collapse.DEFAULT_CHUNK, key="states_window", default=max(L, collapse.DEFAULT_CHUNK),
+                w = int(widget("number_input", "Window (tokens)", min_value=1, max_value=MAX_TOKENS,
+                               step=collapse.DEFAULT_CHUNK, key="states_window",
+                               default=min(max(L, collapse.DEFAULT_CHUNK), MAX_TOKENS),  # n_ctx may exceed it
                                help=f"Rounded up to whole chunks of {collapse.DEFAULT_CHUNK} tokens."))
                 if on:
                     chosen.append(("state_window", w))
@@ -337,8 +346,14 @@ with tab_gates:
                            default=5, where=c3))
         run_cells = st.button("Find interpretable cells", type="primary", key="states_cells_run")
         cells_args = (model_key, text, top_k)
-        report = computed("cells", "Interpretable cells", cells_args, run_cells,
-                          lambda: analyses.interpretable_cells(*cells_args), "Press **Find interpretable cells**.")
+        def cells():
+            if isinstance(text, str) and len(text.encode()) > MAX_CELL_TEXT:  # activations of every byte are kept
+                raise ValueError(f"text: {len(text.encode()):,} bytes; at most {MAX_CELL_TEXT:,} bytes are analysed "
+                                 "here (use seqlens.probes.interpretable_cells in Python for longer texts)")
+            return analyses.interpretable_cells(*cells_args)
+
+        report = computed("cells", "Interpretable cells", cells_args, run_cells, cells,
+                          "Press **Find interpretable cells**.")
         if report is not None:
             with state.errors_shown("Interpretable cells"):
                 c1, c2 = st.columns(2)
@@ -358,8 +373,10 @@ with tab_gates:
                                  hide_index=True, width="stretch")
                     st.plotly_chart(report.figure(), key="cells_figure")
                 with right:
-                    shown = int(st.number_input("Bytes shown", min_value=100, max_value=len(report.tokens),
-                                                value=min(3000, len(report.tokens)), step=500,
+                    lo, hi, default = shown_bounds(len(report.tokens))
+                    if not lo <= st.session_state.get("states_cells_shown", default) <= hi:
+                        st.session_state.pop("states_cells_shown")  # another text's value
+                    shown = int(st.number_input("Bytes shown", min_value=lo, max_value=hi, value=default, step=500,
                                                 key="states_cells_shown"))
                     # the top unit of a feature is shown with its correlation; another one by name
                     st.html(report.html(feature if unit == units[0] else unit, max_bytes=shown))

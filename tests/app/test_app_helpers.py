@@ -83,9 +83,11 @@ class FakeServer:
     """Stands in for the `streamlit run` process."""
 
     calls: list[list[str]] = []
+    envs: list[dict] = []
 
-    def __init__(self, cmd):
+    def __init__(self, cmd, env=None):
         FakeServer.calls.append(cmd)
+        FakeServer.envs.append(env)
 
     def wait(self):
         return 3
@@ -94,7 +96,11 @@ class FakeServer:
         pass
 
 
-def test_cli_app_runs_streamlit_on_the_installed_app(monkeypatch):
+QUIET = ["--browser.gatherUsageStats", "false", "--server.showEmailPrompt", "false"]  # offline, no prompt
+LOCAL = ["--browser.serverAddress", "127.0.0.1", "--server.address", "127.0.0.1"]    # this machine only
+
+
+def test_cli_app_runs_streamlit_on_the_installed_app(monkeypatch, capsys):
     import signal
     import subprocess
     import sys
@@ -105,16 +111,59 @@ def test_cli_app_runs_streamlit_on_the_installed_app(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", FakeServer)
     handler = signal.getsignal(signal.SIGTERM)
     assert main(["app", "--server.port", "8502", "--server.headless", "true"]) == 3  # exit code forwarded
-    quiet = ["--browser.gatherUsageStats", "false", "--server.showEmailPrompt", "false",  # offline, no prompt
-             "--browser.serverAddress", "localhost"]
-    assert FakeServer.calls == [[sys.executable, "-m", "streamlit", "run", str(MAIN), *quiet,
+    assert FakeServer.calls == [[sys.executable, "-m", "streamlit", "run", str(MAIN), *QUIET, *LOCAL,
                                  "--server.port", "8502", "--server.headless", "true"]]
+    assert capsys.readouterr().out == "seqlens app: serving http://127.0.0.1:8502\n"  # the URL really served
     assert main(["app", "--", "--server.port", "1"]) == 3 and FakeServer.calls[-1][-2:] == ["--server.port", "1"]
     main(["app", "--browser.gatherUsageStats=true"])  # the caller's choice is kept, not duplicated
-    assert FakeServer.calls[-1][5:] == ["--server.showEmailPrompt", "false", "--browser.serverAddress", "localhost",
-                                        "--browser.gatherUsageStats=true"]
+    assert FakeServer.calls[-1][5:] == ["--server.showEmailPrompt", "false", *LOCAL, "--browser.gatherUsageStats=true"]
     assert Path(FakeServer.calls[0][4]).is_file() and Path(FakeServer.calls[0][4]).name == "main.py"
     assert signal.getsignal(signal.SIGTERM) == handler  # restored
+
+
+def test_cli_app_listens_on_localhost_unless_exposed(monkeypatch, capsys):
+    """Issue 15 item 7: 127.0.0.1 by default; --expose or the user's own --server.address otherwise,
+    and the printed URL is the one served."""
+    import subprocess
+
+    from seqlens.cli import main
+
+    FakeServer.calls = []
+    monkeypatch.setattr(subprocess, "Popen", FakeServer)
+    main(["app"])
+    assert FakeServer.calls[-1][5:] == [*QUIET, *LOCAL]
+    assert "http://127.0.0.1:8501" in capsys.readouterr().out
+    main(["app", "--expose"])  # every interface: no address passed, "--expose" itself not forwarded
+    cmd = FakeServer.calls[-1]
+    assert "--expose" not in cmd and "--server.address" not in cmd
+    assert cmd[cmd.index("--browser.serverAddress") + 1] == "localhost"
+    assert "every network interface" in capsys.readouterr().out
+    main(["app", "--server.address=10.1.2.3", "--server.port=9000"])
+    cmd = FakeServer.calls[-1]
+    assert cmd.count("--server.address=10.1.2.3") == 1 and "--server.address" not in cmd
+    assert cmd[cmd.index("--browser.serverAddress") + 1] == "10.1.2.3"
+    assert capsys.readouterr().out == "seqlens app: serving http://10.1.2.3:9000\n"
+
+
+def test_cli_app_model_dirs(monkeypatch, tmp_path, capsys):
+    import os
+    import subprocess
+
+    from seqlens.cli import main
+
+    FakeServer.calls, FakeServer.envs = [], []
+    monkeypatch.setattr(subprocess, "Popen", FakeServer)
+    monkeypatch.delenv("SEQLENS_MODEL_DIRS", raising=False)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    main(["app"])
+    assert "SEQLENS_MODEL_DIRS" not in FakeServer.envs[-1]  # only the zoo by default
+    main(["app", "--model-dir", str(tmp_path / "a"), f"--model-dir={tmp_path / 'b'}"])
+    assert "--model-dir" not in " ".join(FakeServer.calls[-1])
+    assert FakeServer.envs[-1]["SEQLENS_MODEL_DIRS"] == os.pathsep.join(
+        [os.path.realpath(tmp_path / "a"), os.path.realpath(tmp_path / "b")])
+    n = len(FakeServer.calls)
+    assert main(["app", "--model-dir", str(tmp_path / "nope")]) == 2 and len(FakeServer.calls) == n
+    assert "--model-dir: " in capsys.readouterr().err
 
 
 def test_cli_app_help(capsys, monkeypatch):

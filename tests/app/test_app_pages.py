@@ -7,6 +7,8 @@ Pages are addressed as a user reaches them: ``AppTest.from_file("app/main.py")``
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from conftest import chart_titles, charts, errors, figure_text, iframes, keyed_charts, no_problem, open_app
@@ -41,7 +43,8 @@ def test_every_page_is_registered_with_a_url_path():
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "file"])
-def test_bad_directory_shows_a_message(tmp_path, kind):
+def test_bad_directory_shows_a_message(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path))  # inside the configured root: details are shown
     target = {"missing": tmp_path / "nope", "empty": tmp_path, "file": tmp_path / "x.txt"}[kind]
     if kind == "file":
         target.write_text("not a model")
@@ -56,7 +59,8 @@ def test_bad_directory_shows_a_message(tmp_path, kind):
     assert errors(at)
 
 
-def test_local_checkpoint_directory_opens(tmp_path):
+def test_local_checkpoint_directory_opens(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path))
     import seqlens
     from seqlens.models import zoo
 
@@ -69,6 +73,55 @@ def test_local_checkpoint_directory_opens(tmp_path):
     at.switch_page("views/attention.py").run()
     no_problem(at)
     assert at.radio(key="w_prompt_mode").options == ["Free text", "Token ids"]  # byte-level, no recipe
+    (tmp_path / "other").mkdir()
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path / "other"))  # the loaded model is cached, yet
+    at.run()                                                             # the roots are checked on every use
+    assert errors(at) == [f"Could not open model {str(tmp_path / 'my-model')!r}: {str(tmp_path / 'my-model')!r} "
+                          f"is not under a configured model directory ({os.path.realpath(tmp_path / 'other')})"]
+
+
+def open_directory(text: str):
+    at = open_app()
+    at.radio(key="w_model_source").set_value("Local directory").run()
+    at.text_input(key="w_model_dir").input(text).run()
+    return at
+
+
+def test_directory_picker_opens_nothing_without_configured_roots(tmp_path, monkeypatch):
+    """Issue 15 item 7: by default only the zoo opens; a path gets the same message whether it exists."""
+    import seqlens
+    from seqlens.models import zoo
+
+    monkeypatch.delenv("SEQLENS_MODEL_DIRS", raising=False)
+    seqlens.build(zoo.PRESETS["tiny-gpt2"][0], seed=0).save(tmp_path / "real")
+    msgs = [errors(open_directory(str(p)))[0] for p in (tmp_path / "real", tmp_path / "missing")]
+    assert all("no local model directories are configured" in m and "--model-dir" in m for m in msgs), msgs
+    assert msgs[0].replace("real", "X") == msgs[1].replace("missing", "X")
+
+
+def test_directory_picker_refuses_paths_outside_the_roots_alike(tmp_path, monkeypatch):
+    import seqlens
+    from seqlens.models import zoo
+
+    root, outside = tmp_path / "models", tmp_path / "elsewhere"
+    root.mkdir()
+    seqlens.build(zoo.PRESETS["tiny-gpt2"][0], seed=0).save(outside / "secret")
+    (root / "link").symlink_to(outside / "secret")  # a symlink out of the root does not escape it
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(root))
+    probes = {"exists": str(outside / "secret"), "missing": str(outside / "nothing"),
+              "dotdot": str(root / ".." / "elsewhere" / "secret"), "link": str(root / "link"),
+              "etc": "/etc", "relative": "../elsewhere/secret"}
+    for what, text in probes.items():
+        msgs = errors(open_directory(text))
+        # the same sentence for every path outside: nothing says whether it exists or what it is
+        assert msgs == [f"Could not open model {text!r}: {text!r} is not under a configured model directory "
+                        f"({os.path.realpath(root)})"], (what, msgs)
+    # "~name" is not expanded (it would tell whether user "name" exists): a name under the root
+    assert errors(open_directory("~root/x")) == ["Could not open model '~root/x': directory '~root/x' does not exist"]
+    seqlens.build(zoo.PRESETS["tiny-gpt2"][0], seed=0).save(root / "mine")
+    at = open_directory("mine")  # relative to the root
+    no_problem(at)
+    assert "mine" in at.title[0].value
 
 
 # ----------------------------------------------------------------------------- attention
@@ -263,6 +316,7 @@ def hf_dir(tmp_path, monkeypatch):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -149,3 +149,43 @@ def test_library_errors_become_messages():
     assert any(m.startswith("State collapse: n_tokens: 1024") for m in errors(at))
     at.number_input(key="w_states_n_tokens").set_value(512).run()
     assert not errors(at) and any("Run collapse probe" in i.value for i in at.info)
+
+
+def test_interpretable_cells_on_the_default_own_text():
+    """Issue 15 item 8: the default code snippet is shorter than the old 100-byte minimum of
+    "Bytes shown" (min_value 100 > max_value 51 raised); the bounds now follow the text."""
+    at = open_app("states", model=TEXT)
+    at.radio(key="w_states_cells_source").set_value("Your Python code").run()
+    click(at, "states_cells_run")
+    no_problem(at)
+    n = len(at.text_area(key="w_states_cells_text").value.encode())
+    shown = at.number_input(key="states_cells_shown")
+    assert shown.value == shown.max == n and shown.min <= n
+    (view,) = [h.proto.body for h in at.get("html")]
+    assert "<pre" in view and "top unit for" in view
+    at.text_area(key="w_states_cells_text").input("x = 1\n" * 800).run()  # longer text: 100..3000 again
+    click(at, "states_cells_run")
+    no_problem(at)
+    shown = at.number_input(key="states_cells_shown")
+    assert (shown.min, shown.value, shown.max) == (100, 3000, 4800)
+    at.text_area(key="w_states_cells_text").input("x = 1\n" * 20000).run()  # 120,000 bytes: refused, not run
+    click(at, "states_cells_run")
+    assert errors(at) == ["Interpretable cells: text: 120,000 bytes; at most 65,536 bytes are analysed here "
+                          "(use seqlens.probes.interpretable_cells in Python for longer texts)"]
+
+
+def test_states_page_defaults_on_a_model_with_a_long_context(tmp_path, monkeypatch):
+    """A checkpoint whose n_ctx (its training length here) exceeds the page's 65,536-token bound: the
+    state window's default stays within its bounds instead of breaking the page."""
+    import seqlens
+    from seqlens.models import ModelConfig
+
+    cfg = ModelConfig(arch="mamba", vocab_size=256, d_model=16, n_layers=1, d_state=4, n_ctx=200_000)
+    seqlens.build(cfg, seed=0).save(tmp_path / "long")
+    monkeypatch.setenv("SEQLENS_MODEL_DIRS", str(tmp_path))
+    at = open_app()
+    at.radio(key="w_model_source").set_value("Local directory").run()
+    at.text_input(key="w_model_dir").input(str(tmp_path / "long")).run()
+    at.switch_page("views/states.py").run()
+    no_problem(at)
+    assert at.number_input(key="w_states_window").value == 65536

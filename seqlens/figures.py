@@ -1,5 +1,5 @@
-"""Plotly heatmaps of attention patterns with token labels (the arrays come from
-``seqlens.circuits.layer_patterns``; this module only draws them)."""
+"""Plotly figures shared by several Results: attention-pattern heatmaps with token labels (the
+``Patterns`` and ``CalibrationPatterns`` Results draw with them; this module only draws)."""
 
 from __future__ import annotations
 
@@ -57,4 +57,18 @@ def pattern_figure(patterns: np.ndarray, labels: Sequence[str], titles: Sequence
                          row=r + 1, col=c + 1, title_text="query" if c == 0 else None)
     fig.update_layout(height=height_per_row * rows + 60, margin={"l": 40, "r": 20, "t": 60, "b": 40},
                       title=title or None)
+    return fig
+
+
+def lines_figure(curves: dict[str, Sequence[float]], *, title: str = "", x_title: str = "", y_title: str = "",
+                 hline: float | None = None, hline_text: str = "", height: int = 420):
+    """One line (with markers) per ``curves`` entry over positions 0..n-1, and an optional
+    dashed horizontal line at ``hline`` (a threshold)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(y=[float(v) for v in ys], mode="lines+markers", name=name)
+                     for name, ys in curves.items()])
+    if hline is not None:
+        fig.add_hline(y=float(hline), line_dash="dash", annotation_text=hline_text)
+    fig.update_layout(title=title or None, xaxis_title=x_title, yaxis_title=y_title, height=height)
     return fig
