@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from seqlens.circuits.ablation import check_heads
-from seqlens.models.mixer import applies_to
+from seqlens.models.mixer import NotApplicableError, applies_to
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.patterns import is_softmax_model, normalise_rows, resolve_normalisation
 from seqlens.circuits.task_metric import resolve_task
@@ -146,7 +146,7 @@ def calibrate_sinks(model, heads: Iterable[tuple[int, int]], tau: float = 0.1, b
     model's own. Full forwards only (cached steps raise).
     Recurrent mixers have no softmax rows to recalibrate: NotImplementedError."""
     if not is_softmax_model(model):
-        raise NotImplementedError(
+        raise NotApplicableError(
             f"calibrate_sinks: arch {model.cfg.arch!r} has no softmax attention rows (its implicit attention "
             "is not a distribution the model normalises); ACT calibration applies to softmax / FoX heads only")
     _check_tau_beta(tau, beta)
@@ -486,6 +486,7 @@ def _explicit_attention(model):
         yield
 
 
+@applies_to(lambda model: model.is_softmax)
 def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: float = 0.4,
                              exclude_layers: str | Sequence[int] = "act", min_improvement: float = 0.0,
                              progress: Any = True) -> CalibrationSearch:
@@ -500,8 +501,8 @@ def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: fl
     from seqlens.progress import progress_bar
 
     if not is_softmax_model(model):
-        raise NotImplementedError(f"search_calibration_heads: arch {model.cfg.arch!r} has no softmax attention "
-                                  "heads to calibrate (see calibrate_sinks)")
+        raise NotApplicableError(f"search_calibration_heads: arch {model.cfg.arch!r} has no softmax attention "
+                                 "heads to calibrate (see calibrate_sinks)")
     _check_tau_beta(tau, beta)
     metric, layers, H = resolve_task(model, task), _search_layers(model, exclude_layers), model.cfg.n_heads
     per_head = torch.full((model.cfg.n_layers, H), float("nan"), dtype=torch.float64)
