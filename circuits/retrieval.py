@@ -51,6 +51,7 @@ from torch import Tensor
 
 from seqlens.circuits.heads import HeadScores
 from seqlens.tasks import PASSKEY_STYLES, make_generator, passkey
+from seqlens.validate import positive_int
 
 KINDS = ("auto", "text", "bytes", "tokens")
 MEASURES = ("correct", "exact", "recall")
@@ -174,9 +175,7 @@ def _check_depths(depths) -> list[float]:
 
 
 def _check_positive_int(name: str, value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
+    return positive_int(name, value)
 
 
 def _passkey_prompts(model, kind: str, length: int, depth: float, n: int, g: torch.Generator,

@@ -260,7 +260,7 @@ def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch
         raise ValueError(f"batch: expected a positive integer, got {batch!r}")
     recipe = getattr(model, "recipe", None)
     if recipe is not None:
-        from seqlens.models.train import get_batch
+        from seqlens.tasks import get_batch
 
         data = get_batch(recipe, 0, split="eval").tokens[:batch]
         return [data], {"data": f"recipe:{recipe.name}:eval", "batch": data.shape[0], "seq_len": data.shape[1]}

@@ -51,6 +51,7 @@ def copy_source(dst: Path) -> Path:
     return Path(shutil.copytree(ROOT, dst, ignore=ignore))
 
 
+@pytest.mark.slow  # builds a wheel with pip
 def test_wheel_contents(tmp_path):
     src = copy_source(tmp_path / "src")
     out = tmp_path / "wheels"

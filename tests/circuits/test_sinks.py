@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tiny_models
-from planted_sinks import (DELIM_POS, KEY_POS, PLANTED, T, V, planted_sink_model, planted_tokens,
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted_sinks import (DELIM_POS, KEY_POS, PLANTED, T, V, planted_sink_model, planted_tokens,
                            task_loss)
 from seqlens.circuits.sinks import (CalibrationSearch, SinkScores, calibrate_pattern, calibrate_sinks,
                                     received_attention, search_calibration_heads, sink_mask, sink_scores)

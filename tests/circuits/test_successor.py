@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import seqlens
-import tiny_models
-from planted_ov import ANTI, COPYING, SUCCESSOR, planted_ov_model
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted_ov import ANTI, COPYING, SUCCESSOR, planted_ov_model
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.successor import BYTE_SETS, ordinal_sets, successor_scores
 
