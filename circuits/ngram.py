@@ -1,5 +1,5 @@
 """n-gram heads (Akyürek et al. 2024, "In-context language learning", ``berlino/seq_icl``;
-METHODS.md §1).
+docs/methods.md §1).
 
 An n-gram head at query i attends to the keys j whose preceding n tokens equal the n tokens
 ending at i: ``M_n[i, j] = 1`` iff ``x_{j−1−k} = x_{i−k}`` for k = 0..n−1 and j < i, so that

@@ -1,5 +1,5 @@
 """Successor heads (Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads
-In The Wild"; METHODS.md §3): heads whose effective OV circuit maps an ordinal token to the next
+In The Wild"; docs/methods.md §3): heads whose effective OV circuit maps an ordinal token to the next
 one ("Monday" → "Tuesday", "3" → "4").
 
 For head ``(l, h)`` and token ``t`` of an ordinal set ``T`` (Gould et al. §2):

@@ -1,4 +1,4 @@
-"""Token-pattern heads: previous-token, duplicate-token and induction heads (METHODS.md §1).
+"""Token-pattern heads: previous-token, duplicate-token and induction heads (docs/methods.md §1).
 
 Every finder reads the (implicit) attention of each layer through ``model.mixer_pattern`` (see
 :mod:`seqlens.circuits.patterns`), so it runs on every architecture, and returns a

@@ -1,4 +1,4 @@
-"""State collapse: diagnosis and mitigations (Stuffed Mamba, Chen et al. 2024; METHODS.md §5).
+"""State collapse: diagnosis and mitigations (Stuffed Mamba, Chen et al. 2024; docs/methods.md §5).
 
 Diagnosis (:func:`state_collapse`)
 ----------------------------------

@@ -1,4 +1,4 @@
-"""Verbatim short-term memory: repeat surprisal (Armeni, Honey & Linzen 2022; METHODS.md §9).
+"""Verbatim short-term memory: repeat surprisal (Armeni, Honey & Linzen 2022; docs/methods.md §9).
 
 The paradigm: an intro, list 1 of ``k`` nouns, intervening text, a cue, list 2 — list 1 again
 (``"repeat"``), its nouns in a new order (``"permute"``) or new nouns (``"novel"``). A model that

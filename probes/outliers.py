@@ -1,4 +1,4 @@
-"""Outlier channels of linear-layer inputs (Mamba-PTQ; METHODS.md §10).
+"""Outlier channels of linear-layer inputs (Mamba-PTQ; docs/methods.md §10).
 
 For every ``nn.Linear`` of a model (named by its module path) and every input channel ``c``,
 

@@ -1,4 +1,4 @@
-"""Packaging: the repo folders map into the one `seqlens.*` namespace (DESIGN.md, Layout), the
+"""Packaging: the repo folders map into the one `seqlens.*` namespace (docs/design.md, Layout), the
 wheel ships exactly that namespace, and the `seqlens` console script is declared."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ For query ``i`` of head ``(b, h)`` the attention logits ("scaled scores") over k
 
 where the bracket is present only for forgetting attention (FoX, Lin et al. 2025, eq. 4; the bias
 is not scaled, as in ``models/transformer.py``), and ``p_ij = softmax_j(s_ij)``. Returned per
-``[B, H, L]`` query (METHODS.md §2, retrieval heads: the argmax key; §4, attention sinks: the mass
+``[B, H, L]`` query (docs/methods.md §2, retrieval heads: the argmax key; §4, attention sinks: the mass
 on the first keys):
 
 * ``out``: ``Σ_j p_ij v_j``, the ordinary attention output ``[B, H, L, d_v]`` in q's dtype;

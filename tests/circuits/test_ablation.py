@@ -1,6 +1,6 @@
 """Head ablation (circuits/ablation.py): equivalences with weight edits, the definition of each mode
 on every architecture, hook hygiene, step / stream, the planted induction circuit, and the causal
-check (METHODS.md §2) on the induction-attn2 organism."""
+check (docs/methods.md §2) on the induction-attn2 organism."""
 
 from __future__ import annotations
 

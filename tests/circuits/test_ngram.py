@@ -1,4 +1,4 @@
-"""n-gram heads (METHODS.md §1, Akyürek et al. 2024): the template against brute force, planted
+"""n-gram heads (docs/methods.md §1, Akyürek et al. 2024): the template against brute force, planted
 ground truth, the default DFA data, every architecture."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""OV circuits, effective embedding and copying scores (METHODS.md §1, §3): planted ground truth,
+"""OV circuits, effective embedding and copying scores (docs/methods.md §1, §3): planted ground truth,
 agreement with an independent V×V eigendecomposition and TransformerLens' FactoredMatrix, OV
 matrices rebuilding the heads' actual outputs, every architecture, zoo organisms, bad input."""
 

@@ -1,4 +1,4 @@
-"""Retrieval heads (METHODS.md §2, Wu et al. 2024): planted ground truth, the counting rule, the
+"""Retrieval heads (docs/methods.md §2, Wu et al. 2024): planted ground truth, the counting rule, the
 one-forward shortcut, every architecture, the passkey organism and input validation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attention sinks and ACT calibration (METHODS.md §4): planted ground truth, the stats route
+"""Attention sinks and ACT calibration (docs/methods.md §4): planted ground truth, the stats route
 against the pattern route, calibration invariants, the head search, every architecture, a zoo
 organism, the Result API and bad input."""
 

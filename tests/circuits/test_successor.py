@@ -1,4 +1,4 @@
-"""Successor heads (METHODS.md §3, Gould et al. 2023): planted ground truth, ordinal sets for
+"""Successor heads (docs/methods.md §3, Gould et al. 2023): planted ground truth, ordinal sets for
 tokenizers, byte-level models and zoo organisms, every architecture, bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Token-pattern head finders (METHODS.md §1): planted ground truth, agreement with
+"""Token-pattern head finders (docs/methods.md §1): planted ground truth, agreement with
 TransformerLens' head_detector, every architecture, and the Result API."""
 
 from __future__ import annotations

@@ -339,7 +339,7 @@ def test_bad_input_names_the_argument(kwargs, name):
 
 
 def test_million_token_study_runs_small(tmp_path, capsys):
-    """studies/collapse_million.py end to end on a short stream (the 1M run is in the README)."""
+    """studies/collapse_million.py end to end on a short stream (the 1M run is in docs/findings.md)."""
     import json
 
     from seqlens.studies.collapse_million import main
