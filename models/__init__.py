@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .base import ModelState, SeqModel, StreamOutput, hook_active
+from .mixer import Mixer, NotApplicableError
 from .config import ARCHS, ModelConfig
 from .registry import ARCH_CLASSES, build, model_class  # noqa: F401  (ARCH_CLASSES: re-export)
 
@@ -51,4 +52,5 @@ def _check_device(device: str | torch.device | None) -> torch.device | None:
     return device
 
 
-__all__ = ["ARCHS", "ModelConfig", "ModelState", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "load", "model_class"]
+__all__ = ["ARCHS", "Mixer", "ModelConfig", "ModelState", "NotApplicableError", "SeqModel", "StreamOutput", "build",
+           "from_hf", "hook_active", "load", "model_class"]
