@@ -132,7 +132,7 @@ def _calibration_hook(layer: int, heads: list[int], tau: float, beta: float, fee
     return hook
 
 
-@applies_to(lambda model: model.is_softmax)
+@applies_to(lambda model: model.is_softmax, needs="softmax attention rows")
 @contextlib.contextmanager
 def calibrate_sinks(model, heads: Iterable[tuple[int, int]], tau: float = 0.1, beta: float = 0.4,
                     feed_first: bool = True) -> Iterator[dict[tuple[int, int], Tensor]]:
@@ -486,7 +486,7 @@ def _explicit_attention(model):
         yield
 
 
-@applies_to(lambda model: model.is_softmax)
+@applies_to(lambda model: model.is_softmax, needs="softmax attention rows")
 def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: float = 0.4,
                              exclude_layers: str | Sequence[int] = "act", min_improvement: float = 0.0,
                              progress: Any = True) -> CalibrationSearch:

@@ -188,7 +188,7 @@ def _check_thresholds(low: Any, high: Any) -> None:
         raise ValueError(f"low: expected low < high, got low={low!r}, high={high!r}")
 
 
-@applies_to(has_gates)
+@applies_to(has_gates, needs="a mixer with gates (softmax attention has none)")
 def gate_saturation(model, tokens: Tensor | None = None, low: float = 0.1, high: float = 0.9, *,
                     batch: int = 16, seq_len: int | None = None, seed: int = 0) -> GateSaturation:
     """Left (< ``low``) and right (> ``high``) saturation of every gate of every layer (module
