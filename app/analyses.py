@@ -77,7 +77,7 @@ def finder_tokens(model_key: str, data: DataKey) -> tuple[tuple[int, ...], ...] 
         from seqlens.tasks import get_batch
 
         model = load_model(model_key)
-        if getattr(model, "recipe", None) is None:
+        if model.recipe is None:
             raise ValueError("task data needs a zoo organism (this model has no training recipe)")
         tokens = get_batch(model.recipe, 0, split="eval").tokens[: int(data[1])]
         return tuple(tuple(int(t) for t in row) for row in tokens)

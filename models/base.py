@@ -627,6 +627,13 @@ class SeqModel(HookedRootModule):
         return all(m.supports_state_taps for m in self.mixers)
 
     @property
+    def context_limit(self) -> int | None:
+        """The longest input (in tokens) the model accepts, or None: only a learned position table
+        is a hard limit (it cannot extrapolate); with rotary positions, FoX's decay or a recurrence
+        ``cfg.n_ctx`` just records the training context."""
+        return None
+
+    @property
     def is_softmax(self) -> bool:
         """Whether every mixer is softmax attention (pattern rows are distributions)."""
         return all(m.is_softmax for m in self.mixers)

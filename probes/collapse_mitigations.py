@@ -205,7 +205,7 @@ def reference_norms(model, reference: Tensor, chunk: int = DEFAULT_CHUNK) -> Ten
 
 def _default_reference(model) -> Tensor:
     L, _ = train_length(model)
-    if getattr(model, "recipe", None) is None:
+    if model.recipe is None:
         raise ValueError("reference: the model has no training recipe to draw a reference prompt from; pass "
                          "reference tokens [batch, length] or tau")
     return _Generated(model, "task", REFERENCE_ROWS, 0).get(0, L)[0]
