@@ -77,7 +77,7 @@ def finder_tokens(model_key: str, data: DataKey) -> tuple[tuple[int, ...], ...] 
         from seqlens.tasks import get_batch
 
         model = load_model(model_key)
-        if getattr(model, "recipe", None) is None:
+        if model.recipe is None:
             raise ValueError("task data needs a zoo organism (this model has no training recipe)")
         tokens = get_batch(model.recipe, 0, split="eval").tokens[: int(data[1])]
         return tuple(tuple(int(t) for t in row) for row in tokens)
@@ -198,18 +198,14 @@ def _enter_mitigation(stack: ExitStack, model, spec: Mitigation):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def mitigation_problem(model_key: str, name: str) -> str | None:
-    """Why mitigation ``name`` does not apply to the model (the library's message when its context
-    manager refuses the architecture on entry), or None. Entering with neutral arguments does not
-    run the model."""
-    neutral = {"normalize_states": ("normalize_states", 1.0), "forget_more": ("forget_more", 1.0, 1.0),
-               "state_window": ("state_window", 1)}[name]
-    model = load_model(model_key)
-    try:
-        with ExitStack() as stack:
-            _enter_mitigation(stack, model, neutral)
-    except NotImplementedError as e:
-        return " ".join(str(e).split())
-    return None
+    """Why mitigation ``name`` does not apply to the model (what the library's ``applies_to``
+    predicate says it needs), or None."""
+    from seqlens.models.mixer import not_applicable_reason
+    from seqlens.probes import collapse
+
+    if name not in ("normalize_states", "forget_more", "state_window"):
+        raise ValueError(f"mitigation: unknown {name!r}")
+    return not_applicable_reason(getattr(collapse, name), load_model(model_key))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -270,15 +266,11 @@ def lag_decoding(model_key: str, max_lag: int, n_seqs: int):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def gate_problem(model_key: str) -> str | None:
-    """The library's NotApplicableError message when the model has no gates, else None."""
-    from seqlens.probes import NotApplicableError
-    from seqlens.probes.gates import gate_specs
+    """What gate saturation needs when the model lacks it (its ``applies_to`` predicate), else None."""
+    from seqlens.models.mixer import not_applicable_reason
+    from seqlens.probes import gate_saturation
 
-    try:
-        gate_specs(load_model(model_key))
-    except NotApplicableError as e:
-        return " ".join(str(e).split())
-    return None
+    return not_applicable_reason(gate_saturation, load_model(model_key))
 
 
 @st.cache_data(show_spinner="Reading the gates ...", max_entries=16)

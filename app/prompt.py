@@ -55,7 +55,7 @@ class Prompt:
 
 def task_specials(model) -> dict[int, str]:
     """``{id: NAME}`` of a task organism's special tokens (empty for byte-level / no recipe)."""
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is None:
         return {}
     from seqlens.tasks import task_vocab
@@ -72,10 +72,10 @@ def task_specials(model) -> dict[int, str]:
 def modes_for(model) -> list[str]:
     """Prompt kinds that make sense for ``model``, the default first."""
     modes = []
-    if getattr(model, "recipe", None) is not None:
+    if model.recipe is not None:
         modes.append(TASK_SAMPLE)
-    if getattr(model, "tokenizer", None) is not None or is_byte_level(model):
-        recipe = getattr(model, "recipe", None)
+    if model.tokenizer is not None or is_byte_level(model):
+        recipe = model.recipe
         modes.insert(0 if recipe is None or recipe.data == "corpus:stdlib" else 1, FREE_TEXT)
     modes.append(TOKEN_IDS)
     return modes
@@ -93,7 +93,7 @@ def byte_label(b: int) -> str:
 
 
 def token_labels(model, ids: tuple[int, ...] | list[int]) -> list[str]:
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     if tok is not None:
         out = []
         for i in ids:
@@ -112,7 +112,7 @@ def token_labels(model, ids: tuple[int, ...] | list[int]) -> list[str]:
 def encode_text(model, text: str) -> list[int]:
     if not text:
         raise PromptError("The prompt is empty: type some text.")
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     if tok is not None:
         return encode(text, tok)
     if is_byte_level(model):
@@ -144,7 +144,7 @@ def check_length(model, ids: list[int]) -> None:
     if not ids:
         raise PromptError("The prompt is empty.")
     if len(ids) > n_ctx:
-        hard = model.cfg.positions == "learned" and not model.cfg.is_recurrent
+        hard = model.context_limit is not None
         why = ("its learned position table has no entry past that" if hard
                else "it was trained on that context; longer prompts are not analysed")
         raise PromptError(f"The prompt has {len(ids)} tokens but the model's context is n_ctx={n_ctx} "
@@ -177,7 +177,7 @@ def build_prompt(model_key: str, model, mode: str, text: str = "", ids_text: str
     if mode == FREE_TEXT:
         ids, source = encode_text(model, text), "free text"
     elif mode == TASK_SAMPLE:
-        if getattr(model, "recipe", None) is None:
+        if model.recipe is None:
             raise PromptError("Task samples need a zoo organism (this model has no training recipe).")
         ids, source = list(task_sample(model_key, int(row))), f"{model.recipe.data} eval sample {row}"
     elif mode == TOKEN_IDS:
@@ -202,7 +202,7 @@ def prompt_input(model_key: str, model, where: Any = None) -> Prompt | None:
     text = ids_text = ""
     row = 0
     if mode == FREE_TEXT:
-        how = "tokenizer" if getattr(model, "tokenizer", None) is not None else "UTF-8 bytes"
+        how = "tokenizer" if model.tokenizer is not None else "UTF-8 bytes"
         text = where.text_area(f"Text (encoded as {how}; context {model.cfg.n_ctx} tokens)",
                                key=persistent("prompt_text", DEFAULT_TEXT), height=110)
         remember("prompt_text", text)

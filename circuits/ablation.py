@@ -292,7 +292,7 @@ def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_ra
     pool = [hd for hd in all_heads(model) if hd not in set(targets)]
     draws = random_head_sets(pool, len(targets), n_random, seed)
     values = _evaluate(model, metric, [None, targets, *draws], mode, reference, progress)
-    settings = {"model": getattr(model, "name", None), "arch": model.cfg.arch, "mode": mode,
+    settings = {"model": model.name, "arch": model.cfg.arch, "mode": mode,
                 "n_random": n_random, "seed": seed, "task": metric.name,
                 "reference": None if reference is None else list(reference.shape)}
     return CausalCheck(baseline=values[0], ablated=values[1], random=values[2:], heads=targets,

@@ -96,7 +96,7 @@ def calibration_patterns(model, tokens: Tensor | Sequence[int], heads: Iterable[
             sinks = {key: value[0].nonzero().flatten().tolist() for key, value in found.items()}
     b = torch.stack([before[f"blocks.{l}.mixer.hook_pattern"][0, h].float().cpu() for l, h in pairs])
     a = torch.stack([after[f"blocks.{l}.mixer.hook_pattern"][0, h].float().cpu() for l, h in pairs])
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "tau": tau, "beta": beta, "read_at": "hook_pattern (run_with_cache)"}
     return CalibrationPatterns(heads=pairs, tokens=t[0].tolist(), before=b, after=a,
                                r_before=torch.stack([received_attention(x) for x in b]),
@@ -148,7 +148,7 @@ def calibration_metric(model, heads: Iterable[tuple[int, int]], tau: float = 0.1
     before = metric(model)
     with calibrate_sinks(model, pairs, tau=tau, beta=beta):
         after = metric(model)
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "task": metric.name, "tau": tau, "beta": beta}
     return CalibrationMetric(metric=metric.name, before=before, after=after,
                              higher_is_better=metric.higher_is_better, heads=pairs, settings=settings)

@@ -47,7 +47,7 @@ def ngram_template(tokens: Tensor, n: int) -> Tensor:
 
 def _symbol_ids(model) -> Tensor:
     """Token ids of the ``ICLL_VOCAB − 1`` used symbols (18 DFA symbols, then the separator)."""
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is not None and recipe.data == "task:icll":
         return torch.arange(ICLL_VOCAB - 1)
     V = model.cfg.vocab_size

@@ -177,7 +177,7 @@ def copying_scores(model, full: bool = True, fold_ln: bool = True) -> HeadScores
         rows.append((lam.sum(-1).real / lam.abs().sum(-1)).float())
         kinds[ov_factors(model, layer).kind] = kind
     settings = {
-        "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+        "model": model.name or type(model).__name__, "arch": model.cfg.arch,
         "measure": "Re Σλ / Σ|λ|", "full": full, "fold_ln": fold_ln,
         "circuit": ("W_E " + ("N1 " if fold_ln else "") + "W_OV " + ("Nf " if fold_ln else "") + "W_U")
         if full else ("N1 W_OV" if fold_ln else "W_OV"),

@@ -139,7 +139,7 @@ def attention_patterns(model, tokens: Tensor | Sequence[int], layer: int, normal
     with torch.no_grad():
         p = model.mixer_pattern(t[None].to(model.device), layer).float()
     p = (normalise_rows(p) if mode == "abs_rows" else p)[0].cpu()
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "layer": layer, "normalisation": mode, "source": "mixer_pattern"}
     return Patterns(patterns=p, layer=layer, tokens=t.tolist(), normalisation=mode,
                     implicit=not is_softmax_model(model), labels=None if labels is None else list(labels),

@@ -115,7 +115,7 @@ def _resolve_format(model, kind: str, style: str | None, answer_len: int | None)
     """``(kind, style, answer_len)`` with the model's defaults filled in (module docstring)."""
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
-    tok, vocab = getattr(model, "tokenizer", None), model.cfg.vocab_size
+    tok, vocab = model.tokenizer, model.cfg.vocab_size
     recipe = _passkey_recipe(model)
     if kind == "auto":
         kind = "text" if tok is not None else "bytes" if vocab >= 256 else "tokens"
@@ -136,7 +136,7 @@ def _resolve_format(model, kind: str, style: str | None, answer_len: int | None)
 
 def _passkey_recipe(model) -> dict[str, Any]:
     """The passkey task kwargs of a passkey organism (``model.recipe``), else ``{}``."""
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is None or getattr(recipe, "data", None) != "task:passkey":
         return {}
     return dict(getattr(recipe, "data_kwargs", {}) or {})
@@ -149,8 +149,7 @@ def _default_lengths(model) -> list[int]:
 
 def _has_position_limit(model) -> bool:
     """True when ``n_ctx`` is a hard limit (learned positions of an attention model)."""
-    cfg = model.cfg
-    return not cfg.is_recurrent and cfg.positions == "learned"
+    return model.context_limit is not None
 
 
 def _check_lengths(model, lengths) -> list[int]:
@@ -319,7 +318,7 @@ def needle_accuracy(model, prompts: Sequence[NeedlePrompt], measure: str = "corr
 
 def _judge(model, prompt: NeedlePrompt, out: Tensor) -> dict[str, float]:
     """``{"recall", "correct", "exact"}`` of one greedy output ``out [n_new]``."""
-    recall = answer_recall(prompt, out.tolist(), getattr(model, "tokenizer", None))
+    recall = answer_recall(prompt, out.tolist(), model.tokenizer)
     k = len(prompt.answer)
     exact = len(out) >= k and bool(torch.equal(out[:k].cpu(), prompt.answer.cpu()))
     return {"recall": recall, "correct": float(recall > CORRECT_RECALL), "exact": float(exact)}
@@ -443,7 +442,7 @@ def _settings(model, prompts, judged, counted, scores, threshold, max_new_tokens
     heads = [lh for sc, lh in sorted(flat, key=lambda t: -t[0]) if sc > threshold]
     kind, per_cell = prompts[0].kind, len(prompts) / (len(lengths) * len(depths))
     return {
-        "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+        "model": model.name or type(model).__name__, "arch": model.cfg.arch,
         "data": f"needle prompts ({kind})", "kind": kind, "lengths": lengths, "depths": depths,
         "n_trials": int(per_cell) if per_cell.is_integer() else per_cell, "trials": len(prompts),
         "counted_trials": len(counted), "only_correct": only_correct,
@@ -451,8 +450,8 @@ def _settings(model, prompts, judged, counted, scores, threshold, max_new_tokens
         "criterion": f"ROUGE-1 recall > 0.5 ({'words' if kind == 'text' else 'tokens'})",
         "span": "answer tokens inside the needle", "max_new_tokens": max_new_tokens, "seed": seed,
         "threshold": float(threshold), "heads": heads,
-        "pattern": "implicit attention (METHODS.md §7)" if model.cfg.is_recurrent else "softmax",
-        "argmax_over": "|alpha| (value norms not exposed by SeqModel)" if model.cfg.is_recurrent else "A",
-        "backend": "torch (SeqModel.mixer_pattern)" if model.cfg.is_recurrent
-        else "SeqModel.attention_stats (no L×L matrix)",
+        "pattern": "softmax" if model.is_softmax else "implicit attention (METHODS.md §7)",
+        "argmax_over": "A" if model.is_softmax else "|alpha| (value norms not exposed by SeqModel)",
+        "backend": "SeqModel.attention_stats (no L×L matrix)" if model.is_softmax
+        else "torch (SeqModel.mixer_pattern)",
     }

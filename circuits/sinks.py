@@ -132,7 +132,7 @@ def _calibration_hook(layer: int, heads: list[int], tau: float, beta: float, fee
     return hook
 
 
-@applies_to(lambda model: model.is_softmax)
+@applies_to(lambda model: model.is_softmax, needs="softmax attention rows")
 @contextlib.contextmanager
 def calibrate_sinks(model, heads: Iterable[tuple[int, int]], tau: float = 0.1, beta: float = 0.4,
                     feed_first: bool = True) -> Iterator[dict[tuple[int, int], Tensor]]:
@@ -258,7 +258,7 @@ def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch
         return resolve_data(model, tokens, prompts, seq_len=4, batch=1, seed=seed)[:2]  # lengths unused
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected a positive integer, got {batch!r}")
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is not None:
         from seqlens.tasks import get_batch
 
@@ -269,7 +269,7 @@ def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch
         raise ValueError(f"seq_len: expected an integer >= 2, got {seq_len!r}")
     g = torch.Generator().manual_seed(int(seed))
     data = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=g)
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    bos = getattr(model.tokenizer, "bos_token_id", None)
     if bos is not None:  # a tokenizer's BOS leads real inputs, and sinks form on it
         data[:, 0] = int(bos)
     return [data], {"data": "uniform_random_tokens", "batch": batch, "seq_len": seq_len, "seed": seed, "bos": bos}
@@ -381,12 +381,12 @@ def _layer_over_batches(model, batches: list[Tensor], layer: int, k: int, backen
 
 def _sink_settings(model, info: dict, k: int, tau: float, mode: str, ran: list[str], received: bool) -> dict:
     return {
-        "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch, **info,
+        "model": model.name or type(model).__name__, "arch": model.cfg.arch, **info,
         "k": k, "tau": tau, "score": "mass on position 0, mean_{i>=1} A[i,0], mean over sequences",
         "first_k_mass": f"mean_{{i>={k}}} sum_{{j<{k}}} A[i,j]",
         "received": "r(j) = (1/(T-j)) sum_{i>=j} A[i,j] (StreamingLLM), mean over sequences" if received
         else "not computed", "hidden_sinks": f"j > 0 with mean r(j) > {tau} (ACT)" if received else "not computed",
-        "pattern": "implicit attention (METHODS.md §7)" if model.cfg.is_recurrent else "softmax",
+        "pattern": "softmax" if model.is_softmax else "implicit attention (METHODS.md §7)",
         "normalisation": mode, "backend": ran[0] if len(ran) == 1 else ran,
         "received_backend": "torch (SeqModel.mixer_pattern)" if received else None,
     }
@@ -486,7 +486,7 @@ def _explicit_attention(model):
         yield
 
 
-@applies_to(lambda model: model.is_softmax)
+@applies_to(lambda model: model.is_softmax, needs="softmax attention rows")
 def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: float = 0.4,
                              exclude_layers: str | Sequence[int] = "act", min_improvement: float = 0.0,
                              progress: Any = True) -> CalibrationSearch:
@@ -515,7 +515,7 @@ def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: fl
                 if metric.improvement(baseline, float(per_head[l, h])) > min_improvement]
         with calibrate_sinks(model, kept, tau, beta):
             combined = metric(model) if kept else baseline
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "task": metric.name, "tau": tau, "beta": beta, "searched_layers": layers,
                 "exclude_layers": exclude_layers if isinstance(exclude_layers, str) else list(exclude_layers),
                 "min_improvement": min_improvement, "attention_path": "explicit (hook_pattern)"}

@@ -74,7 +74,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 def _byte_families(model) -> tuple[dict[str, tuple[str, ...]], str]:
     """A zoo organism trained on the successor task: that task's families (only their single-byte
     items survive); any other byte-level model: :data:`BYTE_SETS`."""
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is not None and getattr(recipe, "data", None) == "task:successor":
         names = (getattr(recipe, "data_kwargs", None) or {}).get("families") or list(SUCCESSOR_FAMILIES)
         names = [names] if isinstance(names, str) else list(names)
@@ -85,14 +85,14 @@ def _byte_families(model) -> tuple[dict[str, tuple[str, ...]], str]:
 
 def _ordinal_source(model) -> tuple[dict[str, tuple[str, ...]], Callable[[str], list[int]], str]:
     """``(families, encode, description)`` for this model's vocabulary."""
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     if tok is not None:
         description = "tokenizer: Gould et al. sets, leading space"
         return dict(GOULD_SETS), lambda s: _encode(tok, " " + s), description
     if is_byte_level(model):
         families, description = _byte_families(model)
         return families, encode, description
-    if getattr(model, "recipe", None) is not None:  # a zoo organism with a task vocabulary
+    if model.recipe is not None:  # a zoo organism with a task vocabulary
         from seqlens.circuits.token_heads import special_tokens
 
         banned = set(special_tokens(model)[1])
@@ -226,7 +226,7 @@ def _settings(model, sets, success, scores: Tensor, source: str, threshold: floa
     above = sorted((scores > threshold).nonzero().tolist(), key=lambda lh: -float(scores[lh[0], lh[1]]))
     heads = [[int(l), int(h)] for l, h in above]  # best first
     return {
-        "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+        "model": model.name or type(model).__name__, "arch": model.cfg.arch,
         "measure": "succession (argmax over the set)", "sets_source": source,
         "sets": {n: list(s) for n, s in sets.items()},
         "sizes": {n: sum(i is not None for i in s) for n, s in sets.items()},

@@ -47,7 +47,7 @@ class TaskMetric:
 def _recipe_metric(model, metric: str | None, n_batches: int | None) -> TaskMetric:
     from seqlens.tasks import METRICS, evaluate
 
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is None:
         raise ValueError("task: this model has no training recipe (model.recipe is None; only zoo organisms "
                          "carry one); pass a TaskBatch, a callable model -> float or a TaskMetric")

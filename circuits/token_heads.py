@@ -67,10 +67,10 @@ def special_tokens(model) -> tuple[int | None, list[int]]:
     """``(bos, specials)`` of ``model``'s vocabulary: from its Hugging Face tokenizer
     (``bos_token_id``, ``all_special_ids``), else from the task a zoo organism was trained on
     (``model.recipe``; e.g. the induction task's BOS 0), else ``(None, [])``."""
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     if tok is not None:
         return getattr(tok, "bos_token_id", None), list(getattr(tok, "all_special_ids", []) or [])
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is not None:
         from seqlens.tasks import task_vocab
 
@@ -81,7 +81,7 @@ def special_tokens(model) -> tuple[int | None, list[int]]:
 
 def _tokenize(model, prompts: str | Sequence[str]) -> list[Tensor]:
     """Each prompt as a ``[1, L]`` LongTensor, via ``model.tokenizer`` (no BOS added)."""
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     if tok is None:
         raise ValueError("prompts: this model has no tokenizer (model.tokenizer is None); "
                          "pass token ids with tokens=[B, L] instead")
@@ -237,10 +237,10 @@ def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | 
         scores.append(_score_layers(layer_patterns(model, toks, mode), toks, template_fn, measure,
                                     exclude_bos, exclude_current, period if name == "induction" else None))
     settings = {
-        "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+        "model": model.name or type(model).__name__, "arch": model.cfg.arch,
         **data_info, "measure": measure, "exclude_bos": exclude_bos, "exclude_current": exclude_current,
-        "normalisation": mode, "pattern": "implicit attention (METHODS.md §7)" if model.cfg.is_recurrent
-        else "softmax", "backend": "torch (SeqModel.mixer_pattern)", **(extra_settings or {}),
+        "normalisation": mode, "pattern": "softmax" if model.is_softmax
+        else "implicit attention (METHODS.md §7)", "backend": "torch (SeqModel.mixer_pattern)", **(extra_settings or {}),
     }
     return HeadScores(scores=torch.stack(scores).mean(0).cpu(), name=name, settings=settings)
 

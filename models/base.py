@@ -507,7 +507,7 @@ class SeqModel(HookedRootModule):
         return iter(tokens), None
 
     # -- state taps ------------------------------------------------------------------------------
-    @applies_to(lambda model: model.supports_state_taps)
+    @applies_to(lambda model: model.supports_state_taps, needs="a fixed-size recurrent state (attention: use hook_k / hook_v)")
     @contextlib.contextmanager
     def tap_states(self, positions: Sequence[int] | Tensor):
         """Inside this context, ``blocks.{l}.mixer.hook_state`` fires with the recurrent state
@@ -590,7 +590,7 @@ class SeqModel(HookedRootModule):
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)
 
-    @applies_to(lambda model: model.is_softmax)
+    @applies_to(lambda model: model.is_softmax, needs="softmax attention (recurrent mixers: mixer_pattern)")
     def attention_stats(self, tokens: Tensor, layer: int, sink_k: int = 4,
                         span: tuple[int, int] | Tensor | None = None, backend: str = "auto") -> Any:
         """Per-query attention statistics of layer ``layer`` (softmax / forgetting attention):
@@ -625,6 +625,13 @@ class SeqModel(HookedRootModule):
     def supports_state_taps(self) -> bool:
         """Whether every mixer has a fixed-size state that :meth:`tap_states` can report."""
         return all(m.supports_state_taps for m in self.mixers)
+
+    @property
+    def context_limit(self) -> int | None:
+        """The longest input (in tokens) the model accepts, or None: only a learned position table
+        is a hard limit (it cannot extrapolate); with rotary positions, FoX's decay or a recurrence
+        ``cfg.n_ctx`` just records the training context."""
+        return None
 
     @property
     def is_softmax(self) -> bool:

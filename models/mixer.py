@@ -41,13 +41,27 @@ class NotApplicableError(ValueError, NotImplementedError):
     (the ``model`` argument is the wrong kind); analyses offer ``applies_to(model)`` to ask first."""
 
 
-def applies_to(predicate: Callable[[Any], bool]) -> Callable:
-    """Decorator: attach ``predicate(model) -> bool`` as ``fn.applies_to``, so callers (the app)
-    ask whether an analysis applies instead of running it and catching :class:`NotApplicableError`."""
+def applies_to(predicate: Callable[[Any], bool], needs: str = "") -> Callable:
+    """Decorator: attach ``predicate(model) -> bool`` as ``fn.applies_to`` and the requirement it
+    checks as ``fn.needs`` (e.g. "a fixed-size recurrent state"), so callers (the app) ask whether
+    an analysis applies, and why not (:func:`not_applicable_reason`), instead of running it and
+    catching :class:`NotApplicableError`."""
     def mark(fn: Callable) -> Callable:
         fn.applies_to = predicate
+        fn.needs = needs
         return fn
     return mark
+
+
+def not_applicable_reason(fn: Callable, model: Any) -> str | None:
+    """None when analysis ``fn`` (decorated with :func:`applies_to`) applies to ``model``; else one
+    line saying what it needs, e.g. ``"normalize_states needs a fixed-size recurrent state"``."""
+    if not callable(getattr(fn, "applies_to", None)):
+        raise TypeError(f"fn: {getattr(fn, '__name__', fn)!r} declares no applies_to predicate")
+    if fn.applies_to(model):
+        return None
+    name = getattr(fn, "__name__", "this analysis")
+    return f"{name} needs {fn.needs}" if fn.needs else f"{name} does not apply to this architecture"
 
 
 def raises_not_applicable(call: Callable[[], Any]) -> bool:

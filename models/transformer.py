@@ -293,6 +293,11 @@ class Transformer(SeqModel):
     def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
         return ForgettingAttention if cfg.arch == "fox" else Attention
 
+    @property
+    def context_limit(self) -> int | None:
+        """``n_ctx`` with learned positions (the table has no row past it), else None."""
+        return self.cfg.n_ctx if self.cfg.positions == "learned" else None
+
     def build_extras(self) -> None:
         if self.cfg.positions == "learned":
             self.pos_embed = nn.Embedding(self.cfg.n_ctx, self.cfg.d_model)

@@ -185,7 +185,7 @@ def _judge(model, prompt: NeedlePrompt, out: Tensor) -> dict[str, float]:
     """The four measures of one greedy output (module docstring)."""
     k = len(prompt.answer)
     got, ans = out[:k].cpu(), prompt.answer.cpu()
-    recall = answer_recall(prompt, out.tolist(), getattr(model, "tokenizer", None))
+    recall = answer_recall(prompt, out.tolist(), model.tokenizer)
     digits = float((got == ans[:len(got)]).float().sum()) / k
     return {"exact": float(len(got) == k and bool(torch.equal(got, ans))), "digits": digits,
             "recall": recall, "correct": float(recall > CORRECT_RECALL)}
@@ -237,10 +237,10 @@ def passkey_sweep(model, lengths: int | Sequence[int] = DEFAULT_LENGTHS,
             grids[m][i, k] += j[m]
     grids = {m: g / counts for m, g in grids.items()}
     acc = grids[measure]
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "state_size": state_size(model), "kind": prompts[0].kind, "format": format_kwargs or "model default",
                 "answer_len": len(prompts[0].answer), "seed": seed, "decode": "greedy (circuits.retrieval)",
-                "trained_length": (getattr(getattr(model, "recipe", None), "data_kwargs", None) or {}).get("seq_len"),
+                "trained_length": (getattr(model.recipe, "data_kwargs", None) or {}).get("seq_len"),
                 "seconds": round(time.perf_counter() - start, 2)}
     return PasskeySweep(lengths=Ls, depths=Ds, accuracy=acc, exact=grids["exact"], digits=grids["digits"],
                         recall=grids["recall"], measure=measure, threshold=threshold, n_trials=int(n_trials),

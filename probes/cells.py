@@ -256,9 +256,9 @@ class CellReport(Result):
 def _default_window(model) -> int | None:
     """None (one sequence) for recurrent models; the training length (recipe ``seq_len``, else
     ``n_ctx``) for attention models, whose positions do not extrapolate."""
-    if model.cfg.is_recurrent:
+    if not model.is_softmax:
         return None
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     seq = getattr(recipe, "data_kwargs", {}).get("seq_len") if recipe is not None else None
     return int(seq or model.cfg.n_ctx)
 
@@ -302,7 +302,7 @@ def interpretable_cells(model, text: str | bytes | None = None, hook: str | Sequ
     stored = list(dict.fromkeys(u for f in feats for u, _ in report.top(f)))
     report.stored_units = stored
     report.activations = acts[:, [units.index(u) for u in stored]]
-    report.settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    report.settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                        "hooks": hooks, "text": "stdlib:val[:%d]" % len(b) if text is None else "given",
                        "n_bytes": len(b), "window": window, "correlation": "Pearson over byte positions",
                        "alignment": "unit after reading byte t vs feature of byte t",

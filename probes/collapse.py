@@ -320,7 +320,7 @@ def _build(model, t: _Tracker, L: int, L_from: str, heads: int, loss_margin: flo
     }
     _verdict(r, L, loss_margin, rms_ratio)
     state_desc = _mixer(model).state_spec.description
-    settings = {"model": getattr(model, "name", None), "arch": model.cfg.arch, **extra, "train_len": L,
+    settings = {"model": model.name, "arch": model.cfg.arch, **extra, "train_len": L,
                 "train_len_from": L_from, "heads": heads, "state": state_desc,
                 "decay_hooks": list(_decay_hooks(model)), "stats": list(STAT_NAMES), "decay_stats": list(DECAY_NAMES),
                 "rule": RULE, "loss_margin": loss_margin, "rms_ratio": rms_ratio,

@@ -183,7 +183,7 @@ def _linear_or_cache(model) -> bool:
     return not spec.fixed_size or spec.linear
 
 
-@applies_to(_fixed_state)
+@applies_to(_fixed_state, needs="a fixed-size recurrent state (not a KV cache)")
 def reference_norms(model, reference: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """``[n_layers, H]``: the largest head state norm (over batch rows and chunk ends) while
     streaming ``reference [B, L]``."""
@@ -205,13 +205,13 @@ def reference_norms(model, reference: Tensor, chunk: int = DEFAULT_CHUNK) -> Ten
 
 def _default_reference(model) -> Tensor:
     L, _ = train_length(model)
-    if getattr(model, "recipe", None) is None:
+    if model.recipe is None:
         raise ValueError("reference: the model has no training recipe to draw a reference prompt from; pass "
                          "reference tokens [batch, length] or tau")
     return _Generated(model, "task", REFERENCE_ROWS, 0).get(0, L)[0]
 
 
-@applies_to(_fixed_state)
+@applies_to(_fixed_state, needs="a fixed-size recurrent state (not a KV cache)")
 @contextlib.contextmanager
 def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor | None = None):
     """State normalisation (Stuffed Mamba; docs/methods.md §5): inside the block, every state a mixer
@@ -267,7 +267,8 @@ def _forget_hooks(model, b_scale: float, c: float) -> list[tuple[str, Callable]]
             for n, fn in b.mixer.forget_hooks(b_scale, c)]
 
 
-@applies_to(lambda model: raises_not_applicable(lambda: _forget_hooks(model, 1.0, 1.0)))
+@applies_to(lambda model: raises_not_applicable(lambda: _forget_hooks(model, 1.0, 1.0)),
+            needs="mixers that declare their decay and input write (Mixer.forget_hooks)")
 @contextlib.contextmanager
 def forget_more(model, b_scale: float = 1.0, decay_scale: float = 1.0):
     """"Forget more, remember less" (Stuffed Mamba; docs/methods.md §5): inside the block the state
@@ -290,7 +291,7 @@ class _Window:
         self.total = 0
 
 
-@applies_to(_linear_or_cache)
+@applies_to(_linear_or_cache, needs="a linear recurrence or a KV cache (the state difference of a nonlinear cell is not a window)")
 @contextlib.contextmanager
 def state_window(model, window: int):
     """Sliding window by state difference (docs/methods.md §5): inside the block, the state each mixer

@@ -35,7 +35,7 @@ def train_length(model, train_len: int | None = None) -> tuple[int, str]:
     ``data_kwargs["seq_len"]`` (the length the organism was trained at), else ``cfg.n_ctx``."""
     if train_len is not None:
         return _positive_int("train_len", train_len), "argument"
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     seq_len = None if recipe is None else getattr(recipe, "data_kwargs", {}).get("seq_len")
     if isinstance(seq_len, int) and seq_len > 0:
         return seq_len, "recipe.data_kwargs['seq_len']"
@@ -46,7 +46,7 @@ def train_length(model, train_len: int | None = None) -> tuple[int, str]:
 
 
 def _text_ids(model, text: str) -> list[int]:
-    return encode(text, getattr(model, "tokenizer", None))  # no BOS: the text is repeated
+    return encode(text, model.tokenizer)  # no BOS: the text is repeated
 
 
 class _Generated:
@@ -57,11 +57,11 @@ class _Generated:
         self.batch, self.seed, self.source = batch, seed, source
         V = model.cfg.vocab_size
         if source == "newlines":
-            nl = _text_ids(model, "\n")[-1] if getattr(model, "tokenizer", None) is not None else NEWLINE_ID
+            nl = _text_ids(model, "\n")[-1] if model.tokenizer is not None else NEWLINE_ID
             self.nl = nl if nl < V else 0
             self.description = f"token {self.nl} ('\\n' in byte vocabularies) repeated"
         elif source == "repeat":
-            if is_byte_level(model) or getattr(model, "tokenizer", None) is not None:
+            if is_byte_level(model) or model.tokenizer is not None:
                 period = torch.tensor(_text_ids(model, REPEAT_TEXT), dtype=torch.long)
                 self.description = f"{REPEAT_TEXT!r} repeated ({len(period)} tokens)"
             else:
@@ -73,7 +73,7 @@ class _Generated:
             self._init_task(model)
 
     def _init_task(self, model) -> None:
-        recipe = getattr(model, "recipe", None)
+        recipe = model.recipe
         if recipe is None:
             raise ValueError("source: 'task' needs a model with a training recipe (model.recipe is None); "
                              "pass 'newlines', 'repeat' or tokens")

@@ -188,7 +188,7 @@ def _check_thresholds(low: Any, high: Any) -> None:
         raise ValueError(f"low: expected low < high, got low={low!r}, high={high!r}")
 
 
-@applies_to(has_gates)
+@applies_to(has_gates, needs="a mixer with gates (softmax attention has none)")
 def gate_saturation(model, tokens: Tensor | None = None, low: float = 0.1, high: float = 0.9, *,
                     batch: int = 16, seq_len: int | None = None, seed: int = 0) -> GateSaturation:
     """Left (< ``low``) and right (> ``high``) saturation of every gate of every layer (module
@@ -212,7 +212,7 @@ def gate_saturation(model, tokens: Tensor | None = None, low: float = 0.1, high:
     rows = [_saturation(seen[s.hook], s.transform, low, high) for s in specs]
     constants = {str(l): b.mixer.gate_constants() for l, b in enumerate(model.blocks)
                  if b.mixer.gate_constants() is not None}
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch, **info,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch, **info,
                 "low": low, "high": high, "gates": {s.gate: s.description for s in specs},
                 "pooling": "every (token, unit) value of the batch"}
     return GateSaturation(layers=[s.layer for s in specs], gates=[s.gate for s in specs],

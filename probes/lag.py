@@ -231,8 +231,8 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
     g = make_generator(int(seed))
     toks, data = _lag_tokens(model, tokens, symbols, n_seqs, seq_len, lags[-1], g)
     B, L = toks.shape
-    if not model.cfg.is_recurrent and model.cfg.positions == "learned" and L > model.cfg.n_ctx:
-        raise ValueError(f"seq_len: {L} exceeds the model's context n_ctx={model.cfg.n_ctx} (learned positions)")
+    if model.context_limit is not None and L > model.context_limit:
+        raise ValueError(f"seq_len: {L} exceeds the model's context n_ctx={model.context_limit} (learned positions)")
     n_pos = min(_check_int("n_positions", n_positions), L - lags[-1])
     pos = (lags[-1] + torch.randperm(L - lags[-1], generator=g)[:n_pos]).sort().values
     raw = collect_activations(model, hooks, toks, pos.tolist(), _check_int("batch_size", batch_size))
@@ -250,7 +250,7 @@ def lag_decoding(model, layer: int | Sequence[int] | None = None, lags: Sequence
             acc[i, j], train_acc[i, j], chance[j] = res.test_score, res.train_score, res.chance
             bar.update(1)
     bar.close()
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "hooks": hooks, "data": data, "n_seqs": B, "seq_len": L, "positions": pos.tolist(), "seed": int(seed),
                 "C": float(C), "test_size": float(test_size), "max_iter": int(max_iter), "max_features": max_features,
                 "n_features": {h: int(x[0, 0].numel()) for h, x in raw.items()},

@@ -382,7 +382,7 @@ def fit_probe(model, hook: str, tokens: Tensor, labels: Any, positions: int | Se
         raise ValueError(f"labels: every probed label equals ignore_index={ignore_index}")
     X, y, ident, groups = X.numpy()[keep], y[keep], ident[keep], groups[keep]
     ctrl = control_task(ident, y, seed) if control else None
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "hook": hook, "positions": positions, "labels": "per token" if per_token else "per sequence",
                 "n_sequences": B, "seq_len": L,
                 "control": "Hewitt & Liang: random consistent function of the token at the probed position"

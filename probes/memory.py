@@ -91,12 +91,12 @@ def _resolve_mode(model, mode: str | None) -> str:
     if mode is not None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES} or None (automatic), got {mode!r}")
-        if mode == "tokenizer" and getattr(model, "tokenizer", None) is None:
+        if mode == "tokenizer" and model.tokenizer is None:
             raise ValueError("mode: 'tokenizer' needs model.tokenizer, which is None")
         return mode
-    if getattr(model, "tokenizer", None) is not None:
+    if model.tokenizer is not None:
         return "tokenizer"
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is None:
         return "bytes" if is_byte_level(model) else "tokens"
     return "bytes" if _recipe_vocab(recipe).byte_level else "tokens"
@@ -110,7 +110,7 @@ def _recipe_vocab(recipe) -> tasks.TaskVocab:
 
 def _token_specials(model) -> dict[str, int]:
     """Special ids of ``model``'s training data (empty without a recipe)."""
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     return {} if recipe is None else dict(_recipe_vocab(recipe).specials)
 
 
@@ -456,7 +456,7 @@ def repeat_surprisal(model, set_sizes: Sequence[int] = (3, 5, 7, 10),
                     bar.update(1)
     finally:
         model.train(was_training)
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch,
                 "mode": mode, "unit": "bytes" if mode == "bytes" else "tokens", "surprisal": UNITS,
                 "n_trials": n_trials, "seed": int(seed), "n_boot": n_boot, "ci": float(ci),
                 "bootstrap": "percentile, trials resampled, median", "exclude_first": True,

@@ -93,7 +93,7 @@ def default_batch(model, tokens: Tensor | None = None, batch: int = DEFAULT_BATC
         tokens = check_tokens(model, tokens, min_len=2)
         return lm_batch(tokens), {"data": "tokens", "batch": tokens.shape[0], "seq_len": tokens.shape[1]}
     batch = _positive_int("batch", batch)
-    recipe = getattr(model, "recipe", None)
+    recipe = model.recipe
     if recipe is not None:
         from seqlens.tasks import get_batch
 
@@ -388,7 +388,7 @@ def outlier_channels(model, tokens: Tensor | None = None, n_sigma: float = 6.0, 
     finally:
         model.train(was_training)
     resid, J, counts, summary = _consistency(layers, outliers, [reads[n] for n in layers], model.cfg.d_model)
-    settings = {"model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch, **info,
+    settings = {"model": model.name or type(model).__name__, "arch": model.cfg.arch, **info,
                 "n_sigma": n_sigma, "statistic": "m_c = max over tokens |X[:, c]| of each nn.Linear input",
                 "rule": f"m_c > mean + {n_sigma:g} * std (population) of m over the layer's channels",
                 "ablation": "outlier input channels zeroed by forward pre-hooks",

@@ -199,7 +199,7 @@ def cmd_hooks(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     tokens = random_tokens(model, args.batch, args.seq_len, args.seed)
     pattern = args.batch * model.cfg.n_heads * args.seq_len**2  # the cached [B, H, L, L] of attention
-    if not model.cfg.is_recurrent and pattern > MAX_PATTERN:
+    if model.is_softmax and pattern > MAX_PATTERN:
         raise CLIError(f"--batch / --seq-len: the cached attention pattern would hold {pattern:,} values, "
                        f"above this command's limit of {MAX_PATTERN:,}; use a shorter --seq-len")
     if args.taps is not None and not supports_taps(model):

@@ -41,5 +41,5 @@ def is_byte_level(model: Any) -> bool:
     or it has no tokenizer and a 256-token vocabulary (a model with another tokenizer never is)."""
     from seqlens.corpus import ByteTokenizer
 
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     return isinstance(tok, ByteTokenizer) or (tok is None and model.cfg.vocab_size == 256)

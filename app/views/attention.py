@@ -24,7 +24,7 @@ layer = controls[0].selectbox("Layer", list(range(cfg.n_layers)), key=state.pers
                               list(range(cfg.n_layers))))
 state.remember("attn_layer", layer)
 normalisation = "none"
-if cfg.is_recurrent:
+if not model.is_softmax:
     norm_rows = controls[1].toggle("|α| / row sum", value=True, key="attn_norm",
                                    help="Implicit attention is signed and its rows do not sum to 1; this shows "
                                         "|α_ts| / Σ_s |α_ts| (what the head finders score). Off: the raw signed α.")

@@ -11,7 +11,7 @@ from seqlens.circuits import FINDERS, ablation
 TASK, DEFAULT, PROMPT = "Task data", "Finder defaults", "Prompt"
 
 model_key, model = state.current_model()
-recipe = getattr(model, "recipe", None)
+recipe = model.recipe
 st.title("Heads")
 st.caption("Every registered head finder scores each (layer, head) from the model's (implicit) attention; "
            "for recurrent models heads are the mixer's channel groups.")

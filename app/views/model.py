@@ -9,8 +9,8 @@ from seqlens.app import analyses, state
 model_key, model = state.current_model()
 cfg = model.cfg
 summary = arch_summary(model)
-recipe = getattr(model, "recipe", None)
-metrics = getattr(model, "metrics", {}) or {}
+recipe = model.recipe
+metrics = model.metrics or {}
 
 st.title(f"Model: {state.model_label(model_key)}")
 if model_key.startswith("zoo:"):
@@ -21,7 +21,7 @@ else:
     st.caption(f"Local checkpoint {model_key[4:]}")
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Architecture", cfg.arch + (" (recurrent)" if cfg.is_recurrent else ""))
+c1.metric("Architecture", cfg.arch + ("" if model.is_softmax else " (recurrent)"))
 c2.metric("Parameters", f"{summary['parameters']:,}")
 c3.metric("Layers × heads", f"{cfg.n_layers} × {model.n_groups}")
 if recipe is not None and recipe.metric in metrics:
@@ -46,7 +46,7 @@ with right:
                      hide_index=True, width="stretch")
         if recipe.description and not model_key.startswith("zoo:"):  # zoo models show it under the title
             st.caption(recipe.description)
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     st.caption("Tokenizer: " + (type(tok).__name__ if tok is not None else
                                  "none (byte-level)" if cfg.vocab_size == 256 else
                                  f"none (task vocabulary of {cfg.vocab_size} ids)"))

@@ -12,7 +12,7 @@ N_TASK_ROWS = 8
 
 model_key, model = state.current_model()
 cfg = model.cfg
-recipe = getattr(model, "recipe", None)
+recipe = model.recipe
 st.title("Attention sinks")
 st.caption("Mass each head puts on the first token, the first k tokens and on later 'hidden' sinks "
            "(StreamingLLM; ACT, Yu et al. 2024). Recurrent models are scored on their implicit attention.")
@@ -68,7 +68,7 @@ if res.received is not None:
 
 # ----------------------------------------------------------------------------- ACT calibration
 st.subheader("ACT calibration: before / after")
-if cfg.is_recurrent:
+if not model.is_softmax:
     st.info(f"ACT calibration rescales softmax attention rows; {cfg.arch} has implicit attention only, "
             "so there is nothing to calibrate. Open an attention model (transformer / FoX).")
     st.stop()

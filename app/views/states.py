@@ -23,7 +23,7 @@ MITIGATIONS = {"normalize_states": "Normalize states", "forget_more": "Forget mo
 
 model_key, model = state.current_model()
 cfg = model.cfg
-recipe = getattr(model, "recipe", None)
+recipe = model.recipe
 label = state.model_label(model_key)
 runs = st.session_state.setdefault("states_runs", {})  # what -> the arguments last run (model key first)
 
@@ -82,7 +82,7 @@ with tab_collapse:
     st.caption(f"Streams a long input through the model in chunks of {collapse.DEFAULT_CHUNK} tokens, carrying "
                f"the state, and records the state's statistics and the next-token loss per chunk. Training "
                f"length L = {L} tokens (from {L_from}), marked by the dashed line.")
-    if not cfg.is_recurrent:
+    if not model.supports_state_taps:
         st.info(f"{cfg.arch} has no fixed-size recurrent state: the statistics are those of the keys and values "
                 "each chunk writes to the KV cache (memory grows with the length). A mitigation that does not "
                 "apply says why under its toggle; the state window trims the cache.")
@@ -182,7 +182,7 @@ with tab_collapse:
 # ============================================================================= capacity
 with tab_capacity:
     st.subheader("Passkey sweep")
-    byte_or_text = getattr(model, "tokenizer", None) is not None or cfg.vocab_size >= 256
+    byte_or_text = model.tokenizer is not None or cfg.vocab_size >= 256
     if not byte_or_text:
         st.info(f"Passkey prompts need a byte-level or tokenized model; {label} has a task vocabulary of "
                 f"{cfg.vocab_size} ids. Open a passkey organism (passkey-mamba-n4 / -n16) or a text model.")
@@ -268,7 +268,7 @@ with tab_capacity:
 
     # ------------------------------------------------------------------------- lag decoding
     st.subheader("Lag decoding")
-    tap = "the recurrent state (hook_state)" if cfg.is_recurrent else \
+    tap = "the recurrent state (hook_state)" if model.supports_state_taps else \
         "the residual stream (hook_resid_post): attention has no fixed-size state"
     st.caption(f"A logistic-regression probe per lag k reads the token x(t−k) from {tap} at t; uniform random "
                "tokens over 16 symbols (chance 1/16).")

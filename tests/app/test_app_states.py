@@ -40,9 +40,9 @@ def test_states_page_on_an_attention_model_says_not_applicable():
     at = open_app("states", model="induction-attn2")
     no_problem(at)
     texts = [i.value for i in at.info] + [c.value for c in at.caption]
-    assert any("gate_saturation is not applicable" in t for t in texts)
-    assert any(t.startswith("Not applicable: normalize_states") for t in texts)
-    assert any(t.startswith("Not applicable: forget_more") for t in texts)
+    assert any(t.startswith("Not applicable: gate_saturation needs a mixer with gates") for t in texts)
+    assert any(t.startswith("Not applicable: normalize_states needs a fixed-size recurrent state") for t in texts)
+    assert any(t.startswith("Not applicable: forget_more needs") for t in texts)
     assert any("need a byte-level model" in t for t in texts)  # interpretable cells
     assert any("Passkey prompts need a byte-level or tokenized model" in t for t in texts)
     assert at.toggle(key="w_states_mit_normalize_states").disabled

@@ -97,6 +97,7 @@ def test_applies_to_agrees_with_not_applicable_error(name):
     """Each analysis' applies_to(model) is True exactly when it runs without NotApplicableError."""
     from seqlens.circuits.sinks import calibrate_sinks
     from seqlens.probes.collapse import forget_more, normalize_states, state_window
+    from seqlens.models.mixer import not_applicable_reason
     from seqlens.probes.gates import gate_saturation
 
     model = make(name)
@@ -123,6 +124,9 @@ def test_applies_to_agrees_with_not_applicable_error(name):
                 m._forward_hooks.clear()
                 m._forward_pre_hooks.clear()
         assert fn.applies_to(model) == ran, (fn, ran)
+        reason = not_applicable_reason(fn, model)  # what the app shows instead of catching the error
+        assert (reason is None) == ran, (fn, reason)
+        assert ran or reason.startswith(f"{fn.__name__} needs "), reason
 
 
 def test_not_applicable_error_keeps_existing_handlers_working():
