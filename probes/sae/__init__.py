@@ -16,13 +16,14 @@ Modules: :mod:`.arch` (the architectures), :mod:`.io` (SAELens format), :mod:`.s
 
 from seqlens.probes.sae.arch import (ARCHITECTURES, SAE, JumpReLUSAE, MatchingPursuitSAE, SAEConfig, StandardSAE,
                                      TopKSAE, make_sae, matching_pursuit)
+from seqlens.probes.sae.features import FeatureReport, feature_report
 from seqlens.probes.sae.io import list_shipped, load, save
 from seqlens.probes.sae.store import ActivationStore, harvest
 from seqlens.probes.sae.metrics import SAEMetrics, evaluate, splice
 from seqlens.probes.sae.train import TrainingLog, train_sae
 
 __all__ = [
-    "ARCHITECTURES", "ActivationStore", "JumpReLUSAE", "SAEMetrics", "evaluate", "splice", "MatchingPursuitSAE", "SAE", "SAEConfig", "StandardSAE",
+    "ARCHITECTURES", "ActivationStore", "FeatureReport", "feature_report", "JumpReLUSAE", "SAEMetrics", "evaluate", "splice", "MatchingPursuitSAE", "SAE", "SAEConfig", "StandardSAE",
     "TopKSAE", "TrainingLog", "harvest", "list_shipped", "load", "make_sae", "matching_pursuit", "save",
     "train_sae",
 ]
