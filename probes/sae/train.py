@@ -324,7 +324,9 @@ class Trainer:
         for name, p in params.items():
             keys = [k for k in state if k.startswith(f"opt.{name}.")]
             if keys:
-                self.opt.state[p] = {k.rsplit(".", 1)[1]: state[k].to(p.device) for k in keys}
+                # Adam keeps "step" on the CPU unless capturable; the moments live with the parameter
+                self.opt.state[p] = {k.rsplit(".", 1)[1]: state[k] if k.endswith(".step") else state[k].to(p.device)
+                                     for k in keys}
         self.since_fired = state["since_fired"].to(self.s.device)
         self.theta = state["theta"].reshape(()).to(self.s.device)
 
