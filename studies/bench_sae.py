@@ -8,7 +8,9 @@
   and ``run_with_cache(names_filter=hook)`` on the same tokens.
 
     seqlens bench sae [--device cpu|cuda] [--model NAME] [--d-sae 2048] [--k 32] [--steps 50]
-                      [--batch-size 1024] [--smoke] [--out DIR]
+                      [--batch-size 1024] [--repeats 3] [--smoke] [--out DIR]
+
+Timings are medians of ``--repeats`` alternating runs after a warm-up.
 
 Prints a table and writes ``metrics.json`` to ``--out`` (default ``runs/bench_sae``).
 ``--smoke`` runs tiny shapes: a check that the script works, not a measurement.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -33,14 +36,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str) -> float:
-    """Seconds of one call of ``fn`` (after a warm-up call)."""
-    fn()
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
+def medians(fns: dict, device: str, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function after a warm-up; the runs alternate so that load
+    drift on a shared machine hits every function alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def reference_loop(X: torch.Tensor, arch: str, d_sae: int, k: int, steps: int, batch_size: int, lr: float,
@@ -76,26 +85,24 @@ def bench_training(X: torch.Tensor, args) -> list[dict]:
                   progress=False, device=args.device)
         if arch == "topk":
             kw["k"] = args.k
-        ours = timed(lambda: S.train_sae(X, **kw), args.device)
-        ref = timed(lambda: reference_loop(X, arch, args.d_sae, args.k, args.steps, args.batch_size, 1e-3,
-                                           args.device), args.device)
+        t = medians({"ours": lambda: S.train_sae(X, **kw),
+                     "ref": lambda: reference_loop(X, arch, args.d_sae, args.k, args.steps, args.batch_size, 1e-3,
+                                                   args.device)}, args.device, args.repeats)
         n = args.steps * args.batch_size
-        rows.append({"bench": f"train {arch}", "seqlens_tok_s": n / ours, "baseline": "minimal PyTorch loop",
-                     "baseline_tok_s": n / ref, "ratio": ref / ours})
+        rows.append({"bench": f"train {arch}", "seqlens_tok_s": n / t["ours"], "baseline": "minimal PyTorch loop",
+                     "baseline_tok_s": n / t["ref"], "ratio": t["ref"] / t["ours"]})
     return rows
 
 
-def bench_harvest(model, tokens: torch.Tensor, hook: str, device: str) -> list[dict]:
+@torch.no_grad()
+def bench_harvest(model, tokens: torch.Tensor, hook: str, device: str, repeats: int) -> list[dict]:
     n = tokens.numel()
-    ours = timed(lambda: S.harvest(model, hook, tokens, batch_size=tokens.shape[0], progress=False), device)
-    rows = []
-    for name, fn in (("run_with_cache (all hooks)", lambda: model.run_with_cache(tokens)),
-                     ("run_with_cache(names_filter=hook)", lambda: model.run_with_cache(tokens, names_filter=hook))):
-        with torch.no_grad():
-            ref = timed(fn, device)
-        rows.append({"bench": f"harvest {hook}", "seqlens_tok_s": n / ours, "baseline": name,
-                     "baseline_tok_s": n / ref, "ratio": ref / ours})
-    return rows
+    t = medians({"ours": lambda: S.harvest(model, hook, tokens, batch_size=tokens.shape[0], progress=False),
+                 "run_with_cache (all hooks)": lambda: model.run_with_cache(tokens),
+                 "run_with_cache(names_filter=hook)": lambda: model.run_with_cache(tokens, names_filter=hook)},
+                device, repeats)
+    return [{"bench": f"harvest {hook}", "seqlens_tok_s": n / t["ours"], "baseline": name,
+             "baseline_tok_s": n / t[name], "ratio": t[name] / t["ours"]} for name in list(t)[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--seqs", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default="runs/bench_sae")
     args = p.parse_args(argv)
     if args.smoke:
-        args.d_sae, args.k, args.steps, args.batch_size, args.seqs, args.seq_len = 64, 4, 3, 32, 2, 32
+        args.d_sae, args.k, args.steps, args.batch_size, args.seqs, args.seq_len, args.repeats = 64, 4, 3, 32, 2, 32, 1
     torch.manual_seed(0)
     if args.model:
         model = seqlens.load(args.model)
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         model = seqlens.build(seqlens.ModelConfig(arch="mamba", d_model=d, n_layers=2, vocab_size=256), seed=0)
     model = model.to(args.device).eval()
     tokens = torch.randint(0, model.cfg.vocab_size, (args.seqs, args.seq_len), generator=torch.Generator().manual_seed(0))
-    rows = bench_harvest(model, tokens.to(args.device), args.hook, args.device)
+    rows = bench_harvest(model, tokens.to(args.device), args.hook, args.device, args.repeats)
     X = S.harvest(model, args.hook, tokens, progress=False).to_tensor()
     rows += bench_training(X, args)
     print(f"{'bench':<40} {'seqlens tok/s':>14} {'baseline tok/s':>15} {'baseline/seqlens time':>22}  baseline")

@@ -396,7 +396,6 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     scale = store.scaling_factor if s.normalize_activations == "expected_average_only_in" else 1.0
     batches = _Batches(store, s.batch_size, s.seed)
     sample = store.rows(batches._order(0)[:min(len(store), 4096)]) * scale
-    torch.manual_seed(s.seed)
     trainer = Trainer(s, store.d_in, sample)
     log = TrainingLog(settings={**asdict(s), "n_rows": len(store), "scaling_factor": scale,
                                 **{k_: store.info.get(k_) for k_ in ("hook_name", "model_name")}})
@@ -418,7 +417,6 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
 def _finish(trainer: Trainer, log: TrainingLog, store: ActivationStore, scale: float) -> SAE:
     """Fold the input scaling into the weights and record how the SAE was made (SAELens metadata)."""
     s, sae = trainer.s, trainer.sae
-    sae = sae.to("cpu")
     with torch.no_grad():
         if scale != 1.0:
             sae.b_dec.div_(scale)  # MP is scale-equivariant: only the centring moves
