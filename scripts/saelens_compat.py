@@ -12,6 +12,7 @@ and exits 1 if any differ. The side is chosen by whether ``sae_lens`` is importa
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,8 +48,14 @@ def saelens_side(root: Path, X: torch.Tensor) -> bool:
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-    ok = all(_compare(d.name, *_codes(SAE.load_from_disk(d), X), torch.load(d / "out.pt"))
-             for d in sorted(root.glob("seqlens_*")))
+    ok = True
+    for d in sorted(root.glob("seqlens_*")):
+        sae = SAE.load_from_disk(d)
+        ok &= _compare(d.name, *_codes(sae, X), torch.load(d / "out.pt"))
+        want = json.loads((d / "cfg.json").read_text())["metadata"].get("hook_name")
+        if sae.cfg.metadata.hook_name != want:
+            print(f"{d.name}: SAELens read hook_name {sae.cfg.metadata.hook_name!r}, expected {want!r}")
+            ok = False
     base = dict(d_in=D_IN, d_sae=D_SAE)
     made = {
         "standard": StandardSAE(StandardSAEConfig(**base)),
@@ -87,11 +94,13 @@ def seqlens_side(root: Path, X: torch.Tensor) -> bool:
     for i, arch in enumerate(S.ARCHITECTURES):
         cfg = S.SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, metadata={"hook_name": "h", "model_name": "m"},
                           **extra.get(arch, {}))
+        cfg.metadata["hook_name"] = f"blocks.0.hook_{arch}"
         _randomise(S.make_sae(cfg), i).save(root / f"seqlens_{arch}")
     Xt = torch.randn(2048, D_IN, generator=torch.Generator().manual_seed(1)) * 3 + 1
     for arch, kw in {"batchtopk": {"k": 4}, "matching_pursuit": {"k": 4}, "topk": {"k": 4},
                      "standard": {"l1_coefficient": 0.1}}.items():  # trained: folding, BatchTopK -> jumprelu
-        S.train_sae(Xt, architecture=arch, d_sae=D_SAE, steps=30, batch_size=128, progress=False,
+        store = S.ActivationStore.from_tensor(Xt, hook_name="blocks.1.hook_resid_post", model_name="tiny")
+        S.train_sae(store, architecture=arch, d_sae=D_SAE, steps=30, batch_size=128, progress=False,
                     **kw).save(root / f"seqlens_trained_{arch}")
     for d in root.glob("seqlens_*"):
         f, x_hat = _codes(S.load(d), X)

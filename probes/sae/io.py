@@ -23,7 +23,14 @@ from seqlens.probes.sae.arch import ARCHITECTURES, DTYPES, SAE, SAEConfig, make_
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-SPARSITY_FILE = "sparsity.safetensors"  # SAELens' optional log feature sparsity (read by nobody here)
+# The SAELens release whose format this module writes and was checked against (scripts/saelens_compat.py).
+# SAELens reads a cfg without "sae_lens_version" as a pre-6.0 config and then drops the nested
+# metadata (hook_name, model_name), so saved configs carry it.
+SAELENS_FORMAT_VERSION = "6.54.12"
+# top-level keys of a pre-6.0 cfg that SAELens moves into metadata (its LLM_METADATA_KEYS)
+_PRE6_METADATA = ("model_name", "hook_name", "model_class_name", "hook_head_index", "model_from_pretrained_kwargs",
+                  "prepend_bos", "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice",
+                  "dataset_path", "sae_lens_version", "sae_lens_training_version")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -49,6 +56,7 @@ def save(sae: SAE, directory: str | os.PathLike) -> Path:
     weights = {k: v.cpu() for k, v in sae.weights().items()}
     _atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
     cfg = sae.cfg.to_dict()
+    cfg["metadata"] = {"sae_lens_version": SAELENS_FORMAT_VERSION, **cfg["metadata"]}
     cfg["device"] = "cpu"  # the weights on disk are on the CPU whatever device trained them
     text = json.dumps(cfg)
     _atomic_write(d / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
@@ -67,7 +75,9 @@ def read_cfg(directory: Path) -> SAEConfig:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    arch = data.get("architecture", "standard")  # SAELens' handle_config_defaulting: no key = standard
+    if _is_pre6(data):
+        data = _from_pre6(data)
+    arch = data.get("architecture", "standard")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{path}: unknown architecture {arch!r}; this library reads {list(ARCHITECTURES)} "
                          "(BatchTopK SAEs are saved as 'jumprelu')")
@@ -79,6 +89,38 @@ def read_cfg(directory: Path) -> SAEConfig:
         return SAEConfig.from_dict(data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def _is_pre6(data: dict[str, Any]) -> bool:
+    """SAELens' test: no ``sae_lens_version`` (top level or metadata), or one below 6.0."""
+    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    version = data.get("sae_lens_version") or meta.get("sae_lens_version")
+    if not isinstance(version, str):
+        return True
+    try:
+        return int(version.split(".")[0]) < 6
+    except ValueError:
+        return True
+
+
+def _from_pre6(data: dict[str, Any]) -> dict[str, Any]:
+    """SAELens' ``handle_pre_6_0_config``, the parts that decide the codes: renamed keys, TopK SAEs
+    saved as ``standard`` with ``activation_fn "topk"``, boolean ``normalize_activations``, and the
+    model / hook keys moved into ``metadata``."""
+    renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
+               "activation_fn_str": "activation_fn"}
+    cfg = {renames.get(k, k): v for k, v in data.items()}
+    cfg.setdefault("apply_b_dec_to_input", True)
+    cfg.setdefault("architecture", "standard")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if cfg.get("activation_fn") == "topk" and isinstance(kwargs, dict) and kwargs.get("k") is not None:
+        cfg["architecture"], cfg["k"] = "topk", kwargs["k"]
+    norm = cfg.get("normalize_activations")
+    if isinstance(norm, bool) or norm is None:
+        cfg["normalize_activations"] = "expected_average_only_in" if norm else "none"
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    cfg["metadata"] = {**meta, **{k: cfg[k] for k in _PRE6_METADATA if k in cfg}}
+    return cfg
 
 
 def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -97,7 +97,8 @@ def test_saved_directory_has_saelens_layout_and_round_trips(tmp_path, arch):
     tensors = load_file(str(tmp_path / "x" / "sae_weights.safetensors"))
     assert {k: list(v.shape) for k, v in tensors.items()} == SAELENS_TENSORS[arch]
     back = S.load(tmp_path / "x")
-    assert type(back) is type(s) and back.cfg == s.cfg
+    assert type(back) is type(s)
+    assert back.cfg.metadata.pop("sae_lens_version") == "6.54.12" and back.cfg == s.cfg
     with torch.no_grad():
         torch.testing.assert_close(back.encode(X), s.encode(X))
         torch.testing.assert_close(back(X), s(X))
@@ -128,6 +129,30 @@ def test_load_errors_are_clear_and_nothing_is_unpickled(tmp_path):
     (d / "sae_weights.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="sae_weights.safetensors"):
         S.load(d)
+
+
+def test_saved_metadata_marks_the_saelens_6_format(tmp_path):
+    """SAELens reads a cfg without metadata.sae_lens_version as pre-6.0 and would drop hook_name."""
+    random_sae("standard", metadata={"hook_name": "blocks.1.hook_resid_post"}).save(tmp_path / "x")
+    meta = json.loads((tmp_path / "x" / "cfg.json").read_text())["metadata"]
+    assert int(meta["sae_lens_version"].split(".")[0]) >= 6 and meta["hook_name"] == "blocks.1.hook_resid_post"
+
+
+def test_pre_6_configs_load_as_saelens_converts_them(tmp_path):
+    """A SAELens 5 TopK SAE: architecture 'standard' with activation_fn_str 'topk', hook_point at the top."""
+    t = _write_saelens_dir(tmp_path / "old", "topk")
+    old = {"architecture": "standard", "d_in": 12, "d_sae": 40, "dtype": "float32", "device": "cpu",
+           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 5}, "hook_point": "blocks.3.hook_resid_pre",
+           "model_name": "gpt2", "normalize_activations": False, "apply_b_dec_to_input": True,
+           "sae_lens_training_version": "3.5.0"}
+    (tmp_path / "old" / "cfg.json").write_text(json.dumps(old))
+    s = S.load(tmp_path / "old")
+    assert s.architecture == "topk" and s.cfg.k == 5 and s.cfg.normalize_activations == "none"
+    assert s.cfg.metadata["hook_name"] == "blocks.3.hook_resid_pre" and s.cfg.metadata["model_name"] == "gpt2"
+    z = (X - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    top = torch.topk(z, 5, dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(s.encode(X), torch.zeros_like(z).scatter(-1, top.indices, top.values.relu()))
 
 
 def test_dtype_override_and_shipped_listing(tmp_path):
