@@ -132,8 +132,8 @@ def logit_effects(model, direction: Tensor, n: int = 10) -> tuple[list[tuple[str
 def _state_reads(sae: SAE, feature: int, shape: list[int], n: int) -> list[dict[str, Any]]:
     w = sae.W_enc[:, feature].detach().float().cpu()
     order = torch.argsort(w.abs(), descending=True)[:n]
-    return [{"index": list(torch.unravel_index(i, tuple(shape))) if shape else [int(i)], "weight": float(w[i])}
-            for i in order]
+    return [{"index": [int(v) for v in torch.unravel_index(i, tuple(shape))] if shape else [int(i)],
+             "weight": float(w[i])} for i in order]
 
 
 def feature_report(model, sae: SAE, feature: int, tokens: Tensor, hook: str | None = None,

@@ -68,6 +68,7 @@ def test_report_of_a_state_sae_names_the_state_entries_it_reads():
     assert rep.logit_top == [] and len(rep.state_reads) == 10
     w = sae.W_enc[:, f].detach().reshape(shape)
     for r in rep.state_reads:
+        assert all(type(i) is int for i in r["index"]) and len(r["index"]) == len(shape)
         assert w[tuple(r["index"])].item() == pytest.approx(r["weight"])
     assert abs(rep.state_reads[0]["weight"]) == pytest.approx(w.abs().max().item())
     assert all(c["pos"] in (7, 15) for c in rep.contexts)
