@@ -1,4 +1,4 @@
-"""Head ablation and the causal check of a head set (METHODS.md §2), on every architecture.
+"""Head ablation and the causal check of a head set (docs/methods.md §2), on every architecture.
 
 :func:`ablate_heads` is a context manager that silences a set of heads ``(layer, head)`` with
 TransformerLens hooks; :func:`causal_check` compares a task metric with those heads ablated against
@@ -18,7 +18,7 @@ What a "head" is and what each mode does, per architecture (``x[g]`` = head / gr
 - **GLA / RetNet** (``gla``, ``retnet``), ``cfg.n_heads`` heads: zero / mean at ``hook_z`` (the
   per-head output before the group norm; RMSNorm(0) = 0, so zero silences the head).
   ``"uniform"``: ``hook_z[t, h] = mean_{s≤t} v_s[h]`` (``hook_v`` of the same forward), i.e. the
-  implicit attention α (METHODS.md §7) replaced by uniform causal weights; the group norm and
+  implicit attention α (docs/methods.md §7) replaced by uniform causal weights; the group norm and
   output gate still apply.
 - **Mamba** (``mamba``): heads are the ``cfg.pattern_heads`` contiguous channel groups of
   ``d_inner`` (as in ``MambaMixer.pattern``). Zero / mean act on the group's channels of
@@ -32,7 +32,7 @@ What a "head" is and what each mode does, per architecture (``x[g]`` = head / gr
   the loop and changes every later gate), so the ablation acts on the read-out only, like minGRU:
   at ``hook_out`` the group's term ``h[g] @ W_out[:, g]ᵀ`` is replaced by ``h'[g] @ W_out[:, g]ᵀ``,
   with ``h' = 0`` (zero), the mean of h over ``reference`` (mean), or ``o_t ⊙ tanh(mean_{s≤t}
-  g_s)`` (uniform: the cell's conditional decomposition ``c_t = Σ_s α_{t,s} g_s`` of METHODS.md §7
+  g_s)`` (uniform: the cell's conditional decomposition ``c_t = Σ_s α_{t,s} g_s`` of docs/methods.md §7
   with uniform α, read out through the realised output gate). The recurrence itself is unchanged.
 
 ``reference=None`` in ``"mean"`` mode: the mean is taken over the batch and positions of each
@@ -427,7 +427,7 @@ def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_ra
     "recipe" for a zoo organism's own metric, a metric name, a TaskBatch, a callable or a TaskMetric)
     with no ablation, with ``heads`` ablated (:func:`ablate_heads` with ``mode`` / ``reference``),
     and with ``n_random`` draws of as many heads drawn uniformly from all other heads
-    (``torch.Generator`` seeded with ``seed``). METHODS.md §2 (Wu et al. 2024): top-K vs K random.
+    (``torch.Generator`` seeded with ``seed``). docs/methods.md §2 (Wu et al. 2024): top-K vs K random.
     ``progress``: one step per condition (:mod:`seqlens.progress`: a bool or ``callable(done, total)``)."""
     from seqlens.circuits.task_metric import resolve_task
 

@@ -1,4 +1,4 @@
-"""Token-pattern heads: previous-token, duplicate-token and induction heads (METHODS.md §1).
+"""Token-pattern heads: previous-token, duplicate-token and induction heads (docs/methods.md §1).
 
 Every finder reads the (implicit) attention of each layer through ``model.mixer_pattern`` (see
 :mod:`seqlens.circuits.patterns`), so it runs on every architecture, and returns a
@@ -72,7 +72,7 @@ def special_tokens(model) -> tuple[int | None, list[int]]:
         return getattr(tok, "bos_token_id", None), list(getattr(tok, "all_special_ids", []) or [])
     recipe = getattr(model, "recipe", None)
     if recipe is not None:
-        from seqlens.models.train import task_vocab
+        from seqlens.tasks import task_vocab
 
         specials = dict(task_vocab(recipe).specials)
         return specials.get("bos"), sorted(set(specials.values()))

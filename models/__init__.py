@@ -1,34 +1,18 @@
-"""seqlens.models: the architectures, their config, checkpoint io and Hugging Face conversion."""
+"""seqlens.models: the architectures, their config, checkpoint io and Hugging Face conversion.
+
+Import layers (no cycles, checked by ``scripts/import_cycles.py``): config/base -> registry ->
+checkpoint -> hf -> io -> train -> recipes -> zoo -> :func:`load` here."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
 from .base import ModelState, SeqModel, StreamOutput, hook_active
 from .config import ARCHS, ModelConfig
-
-
-# arch -> (module, class); modules are imported on first use
-ARCH_CLASSES: dict[str, tuple[str, str]] = {
-    "transformer": ("transformer", "Transformer"),
-    "fox": ("transformer", "Transformer"),
-    "mamba": ("mamba", "Mamba"),
-    "gla": ("gla", "GLA"),
-    "retnet": ("gla", "GLA"),
-    "mingru": ("mingru", "MinGRU"),
-    "minlstm": ("mingru", "MinGRU"),
-    "lstm": ("lstm", "LSTM"),
-}
-
-
-def model_class(arch: str) -> type[SeqModel]:
-    """The `SeqModel` subclass implementing ``arch``."""
-    import importlib
-
-    if arch not in ARCH_CLASSES:
-        raise ValueError(f"arch: unsupported architecture {arch!r}; supported: {list(ARCHS)}")
-    module, name = ARCH_CLASSES[arch]
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+from .registry import ARCH_CLASSES, build, model_class  # noqa: F401  (ARCH_CLASSES: re-export)
 
 
 def from_hf(path_or_model, **kwargs) -> SeqModel:
@@ -39,17 +23,16 @@ def from_hf(path_or_model, **kwargs) -> SeqModel:
     return _from_hf(path_or_model, **kwargs)
 
 
-def build(cfg: ModelConfig, seed: int | None = 0) -> SeqModel:
-    """Instantiate the model described by ``cfg`` with random weights drawn from ``seed``
-    (``None``: use the global RNG). Returns the model in eval mode."""
-    if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
-    cls = model_class(cfg.arch)
-    if seed is None:
-        return cls(cfg).eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return cls(cfg).eval()
+def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> SeqModel:
+    """Open a zoo model by name, or a local directory (seqlens or Hugging Face format)."""
+    from . import io, zoo
+
+    if isinstance(name_or_dir, str) and name_or_dir in zoo.names():
+        return zoo.load(name_or_dir, device=device)
+    if Path(name_or_dir).exists():
+        return io.load_dir(name_or_dir, device=device)
+    raise FileNotFoundError(f"name_or_dir: {str(name_or_dir)!r} is neither a zoo model ({zoo.names()}) nor an "
+                            "existing directory")
 
 
-__all__ = ["ARCHS", "ModelConfig", "ModelState", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "model_class"]
+__all__ = ["ARCHS", "ModelConfig", "ModelState", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "load", "model_class"]

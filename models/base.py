@@ -1,4 +1,4 @@
-"""`SeqModel`: the interface every seqlens architecture implements (see DESIGN.md).
+"""`SeqModel`: the interface every seqlens architecture implements (see docs/design.md).
 
 A model is embed -> blocks -> final norm -> unembed. Each block is pre-norm residual:
 
@@ -446,7 +446,7 @@ class SeqModel(HookedRootModule):
     @torch.no_grad()
     def mixer_pattern(self, tokens: Tensor, layer: int) -> Tensor:
         """Attention matrix ``[B, H, L, L]`` of layer ``layer``'s sequence mixer: the softmax
-        pattern for attention, the implicit attention (METHODS.md §7) for recurrent mixers, averaged
+        pattern for attention, the implicit attention (docs/methods.md §7) for recurrent mixers, averaged
         over the mixer's head groups (see the mixer's ``pattern`` docstring)."""
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)

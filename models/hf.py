@@ -38,10 +38,10 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from . import model_class
 from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
-from .io import CheckpointError, load_safetensors, load_state_into, read_config
+from .checkpoint import CheckpointError, load_safetensors, load_state_into, read_config
+from .registry import model_class
 
 ARG = "path_or_model"
 INDEX_FILE = "model.safetensors.index.json"
@@ -68,7 +68,7 @@ def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.f
 
     ``path_or_model`` is a local checkpoint directory (``config.json`` + safetensors, possibly
     sharded) or a loaded ``transformers`` ``PreTrainedModel``. Raises ``FileNotFoundError`` (no
-    such directory), :class:`~seqlens.models.io.CheckpointError` (missing config or weights,
+    such directory), :class:`~seqlens.models.checkpoint.CheckpointError` (missing config or weights,
     pickle-only or corrupt weights, shapes that disagree with the config) and
     ``NotImplementedError`` (a model type or variant we do not implement).
     """

@@ -120,7 +120,7 @@ class MambaMixer(Mixer):
         new_state = None if state is None else {"conv": p["conv_state"], "ssm": res.final_state}
         return out, new_state
 
-    # -- implicit attention (METHODS.md §7) ------------------------------------------------------
+    # -- implicit attention (docs/methods.md §7) ------------------------------------------------------
     @torch.no_grad()
     def implicit_attention(self, x: Tensor, channels: slice | None = None) -> Tensor:
         """Per-channel implicit attention ``α[b, d, t, s] = Σ_n C_{t,n} exp(Σ_{k=s+1..t} Δ_{k,d}

@@ -19,13 +19,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
+from seqlens.tasks import METRICS, evaluate, get_batch, masked_loss
+# re-exports: the data side moved to seqlens.tasks; these names stay importable from the trainer
+from seqlens.tasks import Batch, step_seed, task_vocab  # noqa: F401
+from seqlens.validate import positive_int
+
+from .base import WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
 
 RESUME_DIR = "resume"
@@ -71,8 +75,7 @@ class Recipe:
         if not (self.data.startswith("task:") or self.data == "corpus:stdlib"):
             raise ValueError(f"Recipe.data: expected 'task:<name>' or 'corpus:stdlib', got {self.data!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"Recipe.{name}: expected a positive integer, got {getattr(self, name)}")
+            positive_int(f"Recipe.{name}", getattr(self, name))
         if self.train_on not in ("mask", "all"):
             raise ValueError(f"Recipe.train_on: expected 'mask' or 'all', got {self.train_on!r}")
         if self.metric not in METRICS:
@@ -92,130 +95,6 @@ class Recipe:
 
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class Batch:
-    """Inputs ``[B, L]``, next-token targets ``[B, L]`` and the mask of positions that count."""
-
-    tokens: Tensor
-    targets: Tensor
-    loss_mask: Tensor
-    source: Any = None  # the TaskBatch, when the data is a task
-
-
-def step_seed(seed: int, step: int, split: str) -> int:
-    """Seed of the batch at ``step``: batches depend only on (seed, step, split), so a resumed run
-    sees exactly the data an uninterrupted one would."""
-    return (seed * 1_000_003 + step * 7919 + (0 if split == "train" else 104_729)) % (2**63 - 1)
-
-
-def get_batch(recipe: Recipe, step: int, split: str = "train") -> Batch:
-    """The batch for ``step`` (``split="eval"``: the fixed evaluation batch number ``step``)."""
-    seed = step_seed(recipe.seed, step, split)
-    kwargs = dict(recipe.data_kwargs)
-    if split != "train":
-        kwargs.update(recipe.eval_kwargs)
-    if recipe.data == "corpus:stdlib":
-        from seqlens.corpus import StdlibCorpus
-
-        windows = next(iter(StdlibCorpus().batches(recipe.batch_size, kwargs.get("seq_len", 128), seed=seed,
-                                                   split="train" if split == "train" else "val", steps=1)))
-        x, y = windows[:, :-1], windows[:, 1:]
-        return Batch(x, y, torch.ones_like(x, dtype=torch.bool))
-    from seqlens import tasks
-
-    tb = tasks.make_task(recipe.data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
-    mask = tb.loss_mask
-    if split == "train" and recipe.train_on == "all":  # every position but the last (no next token)
-        mask = torch.ones_like(mask)
-        mask[:, -1] = False
-    return Batch(tb.tokens, tb.targets, mask, tb)
-
-
-def task_vocab(recipe: Recipe):
-    """The :class:`~seqlens.tasks.TaskVocab` of ``recipe``'s data (its special ids: BOS, separators,
-    ...); the byte vocabulary (no specials) for ``corpus:stdlib``."""
-    from seqlens import tasks
-
-    if recipe.data == "corpus:stdlib":
-        return tasks.TaskVocab(256, {}, byte_level=True)
-    return get_batch(recipe.replace(batch_size=1), 0, split="eval").source.vocab
-
-
-def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """Mean cross-entropy over the positions in ``batch.loss_mask``."""
-    flat = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
-    mask = batch.loss_mask.flatten().float()
-    return (flat * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _accuracy(logits: Tensor, batch: Batch) -> float:
-    hit = (logits.argmax(-1) == batch.targets) & batch.loss_mask
-    return hit.sum().item() / max(1, batch.loss_mask.sum().item())
-
-
-def _bits_per_byte(logits: Tensor, batch: Batch) -> float:
-    return masked_loss(logits, batch).item() / math.log(2)
-
-
-def _sequence_accuracy(logits: Tensor, batch: Batch) -> float:
-    """Fraction of sequences whose every masked position is predicted exactly (string accuracy)."""
-    wrong = (logits.argmax(-1) != batch.targets) & batch.loss_mask
-    return (~wrong.any(-1)).float().mean().item()
-
-
-def _induction_loss_drop(logits: Tensor, batch: Batch) -> float:
-    """Mean loss predicting tokens 2..m of the first occurrence of the repeated block minus the
-    loss predicting the same tokens in the second occurrence (Olsson et al.'s in-context learning
-    score, in nats); positive = the model uses the context."""
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
-    nll = nll.view_as(batch.targets)
-    meta = batch.source.meta
-    first, second = meta["first_mask"], meta["second_mask"]
-    return (nll[first].mean() - nll[second].mean()).item()
-
-
-def _legal_next_accuracy(logits: Tensor, batch: Batch) -> float:
-    """ICLL: fraction of predictions that are legal next symbols under the sequence's DFA."""
-    from seqlens.tasks import legal_next_accuracy
-
-    return legal_next_accuracy(batch.source, logits)
-
-
-METRICS: dict[str, tuple[Callable[[Tensor, Batch], float], str]] = {
-    "legal_next_accuracy": (_legal_next_accuracy, "ICLL: predictions legal under the DFA"),
-    "accuracy": (_accuracy, "masked next-token accuracy"),
-    "bits_per_byte": (_bits_per_byte, "validation bits per byte"),
-    "sequence_accuracy": (_sequence_accuracy, "exact-match string accuracy"),
-    "induction_loss_drop": (_induction_loss_drop, "loss(1st occurrence) − loss(2nd occurrence), nats"),
-}
-
-
-@torch.no_grad()
-def evaluate(model: SeqModel, recipe: Recipe, n_batches: int | None = None,
-             overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """Metric and loss averaged over the recipe's fixed evaluation batches (``overrides`` replaces
-    evaluation data kwargs, e.g. a longer length)."""
-    if overrides:
-        recipe = recipe.replace(eval_kwargs={**recipe.eval_kwargs, **overrides})
-    fn = METRICS[recipe.metric][0]
-    was_training = model.training
-    model.eval()
-    scores, losses = [], []
-    for i in range(n_batches or recipe.eval_batches):
-        batch = get_batch(recipe, i, split="eval")
-        logits = model(batch.tokens)
-        scores.append(fn(logits, batch))
-        losses.append(masked_loss(logits, batch).item())
-    model.train(was_training)
-    return {recipe.metric: sum(scores) / len(scores), "loss": sum(losses) / len(losses)}
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -304,7 +183,7 @@ def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, prog
            save_every: int | None) -> TrainResult:
     from tqdm.auto import tqdm
 
-    from . import build
+    from .registry import build
 
     torch.manual_seed(recipe.seed)
     model = build(recipe.model, seed=recipe.seed).train()
@@ -344,11 +223,11 @@ def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, prog
 def write_checkpoint(directory: Path, model: SeqModel, recipe: Recipe, metrics: dict[str, float],
                      history: list[dict], seconds: float) -> None:
     """Final files: weights, and config.json with config, recipe, seed, metrics and version."""
-    import seqlens
+    from seqlens.version import __version__
 
     model.save(directory, extra={
         "recipe": recipe.to_dict(), "seed": recipe.seed, "metrics": metrics, "history": history,
         "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
-        "version": seqlens.__version__})
+        "version": __version__})
     if (directory / RESUME_DIR).exists():
         shutil.rmtree(directory / RESUME_DIR)

@@ -13,15 +13,17 @@ Two kinds of entries:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
+
+if TYPE_CHECKING:  # recipes imports the trainer (and the tasks): loaded on first use only
+    from .recipes import Organism
 
 ORGANISM_DIR = Path(__file__).parent / "organisms"
 
@@ -44,16 +46,6 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
                     d_state=16, expand=2, pattern_heads=8),
         "untrained 2-layer Mamba-1, byte vocabulary, seed 0"),
 }
-
-
-@dataclass(frozen=True)
-class Organism:
-    """A zoo organism: its recipe plus extra evaluations recorded beside the main metric
-    (``extra_evals``: label -> data-kwarg overrides, e.g. copying at twice the train length)."""
-
-    recipe: Any  # seqlens.models.train.Recipe (imported lazily: train imports tasks)
-    task: str
-    extra_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def names() -> list[str]:
@@ -96,7 +88,7 @@ def record(name: str) -> dict[str, Any]:
 
 
 def load(name: str, device: str | torch.device | None = None) -> SeqModel:
-    from . import build
+    from .registry import build
     from .io import load_dir
 
     if _check(name) in PRESETS:
@@ -128,7 +120,7 @@ def build_organism(name: str, out_dir: str | Path | None = None, progress: bool 
 
 def table() -> list[dict[str, Any]]:
     """One row per organism: name, arch, parameters, task, metric, value, train seconds."""
-    from . import build
+    from .registry import build
 
     rows = []
     for name, org in sorted(organisms().items()):

@@ -1,4 +1,4 @@
-"""State collapse: diagnosis and mitigations (Stuffed Mamba, Chen et al. 2024; METHODS.md §5).
+"""State collapse: diagnosis and mitigations (Stuffed Mamba, Chen et al. 2024; docs/methods.md §5).
 
 Diagnosis (:func:`state_collapse`)
 ----------------------------------
@@ -69,7 +69,7 @@ empty state is unchanged). With ``chunk=1`` they are the per-token rules. :func:
 edits hooks, so it acts on every token and in every entry point.
 
 - :func:`normalize_states`: ``h ← h · τ/‖h‖`` when ``‖h‖ > τ``, per batch row, layer and head
-  (Frobenius norm of the head view above; the intended rule of METHODS.md §5, whose official
+  (Frobenius norm of the head view above; the intended rule of docs/methods.md §5, whose official
   code inverts the ratio). ``τ [n_layers, n_heads]``: the largest head norm on a reference prompt
   (default: 8 rows of the model's own task stream, ``L`` tokens each). Mamba's conv state is left alone; for
   the LSTM only the cell ``c`` is rescaled.
@@ -92,7 +92,7 @@ edits hooks, so it acts on every token and in every entry point.
 
   With a growing decay (≥ 1), ``c > 1`` grows it faster: use ``b_scale`` there.
 - :func:`state_window`: sliding window by state difference ``h_(t−r,t] = h_t − (∏_{k=t−r+1..t}
-  a_k) h_{t−r}`` (METHODS.md §5). Linear recurrences only (mamba, gla, retnet, mingru, minlstm):
+  a_k) h_{t−r}`` (docs/methods.md §5). Linear recurrences only (mamba, gla, retnet, mingru, minlstm):
   at each chunk end the chunk's own contribution ``S_j = h_end − D_j ⊙ h_start`` (``D_j`` the
   chunk's cumulative decay, from the decay hooks) joins a queue; the oldest chunks leave it, each
   subtracted with its decay since (log-decay prefix sums in float64), while the rest still cover
@@ -120,6 +120,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlens.result import Result
+from seqlens.text import encode, is_byte_level
 
 DEFAULT_TOKENS = 16_384
 DEFAULT_CHUNK = 128
@@ -312,15 +313,8 @@ def train_length(model, train_len: int | None = None) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- token sources
 
 
-def _byte_level(model) -> bool:
-    return model.cfg.vocab_size == 256
-
-
 def _text_ids(model, text: str) -> list[int]:
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "encode"):
-        return list(tok.encode(text))
-    return list(text.encode("utf-8"))
+    return encode(text, getattr(model, "tokenizer", None))  # no BOS: the text is repeated
 
 
 class _Generated:
@@ -335,7 +329,7 @@ class _Generated:
             self.nl = nl if nl < V else 0
             self.description = f"token {self.nl} ('\\n' in byte vocabularies) repeated"
         elif source == "repeat":
-            if _byte_level(model) or getattr(model, "tokenizer", None) is not None:
+            if is_byte_level(model) or getattr(model, "tokenizer", None) is not None:
                 period = torch.tensor(_text_ids(model, REPEAT_TEXT), dtype=torch.long)
                 self.description = f"{REPEAT_TEXT!r} repeated ({len(period)} tokens)"
             else:
@@ -917,7 +911,7 @@ def _default_reference(model) -> Tensor:
 
 @contextlib.contextmanager
 def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor | None = None):
-    """State normalisation (Stuffed Mamba; METHODS.md §5): inside the block, every state a mixer
+    """State normalisation (Stuffed Mamba; docs/methods.md §5): inside the block, every state a mixer
     carries to the next chunk is rescaled per batch row, layer and head, ``h ← h·τ/‖h‖`` when
     ``‖h‖ > τ`` (see the module docstring for what "state" and "head" are per architecture).
 
@@ -1016,7 +1010,7 @@ def _mingru_hooks(model, b_scale: float, c: float) -> list[tuple[str, Callable]]
 
 @contextlib.contextmanager
 def forget_more(model, b_scale: float = 1.0, decay_scale: float = 1.0):
-    """"Forget more, remember less" (Stuffed Mamba; METHODS.md §5): inside the block the state
+    """"Forget more, remember less" (Stuffed Mamba; docs/methods.md §5): inside the block the state
     write is scaled by ``b_scale`` and every decay ``a`` becomes ``a^decay_scale`` (log decay ×
     ``decay_scale``), through the per-architecture hooks listed in the module docstring. Acts on
     every token and every entry point (forward, step, stream)."""
@@ -1038,7 +1032,7 @@ class _Window:
 
 @contextlib.contextmanager
 def state_window(model, window: int):
-    """Sliding window by state difference (METHODS.md §5): inside the block, the state each mixer
+    """Sliding window by state difference (docs/methods.md §5): inside the block, the state each mixer
     carries to the next chunk holds only the last ``window`` tokens (rounded up to whole chunks),
     ``h_(t−r,t] = h_t − (∏ a) h_{t−r}``; exact for linear recurrences (see the module docstring).
     Attention: the KV cache keeps its last ``window`` entries. LSTM: NotImplementedError."""
