@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -190,11 +191,11 @@ class SAE(nn.Module):
         """The tensors SAELens saves for this architecture (its state-dict names)."""
         return {name: getattr(self, name).detach().contiguous() for name in self.PARAMS}
 
-    def save(self, directory) -> "Any":
+    def save(self, directory) -> "Path":
         """Write ``cfg.json`` and ``sae_weights.safetensors`` in SAELens 6's format (see :mod:`.io`)."""
-        from seqlens.probes.sae.io import save
+        from seqlens.probes.sae.files import write_directory
 
-        return save(self, directory)
+        return write_directory(directory, self.cfg.to_dict(), self.weights())
 
     def extra_repr(self) -> str:
         return f"architecture={self.architecture!r}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,46 +20,19 @@ import torch
 
 from seqlens.probes.sae.arch import ARCHITECTURES, DTYPES, SAE, SAEConfig, make_sae
 
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-# The SAELens release whose format this module writes and was checked against (scripts/saelens_compat.py).
-# SAELens reads a cfg without "sae_lens_version" as a pre-6.0 config and then drops the nested
-# metadata (hook_name, model_name), so saved configs carry it.
-SAELENS_FORMAT_VERSION = "6.54.12"
+from seqlens.probes.sae.files import CFG_FILE, SAELENS_FORMAT_VERSION, WEIGHTS_FILE  # noqa: F401
+
 # top-level keys of a pre-6.0 cfg that SAELens moves into metadata (its LLM_METADATA_KEYS)
 _PRE6_METADATA = ("model_name", "hook_name", "model_class_name", "hook_head_index", "model_from_pretrained_kwargs",
                   "prepend_bos", "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice",
                   "dataset_path", "sae_lens_version", "sae_lens_training_version")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(sae: SAE, directory: str | os.PathLike) -> Path:
     """Write ``sae`` to ``directory`` (created if needed) in SAELens 6's format; returns the path."""
-    from safetensors.torch import save_file
-
     if not isinstance(sae, SAE):
         raise TypeError(f"sae: expected a seqlens SAE, got {type(sae).__name__}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.cpu() for k, v in sae.weights().items()}
-    _atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
-    cfg = sae.cfg.to_dict()
-    cfg["metadata"] = {"sae_lens_version": SAELENS_FORMAT_VERSION, **cfg["metadata"]}
-    cfg["device"] = "cpu"  # the weights on disk are on the CPU whatever device trained them
-    text = json.dumps(cfg)
-    _atomic_write(d / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
-    return d
+    return sae.save(directory)
 
 
 def read_cfg(directory: Path) -> SAEConfig:

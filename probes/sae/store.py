@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from seqlens.progress import Progress, progress_bar
-from seqlens.probes.sae.io import _atomic_write
+from seqlens.probes.sae.files import atomic_write as _atomic_write
 
 INDEX_FILE = "index.json"
 FORMAT = "seqlens-activation-store/1"

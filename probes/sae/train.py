@@ -440,7 +440,7 @@ def _finish(trainer: Trainer, log: TrainingLog, store: ActivationStore, scale: f
 def _save_checkpoint(trainer: Trainer, log: TrainingLog, directory, step: int, s: TrainSettings) -> None:
     from safetensors.torch import save_file
 
-    from seqlens.probes.sae.io import _atomic_write
+    from seqlens.probes.sae.files import atomic_write as _atomic_write
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
