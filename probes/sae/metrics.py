@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlens.probes.gates import NotApplicableError
 from seqlens.progress import Progress, progress_bar
 from seqlens.probes.sae.arch import SAE
 from seqlens.probes.sae.store import ActivationStore, check_hook_name, harvest, is_state_hook
@@ -137,11 +138,11 @@ def splice(model, sae: SAE, hook: str):
 
     Hook outputs ``[..., d_in]`` are reconstructed along their last dimension. ``hook_state`` is a
     read-out tap (it reports the recurrent state; the scan does not read it back), so replacing
-    it would change nothing downstream: splicing it is refused; splice the mixer's output or the
-    residual stream instead."""
+    it would change nothing downstream: splicing it raises ``NotApplicableError`` (a ValueError);
+    splice the mixer's output or the residual stream instead."""
     check_hook_name(model, hook)
     if is_state_hook(hook):
-        raise ValueError(f"hook: {hook!r} is a read-out tap of the recurrent state (SeqModel.tap_states); the "
+        raise NotApplicableError(f"hook: {hook!r} is a read-out tap of the recurrent state (SeqModel.tap_states); the "
                          "scan never reads it back, so an SAE spliced there could not change the model's output. "
                          "Splice blocks.{l}.hook_resid_* or blocks.{l}.mixer.hook_out instead")
     if not isinstance(sae, SAE):

@@ -265,8 +265,9 @@ class Trainer:
         residual = (x - recon).detach()
         return _normalised_mse(codes @ self.sae.W_dec, residual).nan_to_num(0.0)
 
-    def step(self, x: Tensor) -> tuple[float, float, float, float]:
-        """One update on ``x [B, d_in]``: ``(loss, L0, FVU, dead fraction)``."""
+    def step(self, x: Tensor, log: bool = True) -> tuple[float, float, float, float] | None:
+        """One update on ``x [B, d_in]``: ``(loss, L0, FVU, dead fraction)`` when ``log`` (the
+        metrics cost a device sync), else None."""
         f, z = self.codes(x)
         recon = f @ self.sae.W_dec + self.sae.b_dec
         loss = self.loss(x, f, z, recon)
@@ -285,6 +286,8 @@ class Trainer:
             self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0])
             if self.s.architecture == "batchtopk":
                 self._update_threshold(f)
+            if not log:
+                return None
             l0 = float((f > 0).sum(-1).float().mean())
             fvu = float((x - recon).var(0, unbiased=False).sum() / x.var(0, unbiased=False).sum().clamp_min(1e-12))
             dead = float((self.since_fired >= self.dead_after).float().mean())
@@ -377,8 +380,8 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     "expected_average_only_in" trains on inputs scaled by the store's ``scaling_factor`` and folds
     the factor into the saved weights (default for the April-2024 standard SAE, "none" otherwise).
     ``checkpoint_dir``: resume from it when it holds a checkpoint of the same settings, and save
-    one every ``checkpoint_every`` steps and at the end. The returned SAE has ``training_log``
-    (a :class:`TrainingLog`) and SAELens metadata (hook / model names from the store).
+    one every ``checkpoint_every`` steps and at the end. ``log_every``: steps between log entries
+    (each costs a device sync). The returned SAE has ``training_log`` (a :class:`TrainingLog`) and SAELens metadata (hook / model names from the store).
     """
     store = _as_store(X_or_store)
     if normalize_activations is None:
@@ -391,8 +394,9 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     s = TrainSettings(architecture=architecture, d_sae=d_sae, k=k, steps=steps, batch_size=batch_size, lr=lr,
                       seed=seed, normalize_activations=normalize_activations, device=dev, **options)
     _check(s, len(store))
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every: expected a positive integer, got {checkpoint_every!r}")
+    for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     scale = store.scaling_factor if s.normalize_activations == "expected_average_only_in" else 1.0
     batches = _Batches(store, s.batch_size, s.seed)
     sample = store.rows(batches._order(0)[:min(len(store), 4096)]) * scale
@@ -404,9 +408,9 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     bar.update(start)
     for step in range(start, s.steps):
         x = batches(step).to(dev, torch.float32) * scale
-        loss, l0, fvu, dead = trainer.step(x)
-        if step % log_every == 0 or step == s.steps - 1:
-            log.append(step, loss, l0, fvu, dead)
+        logged = trainer.step(x, log=step % log_every == 0 or step == s.steps - 1)
+        if logged is not None:
+            log.append(step, *logged)
         bar.update(1)
         if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == s.steps):
             _save_checkpoint(trainer, log, checkpoint_dir, step + 1, s)

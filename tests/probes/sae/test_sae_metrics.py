@@ -92,7 +92,8 @@ def test_state_hooks_evaluate_reconstruction_only_and_refuse_splicing():
     s = random_sae("topk", d_in=X.shape[1], d_sae=64, k=4)
     m = S.evaluate(s, TOKENS, model=model, hook=hook, positions=[9])
     assert m.ce_recovered is None and m.fvu == pytest.approx(S.evaluate(s, X).fvu, rel=1e-6)
-    with pytest.raises(ValueError, match="read-out tap"):
+    from seqlens.probes.gates import NotApplicableError
+    with pytest.raises(NotApplicableError, match="read-out tap"):
         with S.splice(model, s, hook):
             pass
     with pytest.raises(ValueError, match="d_in=12"):

@@ -113,6 +113,8 @@ def test_training_log_is_a_result():
     assert len(log.figure().data) == 4
     assert TrainingLog.from_json(log.to_json()).loss == log.loss
     assert all(l0 <= 2 for l0 in log.l0)
+    sparse = S.train_sae(X, architecture="topk", k=2, log_every=4, **{**FAST, "steps": 10}).training_log
+    assert sparse.step == [0, 4, 8, 9] and sparse.loss == [log.loss[i] for i in (0, 4, 8, 9)]
 
 
 def test_bad_training_arguments():
