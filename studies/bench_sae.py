@@ -129,13 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         d = 32 if args.smoke else 256
         model = seqlens.build(seqlens.ModelConfig(arch="mamba", d_model=d, n_layers=2, vocab_size=256), seed=0)
     model = model.to(args.device).eval()
-    tokens = torch.randint(0, model.cfg.vocab_size, (args.seqs, args.seq_len), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.cfg.vocab_size, (args.seqs, args.seq_len), generator=gen)
     rows = bench_harvest(model, tokens.to(args.device), args.hook, args.device, args.repeats)
     X = S.harvest(model, args.hook, tokens, progress=False).to_tensor()
     rows += bench_training(X, args)
     print(f"{'bench':<40} {'seqlens tok/s':>14} {'baseline tok/s':>15} {'baseline/seqlens time':>22}  baseline")
     for r in rows:
-        print(f"{r['bench']:<40} {r['seqlens_tok_s']:>14,.0f} {r['baseline_tok_s']:>15,.0f} {r['ratio']:>22.2f}  {r['baseline']}")
+        print(f"{r['bench']:<40} {r['seqlens_tok_s']:>14,.0f} {r['baseline_tok_s']:>15,.0f} "
+              f"{r['ratio']:>22.2f}  {r['baseline']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"device": args.device, "torch": torch.__version__, "platform": platform.platform(),

@@ -23,7 +23,7 @@ from seqlens.probes.sae.metrics import SAEMetrics, evaluate, splice
 from seqlens.probes.sae.train import TrainingLog, train_sae
 
 __all__ = [
-    "ARCHITECTURES", "ActivationStore", "FeatureReport", "feature_report", "JumpReLUSAE", "SAEMetrics", "evaluate", "splice", "MatchingPursuitSAE", "SAE", "SAEConfig", "StandardSAE",
-    "TopKSAE", "TrainingLog", "harvest", "list_shipped", "load", "make_sae", "matching_pursuit", "save",
-    "train_sae",
+    "ARCHITECTURES", "ActivationStore", "FeatureReport", "JumpReLUSAE", "MatchingPursuitSAE", "SAE", "SAEConfig",
+    "SAEMetrics", "StandardSAE", "TopKSAE", "TrainingLog", "evaluate", "feature_report", "harvest", "list_shipped",
+    "load", "make_sae", "matching_pursuit", "save", "splice", "train_sae",
 ]

@@ -169,7 +169,8 @@ def ce_metrics(model, sae: SAE, hook: str, tokens: Tensor, batch_size: int = 16,
     """L_orig, L_SAE (spliced), L_zero (hook zero-ablated), CE loss recovered and the spliced-in
     loss delta, averaged over every next-token prediction of ``tokens``."""
     if tokens.shape[1] < 2:
-        raise ValueError(f"tokens: expected sequences of at least 2 tokens for a next-token loss, got {tokens.shape[1]}")
+        raise ValueError(f"tokens: expected sequences of at least 2 tokens for a next-token loss, "
+                         f"got {tokens.shape[1]}")
     totals = {"orig": 0.0, "sae": 0.0, "zero": 0.0}
     zero = lambda x, hook=None: torch.zeros_like(x)  # noqa: E731
     bar = progress_bar(progress, total=tokens.shape[0], desc="CE with SAE spliced", unit="seq")

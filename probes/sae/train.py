@@ -381,7 +381,8 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     the factor into the saved weights (default for the April-2024 standard SAE, "none" otherwise).
     ``checkpoint_dir``: resume from it when it holds a checkpoint of the same settings, and save
     one every ``checkpoint_every`` steps and at the end. ``log_every``: steps between log entries
-    (each costs a device sync). The returned SAE has ``training_log`` (a :class:`TrainingLog`) and SAELens metadata (hook / model names from the store).
+    (each costs a device sync). The returned SAE has ``training_log`` (a :class:`TrainingLog`) and
+    SAELens metadata (hook / model names from the store).
     """
     store = _as_store(X_or_store)
     if normalize_activations is None:
@@ -432,7 +433,8 @@ def _finish(trainer: Trainer, log: TrainingLog, store: ActivationStore, scale: f
         "hook_head_index": None, "context_size": store.info.get("context_size"), "prepend_bos": False,
         "seqpos_slice": [None], "model_from_pretrained_kwargs": {},
         "training_architecture": s.architecture,
-        "training_architecture_details": {k: v for k, v in asdict(s).items() if k not in ("architecture", "d_sae", "device")},
+        "training_architecture_details": {k: v for k, v in asdict(s).items()
+                                          if k not in ("architecture", "d_sae", "device")},
         "activation_scaling_factor": scale, "normalize_activations_in_training": s.normalize_activations,
         "positions": store.info.get("positions"), "state_shape": store.info.get("state_shape"),
         "library": "seqlens",

@@ -7,7 +7,8 @@ import torch
 from seqlens.probes import sae as S
 
 
-def sparse_data(n: int = 2048, d: int = 16, m: int = 24, k: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_data(n: int = 2048, d: int = 16, m: int = 24, k: int = 2,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(X [n, d], D [m, d])``: each row is a sum of ``k`` unit atoms of ``D`` with weights in [0.5, 1.5)."""
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(m, d, generator=g)

@@ -1,6 +1,5 @@
 """evaluate / splice against their definitions computed by hand."""
 
-import math
 
 import pytest
 import torch
@@ -55,7 +54,10 @@ def test_splice_changes_logits_exactly_as_a_hand_written_hook():
     s = random_sae("standard", d_in=16, d_sae=32)
     with S.splice(model, s, HOOK):
         spliced = model(TOKENS)
-    with model.hooks(fwd_hooks=[(HOOK, lambda x, hook: torch.relu((x - s.b_dec) @ s.W_enc + s.b_enc) @ s.W_dec + s.b_dec)]):
+    def by_hand_hook(x, hook):
+        return torch.relu((x - s.b_dec) @ s.W_enc + s.b_enc) @ s.W_dec + s.b_dec
+
+    with model.hooks(fwd_hooks=[(HOOK, by_hand_hook)]):
         by_hand = model(TOKENS)
     torch.testing.assert_close(spliced, by_hand)
     assert not torch.allclose(spliced, model(TOKENS))  # and the hook is gone afterwards

@@ -94,7 +94,8 @@ def test_standard_variants_and_input_normalisation_folded_into_the_weights():
     a = S.train_sae(X, **kw)                  # April 2024: inputs scaled so E||x|| = sqrt(d_in)
     b = S.train_sae(X * 10, **kw)
     assert a.cfg.normalize_activations == "none"  # folded, as SAELens loads it
-    assert a.cfg.metadata["activation_scaling_factor"] == pytest.approx(math.sqrt(16) / float(X.norm(dim=-1).mean()), rel=1e-5)
+    factor = math.sqrt(16) / float(X.norm(dim=-1).mean())
+    assert a.cfg.metadata["activation_scaling_factor"] == pytest.approx(factor, rel=1e-5)
     m10 = S.train_sae(X * 10, architecture="matching_pursuit", k=2, normalize_activations="expected_average_only_in",
                       **{**FAST, "steps": 20})
     m1 = S.train_sae(X, architecture="matching_pursuit", k=2, normalize_activations="expected_average_only_in",
