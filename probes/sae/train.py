@@ -443,35 +443,46 @@ def _finish(trainer: Trainer, log: TrainingLog, store: ActivationStore, scale: f
     return sae.eval()
 
 
+CHECKPOINT_FILE = "train_state.safetensors"
+
+
 def _save_checkpoint(trainer: Trainer, log: TrainingLog, directory, step: int, s: TrainSettings) -> None:
+    """One file, replaced atomically: the tensors (SAE, Adam moments, dead-latent counters) and,
+    in its safetensors metadata, the step, the settings and the log, so they can never disagree."""
     from safetensors.torch import save_file
 
-    from seqlens.probes.sae.files import atomic_write as _atomic_write
+    from seqlens.probes.sae.files import atomic_write
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = trainer.state()
-    _atomic_write(d / "train_state.safetensors", lambda tmp: save_file(state, tmp))
     meta = {"step": step, "settings": {k: v for k, v in asdict(s).items() if k != "device"}, "log": log.to_dict()}
-    text = json.dumps(meta)
-    _atomic_write(d / "train_state.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(d / CHECKPOINT_FILE, lambda tmp: save_file(state, tmp, metadata={"seqlens_train": json.dumps(meta)}))
 
 
 def _resume(trainer: Trainer, log: TrainingLog, directory, s: TrainSettings) -> int:
     """The step to continue from: 0 without a checkpoint; the saved step (state and log restored)
     with one; a clear error when the checkpoint was made with other settings."""
+    from safetensors import safe_open
+
     from seqlens.probes.sae.io import read_weights
 
-    d = Path(directory)
-    if not (d / "train_state.json").is_file():
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
         return 0
-    meta = json.loads((d / "train_state.json").read_text())
+    state = read_weights(path)
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get("seqlens_train")
+    if text is None:
+        raise ValueError(f"checkpoint_dir: {str(path)!r} is not a seqlens SAE training checkpoint")
+    meta = json.loads(text)
     mine = {k: v for k, v in asdict(s).items() if k not in ("device", "steps")}
     theirs = {k: v for k, v in meta["settings"].items() if k != "steps"}
     if mine != theirs:
         diff = sorted(k for k in mine if mine.get(k) != theirs.get(k))
-        raise ValueError(f"checkpoint_dir: {str(d)!r} holds a run with other settings ({diff}); use a new directory")
-    trainer.load_state(read_weights(d / "train_state.safetensors"))
+        raise ValueError(f"checkpoint_dir: {str(directory)!r} holds a run with other settings ({diff}); "
+                         "use a new directory")
+    trainer.load_state(state)
     saved = TrainingLog.from_json(json.dumps(meta["log"]))
     for name in ("step", "loss", "l0", "fvu", "dead_fraction"):
         setattr(log, name, getattr(saved, name))

@@ -1,6 +1,5 @@
 """evaluate / splice against their definitions computed by hand."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F

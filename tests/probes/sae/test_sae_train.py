@@ -42,6 +42,7 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, arch):
         kw.pop("k")
     full = S.train_sae(X, checkpoint_dir=tmp_path / "a", **kw)
     S.train_sae(X, checkpoint_dir=tmp_path / "b", **{**kw, "steps": 20})  # stopped half way
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["train_state.safetensors"]  # one atomic file
     resumed = S.train_sae(X, checkpoint_dir=tmp_path / "b", **kw)
     for name in resumed.PARAMS:
         assert torch.equal(getattr(full, name), getattr(resumed, name)), name
