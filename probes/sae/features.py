@@ -32,7 +32,7 @@ class FeatureReport(Result):
     """One latent's report. ``contexts``: dicts ``seq, pos, activation, tokens`` (strings of the
     window) and ``highlight`` (the activating token's index in ``tokens``); ``activations``: its
     non-zero activations; ``logit_top`` / ``logit_bottom``: ``(token, effect)``; ``state_reads``:
-    dicts ``index`` (into ``state_shape``) and ``weight``."""
+    dicts ``index`` (into ``vector_shape``) and ``weight``."""
 
     feature: int
     hook: str
@@ -160,7 +160,7 @@ def feature_report(model, sae: SAE, feature: int, tokens: Tensor, hook: str | No
                            settings={"model_name": getattr(model, "name", None) or model.cfg.arch,
                                      "architecture": sae.architecture, "n_samples": len(store)})
     if is_state_hook(hook):
-        report.state_reads = _state_reads(sae, feature, store.info.get("state_shape", []), n_logits)
+        report.state_reads = _state_reads(sae, feature, store.info.get("vector_shape", []), n_logits)
     elif hook.endswith(RESIDUAL_SUFFIXES) and sae.cfg.d_in == model.cfg.d_model:
         report.logit_top, report.logit_bottom = logit_effects(model, sae.W_dec[feature].detach(), n_logits)
     return report

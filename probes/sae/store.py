@@ -5,7 +5,7 @@ activations that do not fit in memory.
 Rows are activation vectors ``[N, d_in]``; each row remembers where it came from
 (``locations [N, 2]``: sequence index, position) so feature pages can show contexts.
 ``...mixer.hook_state`` is read inside ``model.tap_states(positions)`` (the recurrent state right
-after each position, SeqModel's read-out tap) and flattened to vectors; ``state_shape`` records
+after each position, SeqModel's read-out tap) and flattened to vectors; ``vector_shape`` records
 its layout. The store also records SAELens' ``expected_average_only_in`` scaling factor
 ``sqrt(d_in) / E‖x‖`` (Anthropic's April 2024 update), which :func:`~.train.train_sae` uses when
 asked to normalise.
@@ -269,7 +269,7 @@ def harvest(model, hook: str, tokens: Tensor, positions: Sequence[int] | None = 
 
     Works on every architecture and hook. ``positions``: which positions to keep (default every
     position; negatives count from the end). ``...mixer.hook_state`` is read through
-    ``model.tap_states(positions)`` and flattened (its trailing shape is ``info["state_shape"]``).
+    ``model.tap_states(positions)`` and flattened (its trailing shape is ``info["vector_shape"]``).
     ``batch_size`` sequences run at once; ``out``: a directory for an on-disk store (safetensors
     shards of ``shard_size`` rows plus ``index.json``, each written atomically), else in memory.
     """
@@ -295,7 +295,7 @@ def harvest(model, hook: str, tokens: Tensor, positions: Sequence[int] | None = 
     for start in range(0, B, batch_size):
         chunk = tokens[start:start + batch_size].to(model.device)
         x = _grab_batch(model, hook, chunk, pos)
-        info.setdefault("state_shape", list(x.shape[2:]))
+        info.setdefault("vector_shape", list(x.shape[2:]))
         d_in = math.prod(x.shape[2:])
         seq = torch.arange(start, start + chunk.shape[0]).repeat_interleave(T)
         p = torch.tensor(pos if pos is not None else list(range(L))).repeat(chunk.shape[0])

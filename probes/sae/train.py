@@ -436,7 +436,7 @@ def _finish(trainer: Trainer, log: TrainingLog, store: ActivationStore, scale: f
         "training_architecture_details": {k: v for k, v in asdict(s).items()
                                           if k not in ("architecture", "d_sae", "device")},
         "activation_scaling_factor": scale, "normalize_activations_in_training": s.normalize_activations,
-        "positions": store.info.get("positions"), "state_shape": store.info.get("state_shape"),
+        "positions": store.info.get("positions"), "vector_shape": store.info.get("vector_shape"),
         "library": "seqlens",
     }
     sae.training_log = log

@@ -61,7 +61,7 @@ def test_report_of_a_state_sae_names_the_state_entries_it_reads():
     model = tiny("mamba")
     hook = "blocks.1.mixer.hook_state"
     X = S.harvest(model, hook, TOKENS, positions=[7, 15], progress=False)
-    shape = X.info["state_shape"]
+    shape = X.info["vector_shape"]
     sae = S.train_sae(X, architecture="topk", d_sae=32, k=4, steps=20, batch_size=4, progress=False)
     f = int(S.evaluate(sae, X).feature_frequency.argmax())
     rep = S.feature_report(model, sae, f, TOKENS, positions=[7, 15], top=3)

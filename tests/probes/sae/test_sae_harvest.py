@@ -41,7 +41,7 @@ def test_harvest_of_hook_state_flattens_the_tapped_states(arch):
     with model.tap_states([4, 11]):
         _, cache = model.run_with_cache(TOKENS)
     state = cache[hook]  # [B, T, ...]
-    assert store.info["state_shape"] == list(state.shape[2:])
+    assert store.info["vector_shape"] == list(state.shape[2:])
     torch.testing.assert_close(store.to_tensor(), state.reshape(5 * 2, -1))
     assert store.d_in == state[0, 0].numel()
     from seqlens.models.hooks import attached_hooks
@@ -99,3 +99,14 @@ def test_open_rejects_broken_stores(tmp_path):
     (tmp_path / "index.json").write_text("{}")
     with pytest.raises(ValueError, match="format"):
         S.ActivationStore.open(tmp_path)
+
+
+def test_per_head_hooks_flatten_and_pattern_hooks_are_refused():
+    model = tiny("transformer")
+    store = S.harvest(model, "blocks.0.mixer.hook_z", TOKENS, positions=[0, 5], progress=False)
+    _, cache = model.run_with_cache(TOKENS)
+    z = cache["blocks.0.mixer.hook_z"]  # [B, L, H, d_head]
+    assert store.info["vector_shape"] == list(z.shape[2:])
+    torch.testing.assert_close(store.to_tensor(), z[:, [0, 5]].reshape(10, -1))  # heads concatenated, as hook_z SAEs
+    with pytest.raises(ValueError, match="expected \\[batch=5, seq_len=12"):
+        S.harvest(model, "blocks.0.mixer.hook_pattern", TOKENS, progress=False)
