@@ -6,34 +6,17 @@ the same number of random heads (Wu et al. 2024, "Retrieval Head Mechanistically
 Long-Context Factuality": mask the top-K heads vs K random heads) and returns a
 :class:`CausalCheck`.
 
-What a "head" is and what each mode does, per architecture (``x[g]`` = head / group g's slice):
+What a "head" is and what each mode does is the mixer's answer (the mixer protocol,
+``seqlens.models.mixer``): ``mixer.groups`` says which heads / channel groups form group g and
+which hook carries the per-group output (``hook_z`` on every mixer), ``mixer.ablation_hooks(site,
+mode)`` returns the edit itself. In short (details in each mixer's docstring):
 
-- **Softmax attention / FoX** (``transformer``, ``fox``), ``cfg.n_heads`` heads:
-  ``"zero"``: ``hook_z[:, :, h] = 0`` (the head writes nothing; ``o``'s bias stays).
-  ``"mean"``: ``hook_z[:, :, h] =`` its mean over the batch and positions of ``reference``.
-  ``"uniform"``: at ``hook_attn_scores`` the head's finite logits are set to 0 (masked entries stay
-  −inf), so its causal softmax is uniform, ``A[i, j] = 1/(i+1)`` for j ≤ i — Wu et al.'s masking.
-  For FoX the forget bias ``c_i − c_j`` is part of the scores (Lin et al. 2025, eq. 4), so uniform
-  removes it as well.
-- **GLA / RetNet** (``gla``, ``retnet``), ``cfg.n_heads`` heads: zero / mean at ``hook_z`` (the
-  per-head output before the group norm; RMSNorm(0) = 0, so zero silences the head).
-  ``"uniform"``: ``hook_z[t, h] = mean_{s≤t} v_s[h]`` (``hook_v`` of the same forward), i.e. the
-  implicit attention α (docs/methods.md §7) replaced by uniform causal weights; the group norm and
-  output gate still apply.
-- **Mamba** (``mamba``): heads are the ``cfg.pattern_heads`` contiguous channel groups of
-  ``d_inner`` (as in ``MambaMixer.pattern``). Zero / mean act on the group's channels of
-  ``hook_ssm_out`` (the scan output incl. the D skip, before the SiLU gate); the scan state is not
-  touched. ``"uniform"``: ``ssm_out[t, d] = mean_{s≤t} u[s, d] + D_d u[t, d]`` with ``u`` =
-  ``hook_conv``: α replaced by uniform weights, the D skip (a per-token term outside α) kept.
-- **minGRU / minLSTM**: channel groups of the hidden state (``cfg.pattern_heads``). Zero / mean act
-  on the group's channels of ``hook_hidden`` (the read-out of h into ``out_proj``; edits there do
-  not feed the scan). ``"uniform"``: ``h[t, d] = mean_{s≤t} h̃[s, d]`` (``hook_candidate``).
-- **LSTM**: channel groups of h. Its ``hook_h`` also feeds the recurrence (an edit there replays
-  the loop and changes every later gate), so the ablation acts on the read-out only, like minGRU:
-  at ``hook_out`` the group's term ``h[g] @ W_out[:, g]ᵀ`` is replaced by ``h'[g] @ W_out[:, g]ᵀ``,
-  with ``h' = 0`` (zero), the mean of h over ``reference`` (mean), or ``o_t ⊙ tanh(mean_{s≤t}
-  g_s)`` (uniform: the cell's conditional decomposition ``c_t = Σ_s α_{t,s} g_s`` of docs/methods.md §7
-  with uniform α, read out through the realised output gate). The recurrence itself is unchanged.
+- softmax attention / FoX: zero / mean at ``hook_z``; "uniform" sets the head's finite logits at
+  ``hook_attn_scores`` to 0, so its causal softmax is uniform (Wu et al.'s masking);
+- GLA / RetNet, Mamba, minGRU / minLSTM: zero / mean at the group's slice of ``hook_z``; "uniform"
+  replaces the implicit attention α (docs/methods.md §7) by uniform causal weights over the values
+  (``hook_v``, ``hook_conv`` plus Mamba's D skip, ``hook_candidate``);
+- LSTM: h feeds the recurrence, so the group's read-out term is replaced at ``hook_out``.
 
 ``reference=None`` in ``"mean"`` mode: the mean is taken over the batch and positions of each
 input the model is run on inside the context (the current input), not over a fixed dataset.
@@ -58,33 +41,18 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from seqlens.models.mixer import MODES, AblationSite, causal_mean  # noqa: F401 - re-exported
 from seqlens.result import Result
 
-MODES = ("zero", "mean", "uniform")
-FAMILIES = {"transformer": "attention", "fox": "attention", "gla": "linear", "retnet": "linear",
-            "mamba": "mamba", "mingru": "minrnn", "minlstm": "minrnn", "lstm": "lstm"}
-# where "mean" records its reference activation, per family (LSTM: h, edited at hook_out)
-MEAN_SITE = {"attention": "hook_z", "linear": "hook_z", "mamba": "hook_ssm_out",
-             "minrnn": "hook_hidden", "lstm": "hook_h"}
 HookList = list[tuple[str, Callable]]
 
 
 # ----------------------------------------------------------------------------- heads
 
 
-def family(model) -> str:
-    """The ablation family of ``model.cfg.arch`` (see the module docstring)."""
-    arch = model.cfg.arch
-    if arch not in FAMILIES:
-        raise NotImplementedError(f"ablate_heads: no head ablation for arch {arch!r}; "
-                                  f"supported: {sorted(FAMILIES)}")
-    return FAMILIES[arch]
-
-
 def n_heads(model) -> int:
-    """Heads per layer: ``cfg.n_heads`` for attention, GLA and RetNet; ``cfg.pattern_heads``
-    channel groups for Mamba, minGRU / minLSTM and LSTM (as ``SeqModel.mixer_pattern``)."""
-    return model.cfg.n_heads if family(model) in ("attention", "linear") else model.cfg.pattern_heads
+    """Heads per layer (``model.n_groups``: attention / GLA heads, or channel groups)."""
+    return model.n_groups
 
 
 def all_heads(model) -> list[tuple[int, int]]:
@@ -115,142 +83,24 @@ def check_heads(model, heads: Iterable[tuple[int, int]]) -> dict[int, list[int]]
     for pair in heads:
         layer, head = _pair(pair)
         if not (0 <= layer < L and 0 <= head < H):
+            unit = model.blocks[0].mixer.groups.unit
             raise ValueError(f"heads: {(layer, head)} out of range; expected layer in [0, {L}) and head in "
-                             f"[0, {H}) ({family(model)} heads of arch {model.cfg.arch!r})")
+                             f"[0, {H}) ({unit} groups of arch {model.cfg.arch!r})")
         by_layer.setdefault(layer, set()).add(head)
     return {l: sorted(hs) for l, hs in sorted(by_layer.items())}
 
 
-# ----------------------------------------------------------------------------- one layer's site
-
-
-@dataclass
-class _Site:
-    """The units one layer's ablation edits: heads (dim 2 of ``[B, L, H, d]``) for attention and
-    GLA, channels (last dim of ``[B, L, D]``) for the channel-group families."""
-
-    layer: int
-    units: Tensor  # head ids, or channel ids of the ablated groups
-    per_head: bool
-    mean: Tensor | None = None  # reference mean over batch and positions ([H, d] or [D])
-    seen: dict[str, Tensor] = field(default_factory=dict)  # activations captured this forward
-
-    def take(self, x: Tensor) -> Tensor:
-        return x[:, :, self.units] if self.per_head else x[..., self.units]
-
-    def put(self, x: Tensor, value: Tensor | float) -> Tensor:
-        """A copy of ``x`` with the ablated units set to ``value`` (broadcast)."""
-        out, v = x.clone(), value if isinstance(value, float) else value.to(x.dtype)
-        if self.per_head:
-            out[:, :, self.units] = v
-        else:
-            out[..., self.units] = v
-        return out
-
-    def mean_value(self, x: Tensor) -> Tensor:
-        """The units' mean: over ``reference`` when recorded, else over ``x``'s batch and positions."""
-        mean = self.mean if self.mean is not None else x.float().mean((0, 1))
-        return mean[self.units].to(x.device)
-
-    def capture(self, key: str, x: Tensor, hook: Any = None) -> None:
-        self.seen[key] = x
-
-
-def _site(model, fam: str, layer: int, heads: list[int]) -> _Site:
-    if fam in ("attention", "linear"):
-        return _Site(layer, torch.tensor(heads, dtype=torch.long), per_head=True)
-    mixer = model.blocks[layer].mixer
-    width = mixer.d_inner if fam == "mamba" else mixer.hidden_dim
-    g = width // n_heads(model)
-    chans = torch.cat([torch.arange(h * g, (h + 1) * g) for h in heads])
-    return _Site(layer, chans, per_head=False)
-
-
-def causal_mean(x: Tensor) -> Tensor:
-    """``y[:, t] = mean_{s≤t} x[:, s]`` along dim 1 of ``x [B, L, ...]`` (float32 sums)."""
-    n = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32)
-    return x.float().cumsum(1) / n.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-# ----------------------------------------------------------------------------- hooks per family
-
-
-def _attention_hooks(model, site: _Site, mode: str) -> HookList:
-    """Softmax / forgetting attention: zero and mean at hook_z, uniform at hook_attn_scores."""
-    if mode == "uniform":
-        def flatten(s: Tensor, hook) -> Tensor:  # Wu et al.: pre-softmax logits set to 0
-            out = s.clone()
-            sub = out[:, site.units]
-            out[:, site.units] = torch.where(torch.isfinite(sub), torch.zeros_like(sub), sub)
-            return out
-        return [("hook_attn_scores", flatten)]
-    return [("hook_z", _constant_edit(site, mode))]
-
-
-def _constant_edit(site: _Site, mode: str) -> Callable:
-    """Hook that sets the site's units to 0 ("zero") or to their mean ("mean")."""
-    def edit(x: Tensor, hook) -> Tensor:
-        return site.put(x, 0.0 if mode == "zero" else site.mean_value(x))
-    return edit
-
-
-def _linear_hooks(model, site: _Site, mode: str) -> HookList:
-    """GLA / RetNet: zero and mean at hook_z; uniform = causal mean of the head's values."""
-    if mode != "uniform":
-        return [("hook_z", _constant_edit(site, mode))]
-    uniform = lambda z, hook: site.put(z, causal_mean(site.take(site.seen["v"])))  # noqa: E731
-    return [("hook_v", partial(site.capture, "v")), ("hook_z", uniform)]
-
-
-def _mamba_hooks(model, site: _Site, mode: str) -> HookList:
-    """Mamba: the group's channels of hook_ssm_out; uniform = causal mean of u plus the D skip."""
-    if mode != "uniform":
-        return [("hook_ssm_out", _constant_edit(site, mode))]
-    D = model.blocks[site.layer].mixer.D
-
-    def uniform(y: Tensor, hook) -> Tensor:
-        u = site.take(site.seen["u"]).float()
-        return site.put(y, causal_mean(u) + D[site.units].float() * u)
-    return [("hook_conv", partial(site.capture, "u")), ("hook_ssm_out", uniform)]
-
-
-def _minrnn_hooks(model, site: _Site, mode: str) -> HookList:
-    """minGRU / minLSTM: the group's channels of hook_hidden; uniform = causal mean of h̃."""
-    if mode != "uniform":
-        return [("hook_hidden", _constant_edit(site, mode))]
-    uniform = lambda h, hook: site.put(h, causal_mean(site.take(site.seen["cand"])))  # noqa: E731
-    return [("hook_candidate", partial(site.capture, "cand")), ("hook_hidden", uniform)]
-
-
-def _lstm_hooks(model, site: _Site, mode: str) -> HookList:
-    """LSTM: replace the group's read-out term at hook_out (h itself, which feeds the
-    recurrence, is only observed, so the loop is not replayed)."""
-    W = model.blocks[site.layer].mixer.out_proj.weight  # [d_model, D_h]
-    names = ["h"] + (["g", "o"] if mode == "uniform" else [])
-
-    def readout(out: Tensor, hook) -> Tensor:
-        h = site.take(site.seen["h"]).float()
-        if mode == "zero":
-            new = torch.zeros_like(h)
-        elif mode == "mean":
-            new = site.mean_value(site.seen["h"]).float().expand_as(h)
-        else:
-            g, o = site.take(site.seen["g"]).float(), site.take(site.seen["o"]).float()
-            new = o * torch.tanh(causal_mean(g))
-        return out + ((new - h) @ W[:, site.units].float().T).to(out.dtype)
-    return [(f"hook_{n}", partial(site.capture, n)) for n in names] + [("hook_out", readout)]
-
-
-BUILDERS = {"attention": _attention_hooks, "linear": _linear_hooks, "mamba": _mamba_hooks,
-            "minrnn": _minrnn_hooks, "lstm": _lstm_hooks}
+def _site(model, layer: int, heads: list[int]) -> AblationSite:
+    groups = model.blocks[layer].mixer.groups
+    return AblationSite(layer, groups.units(heads), per_head=groups.per_head)
 
 
 # ----------------------------------------------------------------------------- context manager
 
 
 @torch.no_grad()
-def _record_means(model, fam: str, layers: Iterable[int], reference: Tensor) -> dict[int, Tensor]:
-    """Mean over batch and positions of each layer's MEAN_SITE activation on ``reference``
+def _record_means(model, layers: Iterable[int], reference: Tensor) -> dict[int, Tensor]:
+    """Mean over batch and positions of each layer's per-group output (``mixer.groups.hook``) on ``reference``
     (``[H, d]`` for hook_z, ``[D]`` for channels), float32; one forward pass without this
     ablation (hooks installed by the caller, e.g. an enclosing ablation, do apply)."""
     reference = model.check_tokens(reference, "reference").to(model.device)
@@ -259,8 +109,8 @@ def _record_means(model, fam: str, layers: Iterable[int], reference: Tensor) -> 
     def grab(x: Tensor, hook) -> None:
         means[hook.layer()] = x.float().mean((0, 1))
 
-    site = MEAN_SITE[fam]
-    model.run_with_hooks(reference, fwd_hooks=[(f"blocks.{l}.mixer.{site}", grab) for l in layers])
+    model.run_with_hooks(reference, fwd_hooks=[(f"blocks.{l}.mixer.{model.blocks[l].mixer.groups.hook}", grab)
+                                               for l in layers])
     return means
 
 
@@ -272,9 +122,11 @@ def _stateless_guard(why: str, exc: type[Exception], module, args, kwargs) -> No
                   "step() / stream() / forward_chunk() (a state was given); run model(tokens) instead")
 
 
-def _needs_guard(fam: str, mode: str, reference: Tensor | None) -> tuple[str, type[Exception]] | None:
-    if mode == "uniform" and fam != "attention":
-        return f"mode='uniform' on {fam} mixers (a causal mean since position 0)", NotImplementedError
+def _needs_guard(model, mode: str, reference: Tensor | None) -> tuple[str, type[Exception]] | None:
+    mixer = model.blocks[0].mixer
+    if mode in mixer.whole_sequence_modes:
+        return (f"mode={mode!r} on {type(mixer).__name__} mixers (a causal mean since position 0)",
+                NotImplementedError)
     if mode == "mean" and reference is None:
         return "mode='mean' with reference=None (the mean over the current input)", NotImplementedError
     return None
@@ -302,15 +154,15 @@ def ablate_heads(model, heads: Iterable[tuple[int, int]], mode: str = "zero",
         raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
     if reference is not None and mode != "mean":
         raise ValueError(f"reference: only used by mode='mean', got mode={mode!r}")
-    fam = family(model)
     by_layer = check_heads(model, heads)
-    means = _record_means(model, fam, by_layer, reference) if reference is not None else {}
+    means = _record_means(model, by_layer, reference) if reference is not None else {}
     hooks: HookList = []
     for layer, hs in by_layer.items():
-        site = _site(model, fam, layer, hs)
+        site = _site(model, layer, hs)
         site.mean = means.get(layer)
-        hooks += [(f"blocks.{layer}.mixer.{name}", fn) for name, fn in BUILDERS[fam](model, site, mode)]
-    handles = _install_guards(model, by_layer, _needs_guard(fam, mode, reference))
+        mixer = model.blocks[layer].mixer
+        hooks += [(f"blocks.{layer}.mixer.{name}", fn) for name, fn in mixer.ablation_hooks(site, mode)]
+    handles = _install_guards(model, by_layer, _needs_guard(model, mode, reference))
     try:
         with model.hooks(fwd_hooks=hooks):
             yield model

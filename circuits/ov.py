@@ -35,34 +35,13 @@ eigenvalue ratios and argmaxes are scale invariant.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from seqlens.circuits.heads import HeadScores
-
-OV_DESCRIPTIONS = {
-    "attention": "exact: W_V^h W_O^h (GQA: kv head h // (H / n_kv)); value bias and norms excluded",
-    "linear_attention": "linearised: v_proj rows, group-norm weight, o_proj columns of head h; "
-                        "group-norm 1/rms and SiLU output gate (per-token factors) omitted",
-    "mamba": "linearised: in_proj x-branch rows of channel group h, conv1d replaced by its DC gain "
-             "(sum of taps), SiLU(conv) and SSM as identity, SiLU(z) gate omitted, out_proj columns",
-    "minrnn": "linearised: in_proj candidate rows of channel group h, candidate activation as "
-              "identity (offset and biases omitted), out_proj columns",
-    "lstm": "linearised: in_proj g-gate rows of cell group h, tanh(g) and tanh(c) as identity, "
-            "recurrent U_g h and output gate omitted, out_proj columns",
-}
-
-
-class OVFactors(NamedTuple):
-    """``W_OV^h = W_V[h] @ W_O[h]``: ``W_V [H, d_model, r]``, ``W_O [H, r, d_model]``; ``kind`` a key
-    of :data:`OV_DESCRIPTIONS` (what is exact and what is linearised)."""
-
-    W_V: Tensor
-    W_O: Tensor
-    kind: str
-
+from seqlens.models.mixer import OVFactors
 
 # ----------------------------------------------------------------------------- factors
 
@@ -72,58 +51,15 @@ def check_model(model) -> None:
         raise ValueError(f"model: expected a seqlens SeqModel, got {type(model).__name__}")
 
 
-def _head_columns(weight: Tensor, heads: int, gain: Tensor | None = None) -> Tensor:
-    """``[d_model, heads * r]`` output weight (``nn.Linear`` layout) -> ``W_O [heads, r, d_model]``,
-    each input column scaled by ``gain [heads * r]`` first."""
-    if gain is not None:
-        weight = weight * gain[None, :]
-    d = weight.shape[0]
-    return weight.reshape(d, heads, -1).permute(1, 2, 0)
-
-
-def _head_rows(weight: Tensor, heads: int) -> Tensor:
-    """``[heads * r, d_model]`` input weight (``nn.Linear`` layout) -> ``W_V [heads, d_model, r]``."""
-    return weight.reshape(heads, -1, weight.shape[1]).transpose(1, 2)
-
-
-def _mixer_factors(mixer, cfg) -> OVFactors:
-    """Dispatch on the mixer class; see the module docstring for each architecture."""
-    from seqlens.models.gla import LinearAttentionMixer
-    from seqlens.models.lstm import LSTMMixer
-    from seqlens.models.mamba import MambaMixer
-    from seqlens.models.mingru import MinRNNMixer
-    from seqlens.models.transformer import Attention
-
-    if isinstance(mixer, Attention):
-        W_V = _head_rows(mixer.v.weight, mixer.n_kv).repeat_interleave(mixer.n_heads // mixer.n_kv, 0)
-        return OVFactors(W_V, _head_columns(mixer.o.weight, mixer.n_heads), "attention")
-    if isinstance(mixer, LinearAttentionMixer):  # group-norm weight [d_v] is shared by the heads
-        gain = mixer.g_norm.weight.repeat(mixer.n_heads)
-        return OVFactors(_head_rows(mixer.v_proj.weight, mixer.n_heads),
-                         _head_columns(mixer.o_proj.weight, mixer.n_heads, gain), "linear_attention")
-    H = cfg.pattern_heads
-    if isinstance(mixer, MambaMixer):
-        gain = mixer.conv1d.weight[:, 0, :].sum(-1)  # DC gain of each channel's causal conv
-        return OVFactors(_head_rows(mixer.in_proj.weight[:mixer.d_inner], H),
-                         _head_columns(mixer.out_proj.weight, H, gain), "mamba")
-    if isinstance(mixer, MinRNNMixer):  # in_proj = [candidate | gates]
-        return OVFactors(_head_rows(mixer.in_proj.weight[:mixer.hidden_dim], H),
-                         _head_columns(mixer.out_proj.weight, H), "minrnn")
-    if isinstance(mixer, LSTMMixer):  # in_proj gates [i f g o]
-        D = mixer.hidden_dim
-        return OVFactors(_head_rows(mixer.in_proj.weight[2 * D:3 * D], H),
-                         _head_columns(mixer.out_proj.weight, H), "lstm")
-    raise NotImplementedError(f"ov_factors: no OV circuit defined for mixer {type(mixer).__name__}")
-
-
 @torch.no_grad()
 def ov_factors(model, layer: int) -> OVFactors:
-    """The OV factors of every head of layer ``layer``: ``W_V [H, d_model, r]``, ``W_O [H, r,
-    d_model]`` (detached), and ``kind`` (see :data:`OV_DESCRIPTIONS`). Norms are not included."""
+    """The OV factors of every head of layer ``layer`` (the mixer's ``ov_factors()``): ``W_V [H,
+    d_model, r]``, ``W_O [H, r, d_model]`` (detached), ``kind`` and ``description`` (exact, or
+    what the linearisation dropped). Norms are not included."""
     check_model(model)
     model._check_layer(layer)
-    W_V, W_O, kind = _mixer_factors(model.blocks[layer].mixer, model.cfg)
-    return OVFactors(W_V.detach().clone(), W_O.detach().clone(), kind)
+    f = model.blocks[layer].mixer.ov_factors()
+    return OVFactors(f.W_V.detach().clone(), f.W_O.detach().clone(), f.kind, f.description)
 
 
 def ov_matrices(model, layer: int) -> Tensor:
@@ -138,15 +74,9 @@ def norm_linear(norm) -> Tensor:
     """The linear part ``N [d, d]`` of a LayerNorm / RMSNorm in row convention: ``x ↦ x N`` with
     ``N = (I − 11ᵀ/d) diag(w)`` (LayerNorm: centre, then weight) or ``diag(w)`` (RMSNorm). Left
     out: the ``1/scale`` (a positive factor per token) and the bias — as TransformerLens' weight
-    folding (``fold_ln``) folds the weight into the next matrix and keeps neither."""
-    from seqlens.models.base import LayerNorm
-
-    w = norm.weight.detach()
-    N = torch.diag(w)
-    if isinstance(norm, LayerNorm):
-        d = w.shape[0]
-        N = (torch.eye(d, dtype=w.dtype, device=w.device) - 1.0 / d) @ N
-    return N
+    folding (``fold_ln``) folds the weight into the next matrix and keeps neither. Asks the norm
+    (``Norm.linear_part``)."""
+    return norm.linear_part()
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -207,8 +137,8 @@ def _circuit_core(model, layer: int, full: bool, fold_ln: bool) -> tuple[Tensor,
     """``[H, r, r]`` matrix with the same nonzero eigenvalues as the head's (full) OV circuit,
     by the cyclic rule eig(AB) = eig(BA) ∪ zeros: ``W_O Nf W_U W_E N1 W_V`` (full) or
     ``W_O W_V`` (``W_OV`` alone); ``N1``, ``Nf`` the norms' linear parts when ``fold_ln``."""
-    W_V, W_O, kind = ov_factors(model, layer)
-    W_V, W_O = W_V.double(), W_O.double()
+    f = ov_factors(model, layer)
+    W_V, W_O, kind = f.W_V.double(), f.W_O.double(), f.description
     if fold_ln:
         W_V = norm_linear(model.blocks[layer].ln1).double() @ W_V
     if not full:
@@ -240,22 +170,22 @@ def copying_scores(model, full: bool = True, fold_ln: bool = True) -> HeadScores
     for name, value in (("full", full), ("fold_ln", fold_ln)):
         if not isinstance(value, bool):
             raise ValueError(f"{name}: expected True or False, got {value!r}")
-    rows, kinds = [], set()
+    rows, kinds = [], {}
     for layer in range(model.cfg.n_layers):
         core, kind = _circuit_core(model, layer, full, fold_ln)
         lam = torch.linalg.eigvals(core)  # [H, r] complex128
         rows.append((lam.sum(-1).real / lam.abs().sum(-1)).float())
-        kinds.add(kind)
+        kinds[ov_factors(model, layer).kind] = kind
     settings = {
         "model": getattr(model, "name", None) or type(model).__name__, "arch": model.cfg.arch,
         "measure": "Re Σλ / Σ|λ|", "full": full, "fold_ln": fold_ln,
         "circuit": ("W_E " + ("N1 " if fold_ln else "") + "W_OV " + ("Nf " if fold_ln else "") + "W_U")
         if full else ("N1 W_OV" if fold_ln else "W_OV"),
-        "ov": "; ".join(OV_DESCRIPTIONS[k] for k in sorted(kinds)),
+        "ov": "; ".join(kinds[k] for k in sorted(kinds)),
         "backend": "torch.linalg.eigvals (float64) of the r x r factor product",
     }
     return HeadScores(scores=torch.stack(rows).cpu(), name="copying", settings=settings)
 
 
-__all__ = ["OVFactors", "OV_DESCRIPTIONS", "copying_scores", "effective_embedding", "embedding_description",
+__all__ = ["OVFactors", "copying_scores", "effective_embedding", "embedding_description",
            "norm_linear", "ov_factors", "ov_matrices"]

@@ -24,7 +24,7 @@ NORMALISATIONS = ("auto", "none", "abs_rows")
 
 def is_softmax_model(model) -> bool:
     """True when every mixer of ``model`` is softmax attention (rows already sum to 1)."""
-    return not getattr(model.cfg, "is_recurrent", False)
+    return model.is_softmax
 
 
 def resolve_normalisation(model, normalisation: str = "auto") -> str:

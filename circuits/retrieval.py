@@ -334,7 +334,7 @@ def _argmax_keys(model, tokens: Tensor, layer: int) -> Tensor:
     attention-statistics kernel (``SeqModel.attention_stats``: Triton on GPU, chunked on CPU, no
     L×L matrix; ties to the smallest index, like ``argmax``); recurrent mixers from ``|α|`` of the
     implicit attention (docs/methods.md §7)."""
-    if callable(getattr(model.blocks[layer].mixer, "stats", None)):
+    if model.blocks[layer].mixer.is_softmax:
         return model.attention_stats(tokens, layer).argmax.long()
     return model.mixer_pattern(tokens, layer).float().abs().argmax(-1)
 

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from seqlens.circuits.ablation import check_heads
+from seqlens.models.mixer import NotApplicableError, applies_to
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.patterns import is_softmax_model, normalise_rows, resolve_normalisation
 from seqlens.circuits.task_metric import resolve_task
@@ -131,6 +132,7 @@ def _calibration_hook(layer: int, heads: list[int], tau: float, beta: float, fee
     return hook
 
 
+@applies_to(lambda model: model.is_softmax)
 @contextlib.contextmanager
 def calibrate_sinks(model, heads: Iterable[tuple[int, int]], tau: float = 0.1, beta: float = 0.4,
                     feed_first: bool = True) -> Iterator[dict[tuple[int, int], Tensor]]:
@@ -144,7 +146,7 @@ def calibrate_sinks(model, heads: Iterable[tuple[int, int]], tau: float = 0.1, b
     model's own. Full forwards only (cached steps raise).
     Recurrent mixers have no softmax rows to recalibrate: NotImplementedError."""
     if not is_softmax_model(model):
-        raise NotImplementedError(
+        raise NotApplicableError(
             f"calibrate_sinks: arch {model.cfg.arch!r} has no softmax attention rows (its implicit attention "
             "is not a distribution the model normalises); ACT calibration applies to softmax / FoX heads only")
     _check_tau_beta(tau, beta)
@@ -298,7 +300,7 @@ def _patterns(model, toks: Tensor, layer: int, mode: str) -> Iterator[Tensor]:
     """``mixer_pattern`` of ``toks`` a few sequences at a time (≈ :data:`PATTERN_BUDGET` floats),
     float32, rows normalised as ``|α| / Σ|α|`` when ``mode == "abs_rows"``."""
     B, T = toks.shape
-    heads = max(model.cfg.n_heads, model.cfg.pattern_heads)
+    heads = model.n_groups
     rows = max(1, PATTERN_BUDGET // (heads * T * T))
     for start in range(0, B, rows):
         p = model.mixer_pattern(toks[start:start + rows], layer).float()
@@ -484,6 +486,7 @@ def _explicit_attention(model):
         yield
 
 
+@applies_to(lambda model: model.is_softmax)
 def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: float = 0.4,
                              exclude_layers: str | Sequence[int] = "act", min_improvement: float = 0.0,
                              progress: Any = True) -> CalibrationSearch:
@@ -498,8 +501,8 @@ def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: fl
     from seqlens.progress import progress_bar
 
     if not is_softmax_model(model):
-        raise NotImplementedError(f"search_calibration_heads: arch {model.cfg.arch!r} has no softmax attention "
-                                  "heads to calibrate (see calibrate_sinks)")
+        raise NotApplicableError(f"search_calibration_heads: arch {model.cfg.arch!r} has no softmax attention "
+                                 "heads to calibrate (see calibrate_sinks)")
     _check_tau_beta(tau, beta)
     metric, layers, H = resolve_task(model, task), _search_layers(model, exclude_layers), model.cfg.n_heads
     per_head = torch.full((model.cfg.n_layers, H), float("nan"), dtype=torch.float64)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.ov import (check_model, effective_embedding, embedding_description,
-                                 norm_linear, ov_factors, OV_DESCRIPTIONS)
+                                 norm_linear, ov_factors)
 from seqlens.tasks import SUCCESSOR_FAMILIES
 from seqlens.text import encode, is_byte_level
 
@@ -222,7 +222,7 @@ def successor_scores(model, sets: Sets | None = None, mlp0: bool = True, ln: boo
 
 def _settings(model, sets, success, scores: Tensor, source: str, threshold: float, options: dict) -> dict:
     """The settings of :func:`successor_scores` (see its docstring)."""
-    kind = ov_factors(model, 0).kind
+    ov_description = ov_factors(model, 0).description
     above = sorted((scores > threshold).nonzero().tolist(), key=lambda lh: -float(scores[lh[0], lh[1]]))
     heads = [[int(l), int(h)] for l, h in above]  # best first
     return {
@@ -236,7 +236,7 @@ def _settings(model, sets, success, scores: Tensor, source: str, threshold: floa
         "embedding": embedding_description(model, options["mlp0"], options["ln"], options["resid"]),
         "layer0_input": "W_E[t] (layer 0 reads the embedding before MLP0)",
         "unembed": "Nf W_U (ln_final linear part; 1/scale and bias omitted)" if options["fold_ln"] else "W_U",
-        "ov": OV_DESCRIPTIONS[kind], "threshold": threshold, "heads": heads,
+        "ov": ov_description, "threshold": threshold, "heads": heads,
     }
 
 

@@ -226,6 +226,10 @@ def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | 
     if measure not in MEASURES:
         raise ValueError(f"measure: expected one of {list(MEASURES)}, got {measure!r}")
     batches, data_info, period = resolve_data(model, tokens, prompts, seq_len, batch, seed, default_data)
+    short = [list(t.shape) for t in batches if t.shape[-1] < 2]
+    if short:  # one token has no earlier key: every score would be NaN or vacuous
+        arg = "prompts" if data_info["data"] == "prompts" else "tokens"
+        raise ValueError(f"{arg}: {name} scores need sequences of at least 2 tokens, got shape {short[0]}")
     mode = resolve_normalisation(model, normalisation)
     scores = []
     for toks in batches:

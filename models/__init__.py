@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .base import ModelState, SeqModel, StreamOutput, hook_active
+from .mixer import Mixer, NotApplicableError
 from .config import ARCHS, ModelConfig
 from .registry import ARCH_CLASSES, build, model_class  # noqa: F401  (ARCH_CLASSES: re-export)
 
@@ -27,6 +28,9 @@ def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = Non
     """Open a zoo model by name, or a local directory (seqlens or Hugging Face format)."""
     from . import io, zoo
 
+    if not isinstance(name_or_dir, (str, os.PathLike)) or str(name_or_dir) == "":
+        raise TypeError(f"name_or_dir: expected a zoo name or a directory path, got {name_or_dir!r}")
+    device = _check_device(device)
     if isinstance(name_or_dir, str) and name_or_dir in zoo.names():
         return zoo.load(name_or_dir, device=device)
     if Path(name_or_dir).exists():
@@ -35,4 +39,18 @@ def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = Non
                             "existing directory")
 
 
-__all__ = ["ARCHS", "ModelConfig", "ModelState", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "load", "model_class"]
+def _check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch.device, or a ValueError naming it (unknown, or CUDA without CUDA)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
+    return device
+
+
+__all__ = ["ARCHS", "Mixer", "ModelConfig", "ModelState", "NotApplicableError", "SeqModel", "StreamOutput", "build",
+           "from_hf", "hook_active", "load", "model_class"]

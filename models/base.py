@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -29,6 +30,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import ModelConfig
+from .mixer import HookSpec, Mixer, NotApplicableError, applies_to  # noqa: F401 - the protocol lives in models/mixer.py
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -51,37 +53,99 @@ def hook_active(hp: HookPoint) -> bool:
     )
 
 
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then ``os.replace`` it into place: a
+    reader or a crash never sees a half-written file, and a failure leaves ``path`` as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------- norms / mlp
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with TransformerLens' ``hook_normalized`` (after scale and shift)."""
+class Norm(nn.Module):
+    """Base of our norms, with TransformerLens 4's hook names: ``hook_scale [B, L, 1]`` (the
+    denominator: ``sqrt(var + eps)``, LayerNorm after centring), ``hook_normalized [B, L, d]``
+    (before the affine weight and bias), ``hook_out [B, L, d]`` (after them: what the next layer
+    reads). The output is computed by one fused call; when a hook on ``hook_scale`` or
+    ``hook_normalized`` is active the pieces are computed explicitly, and an edit (a hook returning
+    a new tensor) is rebuilt into the output (TL 4 does the same)."""
 
-    def __init__(self, d: int, eps: float, bias: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
-        self.eps = eps
-        self.hook_normalized = HookPoint()
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return self.hook_normalized(y)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back."""
+    HOOKS = (HookSpec("hook_scale", "[B, L, 1]", "sqrt(var + eps) (LayerNorm: of the centred input), TL 4's hook_scale"),
+             HookSpec("hook_normalized", "[B, L, d_model]", "normalised input before the affine weight / bias (TL 4)"),
+             HookSpec("hook_out", "[B, L, d_model]", "after weight and bias: what the next layer reads"))
+    is_layernorm: bool = False
 
     def __init__(self, d: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.eps = eps
+        self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
+        self.hook_out = HookPoint()
+
+    def fused(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        out = self.fused(x)
+        if hook_active(self.hook_scale) or hook_active(self.hook_normalized):
+            x32 = x.float() if x.dtype not in (torch.float32, torch.float64) else x
+            centred = x32 - x32.mean(-1, keepdim=True) if self.is_layernorm else x32
+            scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            hooked_scale = self.hook_scale(scale)
+            normalized = centred / hooked_scale
+            hooked = self.hook_normalized(normalized)
+            if hooked_scale is not scale or hooked is not normalized:
+                out = self.affine(hooked, x.dtype)
+        return self.hook_out(out)
+
+    def linear_part(self) -> Tensor:
+        """The linear part ``N [d, d]`` in row convention, ``x ↦ x N``: ``(I − 11ᵀ/d) diag(w)``
+        (LayerNorm: centre, then weight) or ``diag(w)`` (RMSNorm). Left out: the ``1/scale`` (a
+        positive factor per token) and the bias, as TransformerLens' ``fold_ln`` does."""
+        w = self.weight.detach()
+        N = torch.diag(w)
+        if self.is_layernorm:
+            d = w.shape[0]
+            N = (torch.eye(d, dtype=w.dtype, device=w.device) - 1.0 / d) @ N
+        return N
+
+
+class LayerNorm(Norm):
+    """LayerNorm (``F.layer_norm``), with an optional bias."""
+
+    is_layernorm = True
+
+    def __init__(self, d: int, eps: float, bias: bool = True):
+        super().__init__(d, eps)
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def fused(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+    def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        y = y * self.weight
+        return (y if self.bias is None else y + self.bias).to(dtype)
+
+
+class RMSNorm(Norm):
+    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back."""
+
+    def fused(self, x: Tensor) -> Tensor:
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.hook_normalized(self.weight * y.to(x.dtype))
+        return self.weight * y.to(x.dtype)
+
+    def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.weight * y.to(dtype)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -101,9 +165,16 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 class MLP(nn.Module):
     """Plain ``fc_out(act(fc_in x))`` or gated ``fc_out(act(fc_gate x) * fc_in x)`` (SwiGLU).
 
-    Hooks: ``hook_pre`` (fc_in output, [B, L, d_mlp]), ``hook_post`` (neuron activations after the
-    nonlinearity / gating), ``hook_out`` ([B, L, d_model]).
+    Hooks (TransformerLens' names and meanings): ``hook_pre [B, L, d_mlp]``, the pre-activation
+    (plain: ``fc_in x``; gated: the gate ``fc_gate x``), ``hook_pre_linear`` (gated only: the linear
+    branch ``fc_in x``, Llama's ``up_proj``), ``hook_post`` (neuron activations after the
+    nonlinearity / gating), ``hook_out [B, L, d_model]``.
     """
+
+    HOOKS = (HookSpec("hook_pre", "[B, L, d_mlp]", "pre-activation (gated: the gate fc_gate x, Llama's gate_proj)"),
+             HookSpec("hook_pre_linear", "[B, L, d_mlp]", "gated MLP's linear branch fc_in x (Llama's up_proj)", "gated_mlp"),
+             HookSpec("hook_post", "[B, L, d_mlp]", "neuron activations after the nonlinearity / gating"),
+             HookSpec("hook_out", "[B, L, d_model]", "the MLP's output"))
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -112,60 +183,20 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(cfg.mlp_dim, cfg.d_model, bias=cfg.mlp_bias)
         self.act = ACTIVATIONS[cfg.act]
         self.hook_pre = HookPoint()
+        if self.fc_gate is not None:
+            self.hook_pre_linear = HookPoint()
         self.hook_post = HookPoint()
         self.hook_out = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.hook_pre(self.fc_in(x))
         if self.fc_gate is not None:
-            post = self.act(self.fc_gate(x)) * pre
+            post = self.act(self.hook_pre(self.fc_gate(x))) * self.hook_pre_linear(self.fc_in(x))
         else:
-            post = self.act(pre)
+            post = self.act(self.hook_pre(self.fc_in(x)))
         return self.hook_out(self.fc_out(self.hook_post(post)))
 
 
 # ----------------------------------------------------------------------------- mixers
-
-
-class Mixer(nn.Module):
-    """Base of every sequence mixer. Calling convention: ``forward(x [B, T, d_model], state=None,
-    pos=0) -> (out [B, T, d_model], new_state)`` (see the module docstring); ``init_state``
-    returns the empty state dict; ``pattern(x) -> [B, H, L, L]`` the (implicit) attention matrix
-    for the normalised mixer input ``x``. Every mixer ends with ``hook_out``."""
-
-    supports_state_taps: bool = False
-    state_key: str | None = None  # the state entry hook_state reports (see tap_value)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tap_positions: Tensor | None = None  # set by SeqModel.tap_states
-        self.hook_out = HookPoint()
-
-    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def pattern(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def tap_value(self, state: dict[str, Tensor]) -> Tensor:
-        """What ``hook_state`` reports for one position, read off this mixer's state dict (tests
-        compare taps with the step loop through it). Default: ``state[self.state_key]``."""
-        return state[self.state_key]
-
-    def check_tap_range(self, length: int, state: dict | None) -> None:
-        """In a single forward pass (no state) a tap past the input's end would silently never
-        fire: make it an error. Streams tap across chunks, so there it is allowed."""
-        if state is None and self.tap_positions is not None and int(self.tap_positions[-1]) >= length:
-            raise ValueError(f"positions: tap position {int(self.tap_positions[-1])} lies past the end of "
-                             f"the {length}-token input (use stream() to tap across chunks)")
-
-    def local_taps(self, pos: int, length: int) -> Tensor | None:
-        """Tap positions falling in ``[pos, pos + length)``, shifted to chunk-local indices."""
-        if self.tap_positions is None:
-            return None
-        p = self.tap_positions
-        local = p[(p >= pos) & (p < pos + length)] - pos
-        return local if local.numel() else None
 
 
 def grouped_pattern(alpha: Callable[[slice], Tensor], width: int, heads: int, shape: tuple[int, int],
@@ -190,6 +221,10 @@ def grouped_pattern(alpha: Callable[[slice], Tensor], width: int, heads: int, sh
 
 class Block(nn.Module):
     """One pre-norm residual block around a sequence mixer (and an MLP unless ``mlp=None``)."""
+
+    HOOKS = (HookSpec("hook_resid_pre", "[B, L, d_model]", "residual stream into the block"),
+             HookSpec("hook_resid_mid", "[B, L, d_model]", "after the mixer, before the MLP", "sequential_mlp"),
+             HookSpec("hook_resid_post", "[B, L, d_model]", "residual stream out of the block"))
 
     def __init__(self, cfg: ModelConfig, mixer: nn.Module, with_mlp: bool):
         super().__init__()
@@ -242,6 +277,37 @@ class _StopForward(Exception):
     pass
 
 
+_ALIAS = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<rest>attn\.hook_\w+|hook_attn_out|hook_mlp_out)$")
+
+
+class SeqCache(ActivationCache):
+    """An ``ActivationCache`` whose lookups also accept TransformerLens' names and
+    ``get_act_name`` shorthands (resolved with ``SeqModel.resolve_hook_name``)."""
+
+    def _primary(self, key: Any) -> Any:
+        import transformer_lens.utilities as utils
+
+        if isinstance(key, str) and key in self.cache_dict:
+            return key
+        if isinstance(key, tuple):
+            if len(key) > 1 and key[1] is not None and key[1] < 0:
+                key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
+            key = utils.get_act_name(*key)
+        name = self.model.resolve_hook_name(key)
+        if name not in self.cache_dict and isinstance(key, str) and "." not in key:
+            name = self.model.resolve_hook_name(utils.get_act_name(key))
+        return name
+
+    def __getitem__(self, key: Any) -> Tensor:
+        return self.cache_dict[self._primary(key)]
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self._primary(key) in self.cache_dict
+        except Exception:
+            return False
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -251,6 +317,12 @@ class SeqModel(HookedRootModule):
     an MLP; everything else (forward / step / stream / taps / patterns / io) lives here."""
 
     has_mlp: bool = True
+    HOOKS = (HookSpec("hook_embed", "[B, L, d_model]", "token embedding"),)
+
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:  # pragma: no cover - abstract
+        """The :class:`Mixer` subclass this model builds for ``cfg`` (its ``make_mixer``)."""
+        raise NotImplementedError
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -270,6 +342,7 @@ class SeqModel(HookedRootModule):
         # provenance, set by the loaders (seqlens.models.io / zoo): the tokenizer when the
         # directory has one, the directory / zoo name, the training Recipe and its metrics
         self.tokenizer: Any = None
+        self._tap_runs: list[tuple[int, int]] | None = None  # [start, end) runs inside tap_states
         self.name: str | None = None
         self.recipe: Any = None
         self.metrics: dict[str, float] = {}
@@ -278,8 +351,8 @@ class SeqModel(HookedRootModule):
         """Subclasses add architecture-specific modules here (e.g. position embeddings), before
         the hook points are indexed."""
 
-    def make_mixer(self, layer: int) -> nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def make_mixer(self, layer: int) -> nn.Module:
+        return self.mixer_class(self.cfg)(self.cfg)
 
     # -- core -------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Tensor, pos: int) -> Tensor:
@@ -294,6 +367,9 @@ class SeqModel(HookedRootModule):
             raise TypeError(f"{name}: expected integer token ids, got dtype {tokens.dtype}")
         if tokens.dim() != 2:
             raise ValueError(f"{name}: expected shape [batch, seq_len], got {list(tokens.shape)}")
+        if tokens.numel() == 0:  # one behaviour for every mixer: [B, 0] and [0, L] are refused
+            raise ValueError(f"{name}: expected at least one token in at least one sequence, got shape "
+                             f"{list(tokens.shape)}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"{name}: token ids must lie in [0, {self.cfg.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
@@ -308,6 +384,8 @@ class SeqModel(HookedRootModule):
             x, layer_state = block(x, None if state is None else state.layers[i], pos=pos)
             new_layers.append(layer_state)
         logits = self.unembed(self.ln_final(x))
+        if self._tap_runs is not None:  # which positions tap_states' taps could fire at (see there)
+            self._tap_runs.append((pos, pos + tokens.shape[1]))
         if state is None:
             return logits, None
         return logits, ModelState(new_layers, pos + tokens.shape[1])
@@ -319,8 +397,8 @@ class SeqModel(HookedRootModule):
     # -- recurrent inference -------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> ModelState:
-        if batch <= 0:
-            raise ValueError(f"batch: expected a positive integer, got {batch}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+            raise ValueError(f"batch: expected a positive integer, got {batch!r}")
         p = self.embed.weight
         device = p.device if device is None else torch.device(device)
         dtype = p.dtype if dtype is None else dtype
@@ -328,8 +406,7 @@ class SeqModel(HookedRootModule):
 
     def forward_chunk(self, tokens: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """Continue from ``state`` with ``tokens [B, T]``: returns ``(logits [B, T, V], state)``."""
-        if not isinstance(state, ModelState):
-            raise TypeError(f"state: expected a ModelState from init_state(), got {type(state).__name__}")
+        self.check_state(state)
         if tokens.dim() == 2 and state.layers and tokens.shape[0] != self._state_batch(state):
             raise ValueError(f"tokens: batch {tokens.shape[0]} does not match the state's batch "
                              f"{self._state_batch(state)}")
@@ -338,6 +415,36 @@ class SeqModel(HookedRootModule):
     @staticmethod
     def _state_batch(state: ModelState) -> int:
         return next(iter(state.layers[0].values())).shape[0]
+
+    def check_state(self, state: Any) -> None:
+        """Require ``state`` to belong to this model: a ModelState with one dict per layer whose
+        keys and tensor shapes are those of ``init_state`` (dims that are empty there grow with
+        ``pos``, e.g. a KV cache's sequence axis); clear ValueErrors naming ``state``."""
+        if not isinstance(state, ModelState):
+            raise TypeError(f"state: expected a ModelState from init_state(), got {type(state).__name__}")
+        if isinstance(state.pos, bool) or not isinstance(state.pos, int) or state.pos < 0:
+            raise ValueError(f"state: pos must be a non-negative integer, got {state.pos!r}")
+        if not isinstance(state.layers, list) or len(state.layers) != len(self.blocks):
+            n = len(state.layers) if isinstance(state.layers, list) else type(state.layers).__name__
+            raise ValueError(f"state: has {n} layers but this model has {len(self.blocks)}; "
+                             "it comes from another model (use this model's init_state())")
+        first = state.layers[0] if state.layers else None
+        batch = next((v.shape[0] for v in first.values() if isinstance(v, Tensor) and v.dim()), 1) \
+            if isinstance(first, dict) else 1
+        for i, (block, got) in enumerate(zip(self.blocks, state.layers)):
+            want = block.mixer.init_state(batch, torch.device("meta"), self.embed.weight.dtype)
+            if not isinstance(got, dict) or set(got) != set(want):
+                keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+                raise ValueError(f"state: layer {i} has entries {keys} but this model's {self.cfg.arch} "
+                                 f"layer expects {sorted(want)}; it comes from another model")
+            for key, t in want.items():
+                v = got[key]
+                ok = isinstance(v, Tensor) and v.dim() == t.dim() and all(
+                    a == b or b == 0 for a, b in zip(v.shape, t.shape))
+                if not ok:
+                    shape = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                    raise ValueError(f"state: layer {i} entry {key!r} has shape {shape} but this model "
+                                     f"expects {list(t.shape)}; it comes from another model")
 
     def step(self, tokens: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: ``tokens [B] -> (logits [B, V], state)``."""
@@ -363,8 +470,10 @@ class SeqModel(HookedRootModule):
         chunk. Memory is O(state) plus one chunk when ``return_logits=False``; for recurrent
         mixers the state has a fixed size, for attention it is the KV cache (O(L)).
         """
-        if chunk_size <= 0:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable (start, logits, state), got {type(callback).__name__}")
         chunks, total = self._chunks(tokens, chunk_size)
         outs: list[Tensor] = []
         bar = None
@@ -398,6 +507,7 @@ class SeqModel(HookedRootModule):
         return iter(tokens), None
 
     # -- state taps ------------------------------------------------------------------------------
+    @applies_to(lambda model: model.supports_state_taps)
     @contextlib.contextmanager
     def tap_states(self, positions: Sequence[int] | Tensor):
         """Inside this context, ``blocks.{l}.mixer.hook_state`` fires with the recurrent state
@@ -405,25 +515,54 @@ class SeqModel(HookedRootModule):
         the scan without materialising the state at every step. When streaming, each chunk fires
         the hook with the positions that fall inside it (absolute positions carry across chunks).
         Attention mixers have no fixed-size state (their state is the KV cache) and raise."""
-        pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+        pos = self._tap_tensor(positions)
         if pos.numel() == 0:
             raise ValueError("positions: expected at least one position")
         if int(pos.min()) < 0:
             raise ValueError(f"positions: expected non-negative positions, got {pos.tolist()}")
         if pos.numel() > 1 and not bool((pos[1:] > pos[:-1]).all()):
             raise ValueError(f"positions: expected strictly increasing positions, got {pos.tolist()}")
-        if not all(getattr(b.mixer, "supports_state_taps", False) for b in self.blocks):
-            raise NotImplementedError(
+        if not self.supports_state_taps:
+            raise NotApplicableError(
                 f"tap_states: arch {self.cfg.arch!r} has no fixed-size recurrent state (its state "
                 "is the KV cache, see init_state); use hook_k / hook_v instead")
-        old = [b.mixer.tap_positions for b in self.blocks]
+        old, old_runs = [b.mixer.tap_positions for b in self.blocks], self._tap_runs
         for b in self.blocks:
             b.mixer.tap_positions = pos
+        self._tap_runs = []
         try:
             yield pos
+            runs = self._tap_runs
         finally:
             for b, o in zip(self.blocks, old):
                 b.mixer.tap_positions = o
+            self._tap_runs = old_runs
+        self._check_taps_fired(pos, runs)
+
+    @staticmethod
+    def _check_taps_fired(pos: Tensor, runs: list[tuple[int, int]]) -> None:
+        """After tap_states: when inputs ran but some tap positions lay in none of them (past the
+        end of a stream, or before the position a continued state started at), say so."""
+        if not runs:
+            return
+        fired = torch.zeros_like(pos, dtype=torch.bool)
+        for start, end in runs:
+            fired |= (pos >= start) & (pos < end)
+        if not bool(fired.all()):
+            covered = ", ".join(f"[{a}, {b})" for a, b in sorted(set(runs))[:4])
+            raise ValueError(f"positions: tap positions {pos[~fired].tolist()[:8]} lie outside the input run "
+                             f"inside tap_states (positions {covered}); hook_state never fired for them")
+
+    @staticmethod
+    def _tap_tensor(positions: Any) -> Tensor:
+        """``positions`` as a flat LongTensor; non-integer values (2.7, True) are an error, not truncated."""
+        try:
+            pos = torch.as_tensor(positions)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"positions: expected a sequence of integers, got {positions!r}") from None
+        if pos.numel() and (pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex()):
+            raise TypeError(f"positions: expected integer positions, got {positions!r}")
+        return pos.long().flatten()
 
     # -- patterns ------------------------------------------------------------------------------
     def mixer_input(self, tokens: Tensor, layer: int) -> Tensor:
@@ -437,7 +576,7 @@ class SeqModel(HookedRootModule):
             raise _StopForward
 
         try:
-            with self.hooks(fwd_hooks=[(f"blocks.{layer}.ln1.hook_normalized", grab)]):
+            with self.hooks(fwd_hooks=[(f"blocks.{layer}.ln1.hook_out", grab)]):
                 self(tokens)
         except _StopForward:
             pass
@@ -451,6 +590,7 @@ class SeqModel(HookedRootModule):
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)
 
+    @applies_to(lambda model: model.is_softmax)
     def attention_stats(self, tokens: Tensor, layer: int, sink_k: int = 4,
                         span: tuple[int, int] | Tensor | None = None, backend: str = "auto") -> Any:
         """Per-query attention statistics of layer ``layer`` (softmax / forgetting attention):
@@ -460,37 +600,129 @@ class SeqModel(HookedRootModule):
         rows: use :meth:`mixer_pattern` (implicit attention) for them."""
         x = self.mixer_input(tokens, layer)  # validates layer
         mixer = self.blocks[layer].mixer
-        if not callable(getattr(mixer, "stats", None)):
-            raise NotImplementedError(
+        if not mixer.is_softmax:
+            raise NotApplicableError(
                 f"attention_stats: layer {layer}'s mixer ({type(mixer).__name__}) is not softmax attention; "
                 "use mixer_pattern(tokens, layer) for the implicit attention of recurrent mixers")
         return mixer.stats(x, sink_k, span, backend)
 
     def _check_layer(self, layer: int) -> None:
-        if not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.cfg.n_layers}), got {layer!r}")
 
+    # -- the mixer protocol, model-wide --------------------------------------------------------
+    @property
+    def mixers(self) -> list[Mixer]:
+        return [b.mixer for b in self.blocks]
+
+    @property
+    def n_groups(self) -> int:
+        """"Heads" per layer: attention / GLA heads, or channel groups of recurrent mixers (the
+        one place this number comes from; see ``Mixer.groups``)."""
+        return self.blocks[0].mixer.groups.n
+
+    @property
+    def supports_state_taps(self) -> bool:
+        """Whether every mixer has a fixed-size state that :meth:`tap_states` can report."""
+        return all(m.supports_state_taps for m in self.mixers)
+
+    @property
+    def is_softmax(self) -> bool:
+        """Whether every mixer is softmax attention (pattern rows are distributions)."""
+        return all(m.is_softmax for m in self.mixers)
+
+    @property
+    def backend(self) -> str:
+        return self.blocks[0].mixer.backend
+
+    def set_backend(self, backend: str) -> "SeqModel":
+        """Kernel backend of every mixer's sequence op ("auto", "triton", "chunked", "loop",
+        "ref", as each mixer's ``BACKENDS`` allows); ValueError naming ``backend`` otherwise."""
+        for m in self.mixers:
+            m.set_backend(backend)
+        return self
+
+    def norm_modules(self) -> dict[str, nn.Module]:
+        """Every normalisation module, by name (ours and torch's LayerNorm)."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, (Norm, nn.LayerNorm))}
+
     # -- TransformerLens glue ------------------------------------------------------------------
+    def resolve_hook_name(self, name: str) -> str:
+        """The primary hook name for ``name``: TransformerLens' attention names resolve on softmax
+        attention layers (``blocks.{l}.attn.X`` -> ``blocks.{l}.mixer.X``, ``blocks.{l}.hook_attn_out``
+        -> ``blocks.{l}.mixer.hook_out``), ``blocks.{l}.hook_mlp_out`` -> ``blocks.{l}.mlp.hook_out``;
+        any other name is returned unchanged."""
+        if name in self.hook_dict or not isinstance(name, str):
+            return name
+        m = _ALIAS.match(name)
+        if m is None:
+            return name
+        layer, rest = int(m["layer"]), m["rest"]
+        if not 0 <= layer < len(self.blocks):
+            return name
+        if rest == "hook_mlp_out":
+            return f"blocks.{layer}.mlp.hook_out"
+        if not self.blocks[layer].mixer.is_softmax:
+            return name
+        if rest == "hook_attn_out":
+            return f"blocks.{layer}.mixer.hook_out"
+        return f"blocks.{layer}.mixer.{rest[len('attn.'):]}" if rest.startswith("attn.") else name
+
+    def _resolve_filter(self, names_filter: Any) -> Any:
+        if isinstance(names_filter, str):
+            return self.resolve_hook_name(names_filter)
+        if isinstance(names_filter, (list, tuple)):
+            return [self.resolve_hook_name(n) for n in names_filter]
+        if callable(names_filter):
+            aliases = self.hook_aliases()
+            return lambda name: names_filter(name) or any(names_filter(a) for a in aliases.get(name, ()))
+        return names_filter
+
+    def hook_aliases(self) -> dict[str, list[str]]:
+        """``primary name -> [TransformerLens aliases]`` of this model (see :meth:`resolve_hook_name`)."""
+        out: dict[str, list[str]] = {}
+        for l, block in enumerate(self.blocks):
+            names = [f"blocks.{l}.hook_mlp_out"]
+            if block.mixer.is_softmax:
+                names += [f"blocks.{l}.hook_attn_out"]
+                names += [f"blocks.{l}.attn.{n.split('.')[-1]}" for n in self.hook_dict
+                          if n.startswith(f"blocks.{l}.mixer.")]
+            for a in names:
+                primary = self.resolve_hook_name(a)
+                if primary != a and primary in self.hook_dict:
+                    out.setdefault(primary, []).append(a)
+        return out
+
+    def _enable_hook(self, name: Any, hook: Callable, dir: str = "fwd") -> None:  # type: ignore[override]
+        """TransformerLens' hook installation, with aliases resolved (run_with_hooks, hooks())."""
+        return super()._enable_hook(name=self._resolve_filter(name) if isinstance(name, str) or callable(name)
+                                    else name, hook=hook, dir=dir)
+
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, ActivationCache]:
-        """TransformerLens' ``run_with_cache``, returning an ``ActivationCache``."""
+        """TransformerLens' ``run_with_cache``, returning an ``ActivationCache`` keyed by primary
+        names that also answers to TransformerLens' names (``cache["pattern", 0]``,
+        ``cache["blocks.0.attn.hook_z"]``); ``names_filter`` accepts either."""
+        if "names_filter" in kwargs:
+            kwargs["names_filter"] = self._resolve_filter(kwargs["names_filter"])
         out, cache = super().run_with_cache(*args, **kwargs)
-        if isinstance(cache, ActivationCache):
-            return out, cache
+        data = cache.cache_dict if isinstance(cache, ActivationCache) else cache
         has_batch = not kwargs.get("remove_batch_dim", False)
-        return out, ActivationCache(cache, self, has_batch_dim=has_batch)
+        return out, SeqCache(data, self, has_batch_dim=has_batch)
 
     def hook_names(self) -> list[str]:
         return list(self.hook_dict.keys())
 
     # -- io ------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` (``{"seqlens": cfg, ...extra}``) and ``model.safetensors``."""
+        """Write ``model.safetensors`` then ``config.json`` (``{"seqlens": cfg, ...extra}``), each
+        atomically (:func:`atomic_write`)."""
         from safetensors.torch import save_model
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps({"seqlens": self.cfg.to_dict(), **(extra or {})}, indent=2))
-        save_model(self, str(d / WEIGHTS_FILE))
+        text = json.dumps({"seqlens": self.cfg.to_dict(), **(extra or {})}, indent=2)
+        atomic_write(d / WEIGHTS_FILE, lambda tmp: save_model(self, str(tmp)))
+        atomic_write(d / CONFIG_FILE, lambda tmp: tmp.write_text(text))
         return d
 
     @property

@@ -25,9 +25,17 @@ products of gates, across chunks the state): Triton kernels on CUDA, ``gla_chunk
 Hooks (``blocks.{l}.mixer.*``): ``hook_q``, ``hook_k [B, L, H, d_k]`` (q before its d_k^-0.5
 scale), ``hook_v [B, L, H, d_v]``, ``hook_log_decay [B, L, H, d_k]`` (log g_t; constant log γ_h for
 RetNet), ``hook_z [B, L, H, d_v]`` (per-head output before the group norm: the "z" that head
-ablations edit), ``g_norm.hook_normalized [B, L, H, d_v]``, ``hook_gate [B, L, value_dim]``
-(SiLU(g_proj x)), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``, ``hook_state
-[B, T, H, d_k, d_v]``.
+ablations edit), ``g_norm.hook_scale / hook_normalized / hook_out [B, L, H, d_v]`` (the group norm,
+before / after its weight), ``hook_out_gate [B, L, value_dim]`` (SiLU(g_proj x); ``hook_gate``
+before), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``, ``hook_state
+[B, T, H, d_k, d_v]``. The machine-readable list is ``LinearAttentionMixer.HOOKS``.
+
+Protocol: the groups are the heads (per-group output ``hook_z``; RMSNorm(0) = 0, so zeroing it
+silences the head). "uniform" ablation: ``hook_z[t, h] = mean_{s≤t} v_s[h]`` (α replaced by uniform
+causal weights; group norm and output gate still apply). The decay is ``g = exp(hook_log_decay)``;
+``forget_more`` multiplies the log decay by c and ``hook_k`` by b_scale (what ``kᵀv`` writes). The
+OV path: ``v_proj`` rows, the group norm's weight, ``o_proj`` columns of head h; the group norm's
+``1/rms`` and the SiLU output gate (per-token factors) omitted.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, RMSNorm, SeqModel
+from .mixer import (LOG_FLOOR, AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors,
+                    StateSpec, causal_mean, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
 # the kernels live in models/kernels/linear_attention.py; re-exported here for existing imports
 from .kernels.linear_attention import (GLAResult, gated_linear_attention, gla_chunked,  # noqa: F401
@@ -79,8 +89,28 @@ class LinearAttentionMixer(Mixer):
     gate. Subclasses define ``log_decay(x) -> [B, T, H, d_k]`` (float32, ≤ 0). State:
     ``{"S": [B, H, d_k, d_v]}`` in float32."""
 
+    HOOKS = (
+        HookSpec("hook_q", "[B, L, H, d_k]", "queries (before the d_k^-0.5 scale)"),
+        HookSpec("hook_k", "[B, L, H, d_k]", "keys (write)"),
+        HookSpec("hook_v", "[B, L, H, d_v]", "values (the value written)"),
+        HookSpec("hook_log_decay", "[B, L, H, d_k]", "log decay log g_t (RetNet: constant log γ_h)"),
+        HookSpec("hook_state", "[B, T, H, d_k, d_v]", "state S after the tapped positions", "tap_states"),
+        HookSpec("hook_z", "[B, L, H, d_v]", "per-head output q_t S_t before the group norm (per-group output)"),
+        HookSpec("hook_out_gate", "[B, L, value_dim]", "output gate SiLU(g_proj x)"),
+        HookSpec("g_norm.hook_scale", "[B, L, H, 1]", "group norm: per-head rms of hook_z"),
+        HookSpec("g_norm.hook_normalized", "[B, L, H, d_v]", "group norm: hook_z / rms, before its weight"),
+        HookSpec("g_norm.hook_out", "[B, L, H, d_v]", "group norm output (after its weight)"),
+        HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
+    )
+    BACKENDS = ("triton", "chunked", "ref")
     supports_state_taps = True
     state_key = "S"
+    state_spec = StateSpec("S", "[B, H, d_k, d_v]", "S [B, H, d_k, d_v], the mixer's heads", linear=True)
+    decay_hooks = ("hook_log_decay",)
+    memory_hook = "hook_z"
+    lrp = LRPRules(detach=("hook_log_decay", "hook_out_gate", "g_norm.hook_scale"),
+                   uniform=("q_t · (k_s v_s)",), note="linear attention as AttnLRP without the softmax; "
+                   "decays and the group norm's scale detached, gate product uniform")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -94,7 +124,7 @@ class LinearAttentionMixer(Mixer):
         self.g_proj = nn.Linear(cfg.d_model, self.value_dim, bias=False)
         self.g_norm = RMSNorm(self.d_v, cfg.norm_eps)  # per-head "group norm" over d_v
         self.o_proj = nn.Linear(self.value_dim, cfg.d_model, bias=False)
-        for name in ("q", "k", "v", "log_decay", "z", "gate", "state"):
+        for name in ("q", "k", "v", "log_decay", "z", "out_gate", "state"):
             setattr(self, f"hook_{name}", HookPoint())
         self.chunk_size = 16  # of the CPU path (the Triton kernels' chunks are fixed); fastest there
 
@@ -103,6 +133,37 @@ class LinearAttentionMixer(Mixer):
 
     def log_decay(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- protocol (module docstring) ---------------------------------------------------------------
+    @property
+    def groups(self) -> Groups:
+        return Groups(self.n_heads, self.n_heads, "head")
+
+    def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
+        if mode != "uniform":
+            return [("hook_z", site.constant_edit(mode))]
+        uniform = lambda z, hook: site.put(z, causal_mean(site.take(site.seen["v"])))  # noqa: E731
+        return [("hook_v", lambda v, hook: site.capture("v", v)), ("hook_z", uniform)]
+
+    def decay(self, seen: dict[str, Tensor]) -> Tensor:
+        return seen["hook_log_decay"].float().exp()  # [B, T, H, d_k]
+
+    def log_chunk_decay(self, seen: dict[str, Tensor]) -> Tensor:
+        return seen["hook_log_decay"].double().clamp_min(LOG_FLOOR).sum(1)[..., None]  # [B, H, d_k, 1]
+
+    def forget_hooks(self, b_scale: float, c: float) -> HookList:
+        return [("hook_log_decay", scale_hook(c)), ("hook_k", scale_hook(b_scale))]
+
+    def gates(self) -> list[GateSpec]:
+        return [GateSpec("g", "hook_log_decay", lambda x: torch.exp(x.float()),
+                         "decay g = exp(log g) per head and key dimension")]
+
+    def ov_factors(self) -> OVFactors:
+        gain = self.g_norm.weight.repeat(self.n_heads)  # group-norm weight [d_v] is shared by the heads
+        return OVFactors(head_rows(self.v_proj.weight, self.n_heads),
+                         head_columns(self.o_proj.weight, self.n_heads, gain), "linear_attention",
+                         "linearised: v_proj rows, group-norm weight, o_proj columns of head h; group-norm 1/rms and "
+                         "SiLU output gate (per-token factors) omitted")
 
     @property
     def scale(self) -> float:
@@ -121,7 +182,7 @@ class LinearAttentionMixer(Mixer):
     def output(self, x: Tensor, o: Tensor) -> Tensor:
         """``o_proj(RMSNorm_head(o) ⊙ SiLU(g_proj x))`` for per-head outputs ``o [B, T, H, d_v]``."""
         B, T, _ = x.shape
-        gate = self.hook_gate(F.silu(self.g_proj(x)))
+        gate = self.hook_out_gate(F.silu(self.g_proj(x)))
         y = self.g_norm(o).reshape(B, T, self.value_dim) * gate
         return self.hook_out(self.o_proj(y))
 
@@ -134,7 +195,7 @@ class LinearAttentionMixer(Mixer):
         # log_g is hook_log_decay's output (also for RetNet), so edits made by hooks take effect
         res = gated_linear_attention(q, k, v, g=log_g, scale=self.scale, tap_positions=taps,
                                      initial_state=None if state is None else state["S"],
-                                     backend="auto", chunk_size=self.chunk_size)
+                                     backend=self.backend, chunk_size=self.chunk_size)
         if res.taps is not None:
             self.hook_state(res.taps)
         o = self.hook_z(res.o.to(x.dtype))
@@ -172,6 +233,13 @@ class Retention(LinearAttentionMixer):
     §2.2), shared by every key dimension, so ``α_{t,s} = γ_h^{t−s} q_t·k_s``. xPos is omitted:
     positions enter only through the decay."""
 
+    def gates(self) -> list[GateSpec]:
+        return [GateSpec("γ (constant)", "hook_log_decay", lambda x: torch.exp(x.float()),
+                         "constant decay γ_h = 1 − 2^(−5−h), the same for every token")]
+
+    def gate_constants(self) -> list[float]:
+        return self.gamma.tolist()
+
     @property
     def gamma(self) -> Tensor:
         """``[H]`` float64 decay rates ``γ_h = 1 − 2^(−5−h)``."""
@@ -193,5 +261,6 @@ class GLA(SeqModel):
 
     has_mlp = True
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return Retention(self.cfg) if self.cfg.arch == "retnet" else GatedLinearAttention(self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return Retention if cfg.arch == "retnet" else GatedLinearAttention

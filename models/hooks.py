@@ -20,7 +20,7 @@ HookShapes = list[tuple[str, list[int]]]
 
 def supports_taps(model) -> bool:
     """True when every mixer has a fixed-size recurrent state that ``tap_states`` can tap."""
-    return all(getattr(b.mixer, "supports_state_taps", False) for b in model.blocks)
+    return model.supports_state_taps
 
 
 def random_tokens(model, batch: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -34,14 +34,20 @@ def random_tokens(model, batch: int, seq_len: int, seed: int) -> torch.Tensor:
 
 def record_hooks(model, tokens: torch.Tensor, taps: Sequence[int] | None = None) -> tuple[HookShapes, list[str]]:
     """``(fired, silent)``: ``(name, shape)`` of every hook that fired on ``tokens`` in execution
-    order, and the declared hooks that did not fire. With ``taps``, runs inside ``tap_states`` so
-    recurrent mixers' ``hook_state`` fires."""
+    order, and the hooks of the hook spec (:mod:`seqlens.models.hookdoc`) that did not fire. With
+    ``taps``, runs inside ``tap_states`` so recurrent mixers' ``hook_state`` fires. A hook outside
+    the spec or with another shape than the spec's is a ValueError (the spec is the reference)."""
+    from .hookdoc import hook_table, spec_mismatches
+
     ctx = model.tap_states(list(taps)) if taps else contextlib.nullcontext()
     with torch.no_grad(), ctx:
         _, cache = model.run_with_cache(tokens)
     fired = [(name, list(t.shape)) for name, t in cache.items()]
     seen = {name for name, _ in fired}
-    return fired, [name for name in model.hook_dict if name not in seen]
+    wrong = spec_mismatches(model, dict(fired), tokens.shape[0], tokens.shape[1], len(taps) if taps else None)
+    if wrong:
+        raise ValueError("hooks disagree with the hook spec (docs/hooks.md): " + "; ".join(wrong))
+    return fired, [name for name, _ in hook_table(model.cfg) if name not in seen]
 
 
 def default_taps(model, seq_len: int) -> list[int] | None:

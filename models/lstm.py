@@ -18,12 +18,25 @@ The gates depend on ``h_{t−1}``, so there is no parallel form: forward is a lo
 ``W x + b`` computed for the whole chunk in one matmul and ``U h`` per step. It always runs this
 explicit loop (no ``torch.nn.LSTM`` fast path): hooks see, and edits change, exactly what runs.
 
-Hooks (``blocks.{l}.mixer.*``): ``hook_i``, ``hook_f``, ``hook_o``, ``hook_g``, ``hook_c``,
-``hook_h`` (each ``[B, L, D_h]``), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
+Hooks (``blocks.{l}.mixer.*``, each ``[B, L, D_h]``; ``LSTMMixer.HOOKS``), named by meaning as on
+the other recurrent mixers (former names in brackets): ``hook_input_gate`` (i; ``hook_i``),
+``hook_decay`` (the forget gate f; ``hook_f``), ``hook_candidate`` (g; ``hook_g``),
+``hook_out_gate`` (o; ``hook_o``), ``hook_c`` (the cell), ``hook_z`` (h, the per-group output read
+into ``out_proj``; ``hook_h``), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
 ``hook_state [B, T, 2, D_h]`` with ``[:, :, 0] = h`` and ``[:, :, 1] = c``.
 
-Hooks fire once per call on whole sequences. An edit made by a hook on ``i, f, g, o, c`` or
-``h`` feeds the recurrence (e.g. zeroing cell d of ``hook_c`` also changes every later gate):
+Protocol: "heads" are ``cfg.pattern_heads`` contiguous channel groups of h. h also feeds the
+recurrence (an edit there replays the loop), so head ablation acts on the read-out only: at
+``hook_out`` the group's term ``h[g] @ W_out[:, g]ᵀ`` is replaced by ``h'[g] @ W_out[:, g]ᵀ`` with
+``h' = 0`` (zero), the mean of h over ``reference`` (mean), or ``o_t ⊙ tanh(mean_{s≤t} g_s)``
+(uniform: the cell's conditional decomposition with uniform α, read out through the realised
+output gate). The decay is f; ``forget_more`` uses ``f^c`` and ``i · b_scale`` (nonlinear: the edits
+feed the replay). ``state_window`` does not apply (nonlinear recurrence). The OV path: the g rows
+of ``in_proj`` of the group, then ``out_proj`` columns (tanh of g and of c as identity, the
+recurrent ``U_g h`` and the output gate omitted).
+
+Hooks fire once per call on whole sequences. An edit made by a hook on any of the per-step
+quantities (i, f, g, o, c, h) feeds the recurrence (e.g. zeroing cell d of ``hook_c`` also changes every later gate):
 when any of these hooks changes its tensor, the loop is replayed step by step, calling the active
 hooks at each step t on the sequence computed so far (zeros after t) and using their value at t;
 a last call on the whole sequence is the one caches keep. Edits should therefore be causal
@@ -41,10 +54,14 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, SeqModel, grouped_pattern, hook_active
+from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors, StateSpec,
+                    causal_mean, channel_groups, head_columns, head_rows, pow_hook, scale_hook)
 from .config import ModelConfig
 from .mingru import decay_attention
 
 SEQ = ("i", "f", "g", "o", "c", "h")  # per-step quantities, in the order they are computed
+HOOK = {"i": "hook_input_gate", "f": "hook_decay", "g": "hook_candidate", "o": "hook_out_gate",
+        "c": "hook_c", "h": "hook_z"}  # the hook point of each (uniform names across mixers)
 Edit = Callable[[str, int, Tensor], Tensor]  # (name, step, value) -> value used by the loop
 
 
@@ -55,8 +72,24 @@ def _no_edit(name: str, t: int, value: Tensor) -> Tensor:
 class LSTMMixer(Mixer):
     """The LSTM sequence mixer. State ``{"h", "c"}``, both ``[B, D_h]``."""
 
+    HOOKS = (
+        HookSpec("hook_input_gate", "[B, L, D_h]", "input gate i (write weight)"),
+        HookSpec("hook_decay", "[B, L, D_h]", "forget gate f (decay of the cell)"),
+        HookSpec("hook_candidate", "[B, L, D_h]", "cell input g = tanh(·) (the value written)"),
+        HookSpec("hook_out_gate", "[B, L, D_h]", "output gate o"),
+        HookSpec("hook_c", "[B, L, D_h]", "cell c_t"),
+        HookSpec("hook_z", "[B, L, D_h]", "hidden state h_t = o ⊙ tanh(c_t), read into out_proj (per-group output)"),
+        HookSpec("hook_state", "[B, T, 2, D_h]", "stack(h, c) after the tapped positions", "tap_states"),
+        HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
+    )
     supports_state_taps = True
     state_key = None  # hook_state reports h and c together, see tap_value
+    state_spec = StateSpec("c", "[B, D_h]", "cell c [B, D_h], heads = cfg.pattern_heads channel groups")
+    decay_hooks = ("hook_decay",)
+    memory_hook = "hook_c"
+    lrp = LRPRules(detach=("hook_input_gate", "hook_decay", "hook_out_gate"),
+                   uniform=("hook_input_gate * hook_candidate", "hook_out_gate * tanh(hook_c)"),
+                   note="LSTM gate rule (Arras et al. 2017): gates detached, products pass relevance to the signal")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -67,8 +100,48 @@ class LSTMMixer(Mixer):
         self.out_proj = nn.Linear(D, cfg.d_model, bias=cfg.proj_bias)
         with torch.no_grad():
             self.in_proj.bias[D:2 * D] += 1.0  # forget-gate bias +1
-        for name in SEQ + ("state",):
-            setattr(self, f"hook_{name}", HookPoint())
+        for name in list(HOOK.values()) + ["hook_state"]:
+            setattr(self, name, HookPoint())
+
+    # -- protocol (module docstring) -------------------------------------------------------
+    @property
+    def groups(self) -> Groups:
+        return channel_groups(self.cfg.pattern_heads, self.hidden_dim)
+
+    def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
+        """Replace the group's read-out term at hook_out (h itself, which feeds the recurrence, is
+        only observed, so the loop is not replayed)."""
+        W = self.out_proj.weight  # [d_model, D_h]
+        names = ["h"] + (["g", "o"] if mode == "uniform" else [])
+
+        def readout(out: Tensor, hook) -> Tensor:
+            h = site.take(site.seen["h"]).float()
+            if mode == "zero":
+                new = torch.zeros_like(h)
+            elif mode == "mean":
+                new = site.mean_value(site.seen["h"]).float().expand_as(h)
+            else:
+                g, o = site.take(site.seen["g"]).float(), site.take(site.seen["o"]).float()
+                new = o * torch.tanh(causal_mean(g))
+            return out + ((new - h) @ W[:, site.units].float().T).to(out.dtype)
+        capture = [(HOOK[n], lambda x, hook, n=n: site.capture(n, x)) for n in names]
+        return capture + [("hook_out", readout)]
+
+    def decay(self, seen: dict[str, Tensor]) -> Tensor:
+        return seen["hook_decay"].float()
+
+    def forget_hooks(self, b_scale: float, c: float) -> HookList:
+        return [("hook_decay", pow_hook(c)), ("hook_input_gate", scale_hook(b_scale))]
+
+    def gates(self) -> list[GateSpec]:
+        return [GateSpec(g, HOOK[g], lambda x: x, f"{name} gate σ(·)")
+                for g, name in (("i", "input"), ("f", "forget"), ("o", "output"))]
+
+    def ov_factors(self) -> OVFactors:  # in_proj gates [i f g o]
+        D, H = self.hidden_dim, self.groups.n
+        return OVFactors(head_rows(self.in_proj.weight[2 * D:3 * D], H), head_columns(self.out_proj.weight, H),
+                         "lstm", "linearised: in_proj g-gate rows of cell group h, tanh(g) and tanh(c) as identity, "
+                         "recurrent U_g h and output gate omitted, out_proj columns")
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         zeros = torch.zeros(batch, self.hidden_dim, device=device, dtype=dtype)
@@ -105,7 +178,7 @@ class LSTMMixer(Mixer):
         (returned other values, or edited in place)."""
         out, edited = {}, False
         for k in SEQ:
-            hp = getattr(self, f"hook_{k}")
+            hp = getattr(self, HOOK[k])
             if not hook_active(hp):
                 out[k] = seq[k]
                 continue
@@ -118,18 +191,18 @@ class LSTMMixer(Mixer):
         """Re-run the loop so hook edits feed the recurrence (see the module docstring): at step
         t each active hook gets its sequence so far (raw values, zeros after t) and its output at
         t is used; then one call per hook on the whole raw sequence."""
-        active = {k for k in SEQ if hook_active(getattr(self, f"hook_{k}"))}
+        active = {k for k in SEQ if hook_active(getattr(self, HOOK[k]))}
         raw = {k: pre.new_zeros(*pre.shape[:2], self.hidden_dim) for k in active}
 
         def edit(name: str, t: int, value: Tensor) -> Tensor:
             if name not in active:
                 return value
             raw[name][:, t] = value
-            return getattr(self, f"hook_{name}")(raw[name].clone())[:, t]
+            return getattr(self, HOOK[name])(raw[name].clone())[:, t]
 
         seq = self.loop(pre, h, c, edit)
         for k in sorted(active, key=SEQ.index):
-            getattr(self, f"hook_{k}")(raw[k])
+            getattr(self, HOOK[k])(raw[k])
         return seq
 
     def sequence(self, x: Tensor, h: Tensor | None = None, c: Tensor | None = None) -> dict[str, Tensor]:
@@ -159,7 +232,7 @@ class LSTMMixer(Mixer):
     def implicit_attention(self, x: Tensor, channels: slice | None = None) -> Tensor:
         """Conditional decomposition of the cell, per channel: ``α[b, d, t, s] = i_{s,d}
         ∏_{k=s+1..t} f_{k,d}`` (s ≤ t), ``[B, d, L, L]``, so that ``c_t = Σ_s α_{t,s} g_s`` with
-        values ``g`` (= ``hook_g``) from a zero state.
+        values ``g`` (= ``hook_candidate``) from a zero state.
 
         "Conditional": the gates are the ones realised on this input, and they depend on ``h``,
         hence on earlier tokens. α decomposes ``c`` given those gates; it is not a linear map of
@@ -184,5 +257,6 @@ class LSTM(SeqModel):
 
     has_mlp = True
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return LSTMMixer(self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return LSTMMixer

@@ -10,11 +10,22 @@ selective scan (paper Alg. 2, ZOH for A and Euler for B as in the official code)
 Parameter names follow Hugging Face's ``MambaMixer`` (``in_proj conv1d x_proj dt_proj A_log D
 out_proj``) so checkpoints convert one-to-one.
 
-Hooks (``blocks.{l}.mixer.*``): ``hook_in [B, L, D]`` (x branch before the conv), ``hook_conv
-[B, L, D]`` (SSM input u = SiLU(conv)), ``hook_delta [B, L, D]`` (after softplus), ``hook_B``,
-``hook_C [B, L, N]``, ``hook_ssm_out [B, L, D]`` (scan output incl. the D skip), ``hook_gate
-[B, L, D]`` (SiLU(z)), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
+Hooks (``blocks.{l}.mixer.*``; ``MambaMixer.HOOKS``): ``hook_x [B, L, D]`` (x branch before the
+conv; ``hook_in`` before, renamed because TL 4's Mamba ``hook_in`` is the d_model-sized mixer
+input), ``hook_conv [B, L, D]`` (SSM input u = SiLU(conv)), ``hook_delta [B, L, D]`` (after
+softplus), ``hook_B``, ``hook_C [B, L, N]``, ``hook_z [B, L, D]`` (scan output incl. the D skip,
+the per-group output; ``hook_ssm_out`` before), ``hook_out_gate [B, L, D]`` (SiLU(z) of the paper's
+gate branch; ``hook_gate`` before), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
 ``hook_state [B, T, D, N]``.
+
+Protocol (``MambaMixer``): "heads" are ``cfg.pattern_heads`` contiguous channel groups of d_inner.
+Zero / mean ablations act on the group's channels of ``hook_z`` (the scan state is not touched);
+"uniform" replaces α by uniform causal weights, ``z[t, d] = mean_{s≤t} u[s, d] + D_d u[t, d]``
+(``u`` = ``hook_conv``, the D skip kept). The decay is ``exp(Δ_t A)`` per state element (from
+``hook_delta``); ``forget_more`` scales Δ by c and B by b_scale / c (Stuffed Mamba's A multiplier).
+The OV path is linearised: x-branch rows of ``in_proj`` of the group, the depthwise conv replaced by
+its DC gain ``Σ_k w_{d,k}`` (keeps its sign), SiLU(conv) and the scan taken as identity (the scan's
+mixing is α, the D skip its diagonal), the SiLU gate omitted, then the group's ``out_proj`` columns.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, SeqModel, grouped_pattern
+from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors, StateSpec,
+                    causal_mean, channel_groups, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
 from .kernels.selective_scan import selective_scan
 
@@ -33,8 +46,27 @@ class MambaMixer(Mixer):
     """The Mamba-1 sequence mixer. State: ``{"conv": [B, D, d_conv - 1]`` (last pre-conv
     inputs), ``"ssm": [B, D, N]}``."""
 
+    HOOKS = (
+        HookSpec("hook_x", "[B, L, D]", "x branch of in_proj, before the conv"),
+        HookSpec("hook_conv", "[B, L, D]", "SSM input u = SiLU(conv(x)) (the value written)"),
+        HookSpec("hook_delta", "[B, L, D]", "step size Δ after softplus (decay exp(ΔA))"),
+        HookSpec("hook_B", "[B, L, N]", "input matrix B_t (write)"),
+        HookSpec("hook_C", "[B, L, N]", "output matrix C_t (read)"),
+        HookSpec("hook_out_gate", "[B, L, D]", "output gate SiLU(z branch)"),
+        HookSpec("hook_state", "[B, T, D, N]", "SSM state after the tapped positions", "tap_states"),
+        HookSpec("hook_z", "[B, L, D]", "scan output incl. the D skip, before the gate (per-group output)"),
+        HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
+    )
+    BACKENDS = ("triton", "chunked", "ref")
     supports_state_taps = True
     state_key = "ssm"
+    state_spec = StateSpec("ssm", "[B, D, N]", "ssm [B, d_inner, d_state], heads = cfg.pattern_heads "
+                           "channel groups of d_inner", linear=True)
+    decay_hooks = ("hook_delta",)
+    memory_hook = "hook_z"
+    lrp = LRPRules(detach=("hook_delta", "hook_B", "hook_C", "hook_out_gate"),
+                   uniform=("hook_z * hook_out_gate",),
+                   note="selective scan linear in u given Δ, B, C (detached, as gates); gate product uniform")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -49,10 +81,18 @@ class MambaMixer(Mixer):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(D, 1))
         self.D = nn.Parameter(torch.ones(D))
         self.out_proj = nn.Linear(D, cfg.d_model, bias=cfg.proj_bias)
-        for name in ("in", "conv", "delta", "B", "C", "ssm_out", "gate", "state"):
+        for name in ("x", "conv", "delta", "B", "C", "z", "out_gate", "state"):
             setattr(self, f"hook_{name}", HookPoint())
-        self.scan_backend = "auto"
         self.init_dt()
+
+    @property
+    def scan_backend(self) -> str:
+        """Former name of :attr:`backend` (kept for existing callers)."""
+        return self.backend
+
+    @scan_backend.setter
+    def scan_backend(self, value: str) -> None:
+        self.set_backend(value)
 
     @torch.no_grad()
     def init_dt(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
@@ -87,13 +127,13 @@ class MambaMixer(Mixer):
         """Everything the scan needs for the normalised input ``x [B, T, d_model]``, each with its
         hook applied: ``u, delta, gate [B, T, D]``, ``B, C [B, T, N]`` and the new conv state."""
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        xs = self.hook_in(xs)
+        xs = self.hook_x(xs)
         conv_out, new_conv = self.conv(xs.transpose(1, 2), conv_state)
         u = self.hook_conv(F.silu(conv_out).transpose(1, 2))
         dt, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self.hook_delta(F.softplus(self.dt_proj(dt)))
         return {"u": u, "delta": delta, "B": self.hook_B(Bm), "C": self.hook_C(Cm),
-                "gate": self.hook_gate(F.silu(z)), "conv_state": new_conv}
+                "gate": self.hook_out_gate(F.silu(z)), "conv_state": new_conv}
 
     @property
     def A(self) -> Tensor:
@@ -108,17 +148,58 @@ class MambaMixer(Mixer):
             p["u"].transpose(1, 2), p["delta"].transpose(1, 2), self.A,
             p["B"].transpose(1, 2), p["C"].transpose(1, 2), D=self.D.float(),
             initial_state=None if state is None else state["ssm"],
-            return_final_state=state is not None, tap_positions=taps, backend=self.scan_backend)
+            return_final_state=state is not None, tap_positions=taps, backend=self.backend)
         if state is None and taps is None:
             y = res
         else:
             y = res.y
             if taps is not None:
                 self.hook_state(res.taps)
-        y = self.hook_ssm_out(y.transpose(1, 2).to(x.dtype))
+        y = self.hook_z(y.transpose(1, 2).to(x.dtype))
         out = self.hook_out(self.out_proj(y * p["gate"]))
         new_state = None if state is None else {"conv": p["conv_state"], "ssm": res.final_state}
         return out, new_state
+
+    # -- protocol (module docstring) ---------------------------------------------------------------
+    def summary(self) -> dict:
+        cfg = self.cfg
+        return dict(d_inner=cfg.d_inner, d_state=cfg.d_state, d_conv=cfg.d_conv, dt_rank=cfg.dt_rank_,
+                    pattern_heads=cfg.pattern_heads)
+
+    @property
+    def groups(self) -> Groups:
+        return channel_groups(self.cfg.pattern_heads, self.d_inner)
+
+    def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
+        if mode != "uniform":
+            return [("hook_z", site.constant_edit(mode))]
+
+        def uniform(y: Tensor, hook) -> Tensor:
+            u = site.take(site.seen["u"]).float()
+            return site.put(y, causal_mean(u) + self.D[site.units].float() * u)
+        return [("hook_conv", lambda u, hook: site.capture("u", u)), ("hook_z", uniform)]
+
+    def decay(self, seen: dict[str, Tensor]) -> Tensor:
+        return torch.exp(seen["hook_delta"].float()[..., None] * self.A)  # [B, T, D, N]
+
+    def log_chunk_decay(self, seen: dict[str, Tensor]) -> Tensor:
+        return seen["hook_delta"].double().sum(1)[..., None] * self.A.double()  # [B, D, N]
+
+    def forget_hooks(self, b_scale: float, c: float) -> HookList:
+        return [("hook_delta", scale_hook(c)), ("hook_B", scale_hook(b_scale / c))]
+
+    def gates(self) -> list[GateSpec]:
+        A = self.A.detach()  # [D, N]
+        return [GateSpec("exp(ΔA)", "hook_delta", lambda d, A=A: torch.exp(d.float()[..., None] * A.to(d.device)),
+                         "decay exp(Δ_t A) per state element (d, n)")]
+
+    def ov_factors(self) -> OVFactors:
+        H = self.groups.n
+        gain = self.conv1d.weight[:, 0, :].sum(-1)  # DC gain of each channel's causal conv
+        return OVFactors(head_rows(self.in_proj.weight[:self.d_inner], H),
+                         head_columns(self.out_proj.weight, H, gain), "mamba",
+                         "linearised: in_proj x-branch rows of channel group h, conv1d replaced by its DC gain (sum of "
+                         "taps), SiLU(conv) and SSM as identity, SiLU(z) gate omitted, out_proj columns")
 
     # -- implicit attention (docs/methods.md §7) ------------------------------------------------------
     @torch.no_grad()
@@ -159,5 +240,6 @@ class Mamba(SeqModel):
 
     has_mlp = False
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return MambaMixer(self.cfg)
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return MambaMixer

@@ -16,12 +16,6 @@ def arch_summary(model) -> dict[str, Any]:
     cfg = model.cfg
     out: dict[str, Any] = {"arch": cfg.arch, "n_layers": cfg.n_layers, "d_model": cfg.d_model,
                            "vocab_size": cfg.vocab_size, "n_ctx": cfg.n_ctx, "norm": cfg.norm}
-    if cfg.arch == "mamba":
-        out.update(d_inner=cfg.d_inner, d_state=cfg.d_state, d_conv=cfg.d_conv,
-                   dt_rank=cfg.dt_rank_, pattern_heads=cfg.pattern_heads)
-    else:
-        out.update(n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim,
-                   positions=cfg.positions, mlp="none" if cfg.attn_only else cfg.mlp,
-                   parallel_residual=cfg.parallel_residual)
+    out.update(model.blocks[0].mixer.summary())  # the mixer's own fields (Mixer.summary)
     out["parameters"] = count_parameters(model)
     return out

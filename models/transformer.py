@@ -10,7 +10,10 @@ Hooks of an attention mixer (``blocks.{l}.mixer.*``): ``hook_q [B, L, H, d_head]
 ``hook_v [B, L, H_kv, d_head]``, ``hook_rot_q`` / ``hook_rot_k`` (after rotary; rotary models
 only), ``hook_attn_scores [B, H, L_q, L_k]`` (scaled logits incl. the FoX forget bias, masked
 entries -inf), ``hook_pattern [B, H, L_q, L_k]``, ``hook_z [B, L, H, d_head]`` (per-head output
-before ``o``), ``hook_out [B, L, d_model]``; FoX adds ``hook_log_forget [B, L, H]``.
+before ``o``), ``hook_out [B, L, d_model]``; FoX adds ``hook_log_decay [B, L, H]`` (log f_t, its
+log decay; called ``hook_log_forget`` before). The machine-readable list is ``Attention.HOOKS``
+(docs/hooks.md is generated from it). TransformerLens' names (``blocks.{l}.attn.hook_pattern``,
+``blocks.{l}.hook_attn_out`` ...) resolve to these (``SeqModel.resolve_hook_name``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, SeqModel, hook_active
+from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, NotApplicableError,
+                    OVFactors, StateSpec, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
 from .kernels.attention_stats import AttentionStats, attention_stats, pattern_stats
 
@@ -53,7 +58,32 @@ class Attention(Mixer):
     The state is a KV cache ``{"k", "v": [B, H_kv, S, d_head]}``. The explicit path computes
     scores and pattern (so their hooks see them); PyTorch's fused ``scaled_dot_product_attention``
     runs only when no hook observes ``hook_attn_scores`` or ``hook_pattern``.
+
+    Protocol: the groups are the query heads (per-group output ``hook_z``); "zero" / "mean"
+    ablations set ``hook_z[:, :, h]``, "uniform" sets the head's finite logits at
+    ``hook_attn_scores`` to 0 (Wu et al. 2024's masking: ``A[i, j] = 1/(i+1)``; for FoX the forget
+    bias is part of the scores, so it goes too). The OV circuit is exact: ``W_V^h`` = rows of ``v``
+    of the kv head query head h reads (``h // (H / n_kv)``), ``W_O^h`` = head h's columns of ``o``.
     """
+
+    HOOKS = (
+        HookSpec("hook_q", "[B, L, H, d_head]", "queries (before rotary)"),
+        HookSpec("hook_k", "[B, L, H_kv, d_head]", "keys (before rotary)"),
+        HookSpec("hook_v", "[B, L, H_kv, d_head]", "values"),
+        HookSpec("hook_rot_q", "[B, L, H, d_head]", "queries after rotary", "rotary"),
+        HookSpec("hook_rot_k", "[B, L, H_kv, d_head]", "keys after rotary", "rotary"),
+        HookSpec("hook_attn_scores", "[B, H, L, L]", "scaled logits incl. FoX's forget bias, masked entries -inf"),
+        HookSpec("hook_pattern", "[B, H, L, L]", "softmax attention pattern"),
+        HookSpec("hook_z", "[B, L, H, d_head]", "per-head output before o (per-group output)"),
+        HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
+    )
+    BACKENDS = ("triton", "chunked", "ref")  # of attention_stats (forward uses PyTorch's SDPA)
+    whole_sequence_modes = ()  # the KV cache carries every key: all ablations work in step/stream
+    is_softmax = True
+    state_spec = StateSpec(None, "k, v [B, H_kv, S, d_head] (KV cache)",
+                           "the keys and values each chunk wrote to the KV cache, per query head")
+    lrp = LRPRules(detach=("hook_pattern",), uniform=("hook_z = pattern @ v",),
+                   note="AttnLRP (Achtibat et al. 2024): softmax detached, q·k products uniform")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -70,6 +100,36 @@ class Attention(Mixer):
         self.hook_attn_scores = HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
+
+    # -- protocol --------------------------------------------------------------------------------
+    @property
+    def groups(self) -> Groups:
+        return Groups(self.n_heads, self.n_heads, "head")
+
+    def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
+        """Zero and mean at hook_z; uniform sets the heads' finite logits to 0 at hook_attn_scores."""
+        if mode != "uniform":
+            return [("hook_z", site.constant_edit(mode))]
+
+        def flatten(s: Tensor, hook) -> Tensor:  # Wu et al.: pre-softmax logits set to 0
+            out = s.clone()
+            sub = out[:, site.units]
+            out[:, site.units] = torch.where(torch.isfinite(sub), torch.zeros_like(sub), sub)
+            return out
+        return [("hook_attn_scores", flatten)]
+
+    def ov_factors(self) -> OVFactors:
+        W_V = head_rows(self.v.weight, self.n_kv).repeat_interleave(self.n_heads // self.n_kv, 0)
+        return OVFactors(W_V, head_columns(self.o.weight, self.n_heads), "attention",
+                         "exact: W_V^h W_O^h (GQA: kv head h // (H / n_kv)); value bias and norms excluded")
+
+    def state_view(self, layer_state: dict[str, Tensor], new: int, heads: int) -> Tensor:
+        """``[B, H, G]``: the last ``new`` cached keys and values of every query head."""
+        k, v = layer_state["k"], layer_state["v"]
+        rep = heads // k.shape[1]
+        kv = torch.cat([k[:, :, -new:], v[:, :, -new:]], dim=-1)  # [B, H_kv, T, 2 dh]
+        kv = kv.repeat_interleave(rep, dim=1) if rep > 1 else kv
+        return kv.reshape(kv.shape[0], heads, -1)
 
     # -- state -----------------------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -153,7 +213,9 @@ class Attention(Mixer):
         mass, argmax key; :func:`~seqlens.models.kernels.attention_stats`) for the normalised input
         ``x [B, L, d]``, without the L×L matrix. Hooks on q / k / v apply as in ``forward``; when a
         hook on ``hook_attn_scores`` or ``hook_pattern`` is active the explicit path runs instead,
-        so its edits count (``backend == "explicit"`` in the result)."""
+        so its edits count (``backend == "explicit"`` in the result). ``backend="auto"`` uses the
+        mixer's ``backend`` (``SeqModel.set_backend``)."""
+        backend = self.backend if backend == "auto" else backend
         q, k, v = self.project(x, 0)
         q, k, v = q.transpose(1, 2), self.expand_kv(k.transpose(1, 2)), self.expand_kv(v.transpose(1, 2))
         if hook_active(self.hook_attn_scores) or hook_active(self.hook_pattern):
@@ -178,12 +240,32 @@ class ForgettingAttention(Attention):
     """FoX attention: logits ``q_i·k_j/√d + c_i − c_j`` with ``c_t = Σ_{k≤t} log f_k`` and
     ``f_t = σ(w_f·x_t + b_f)`` per head (paper eq. 3-4). The state adds ``"c"`` ``[B, H, S]``,
     the cumulative log forget of every cached key, stored relative to the newest token so it
-    stays bounded however long the stream."""
+    stays bounded however long the stream.
+
+    Protocol: the decay is ``f = exp(hook_log_decay)`` per head (a gate in [0, 1]); ``forget_more``
+    multiplies the log decay by c (there is no state write to scale)."""
+
+    HOOKS = Attention.HOOKS[:5] + (HookSpec("hook_log_decay", "[B, L, H]", "log forget gate log f_t (log decay)"),
+                                   ) + Attention.HOOKS[5:]
+    decay_hooks = ("hook_log_decay",)
+    lrp = LRPRules(detach=("hook_pattern", "hook_log_decay"), uniform=("hook_z = pattern @ v",),
+                   note="AttnLRP; the forget bias enters the logits and is detached with them")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.forget = nn.Linear(cfg.d_model, cfg.n_heads, bias=True)
-        self.hook_log_forget = HookPoint()
+        self.hook_log_decay = HookPoint()
+
+    def decay(self, seen: dict[str, Tensor]) -> Tensor:
+        return seen["hook_log_decay"].float().exp()  # [B, T, H]
+
+    def forget_hooks(self, b_scale: float, c: float) -> HookList:
+        if b_scale != 1.0:
+            raise NotApplicableError("b_scale: attention has no state write to scale (FoX: only decay_scale applies)")
+        return [("hook_log_decay", scale_hook(c))]
+
+    def gates(self) -> list[GateSpec]:
+        return [GateSpec("f", "hook_log_decay", lambda x: torch.exp(x.float()), "forget gate f = σ(w·x + b) per head")]
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         st = super().init_state(batch, device, dtype)
@@ -192,7 +274,7 @@ class ForgettingAttention(Attention):
 
     def log_forget(self, x: Tensor) -> Tensor:
         """``log f_t = logsigmoid(w_f·x_t + b_f)`` per head, ``[B, T, H]`` float32 (hooked)."""
-        return self.hook_log_forget(F.logsigmoid(self.forget(x).float()))
+        return self.hook_log_decay(F.logsigmoid(self.forget(x).float()))
 
     def score_bias(self, x: Tensor, state: dict | None) -> tuple[Tensor, dict[str, Tensor]]:
         log_f = self.log_forget(x)  # [B, T, H]
@@ -205,8 +287,11 @@ class ForgettingAttention(Attention):
 class Transformer(SeqModel):
     """Softmax (``arch="transformer"``) or forgetting (``arch="fox"``) attention Transformer."""
 
-    def make_mixer(self, layer: int) -> Mixer:
-        return ForgettingAttention(self.cfg) if self.cfg.arch == "fox" else Attention(self.cfg)
+    HOOKS = SeqModel.HOOKS + (HookSpec("hook_pos_embed", "[B, L, d_model]", "learned position embedding", "learned"),)
+
+    @classmethod
+    def mixer_class(cls, cfg: ModelConfig) -> type[Mixer]:
+        return ForgettingAttention if cfg.arch == "fox" else Attention
 
     def build_extras(self) -> None:
         if self.cfg.positions == "learned":

@@ -100,16 +100,19 @@ def load(name: str, device: str | torch.device | None = None) -> SeqModel:
 
 
 def build_organism(name: str, out_dir: str | Path | None = None, progress: bool = True,
-                   resume: bool = True) -> dict[str, Any]:
+                   resume: bool = True, force: bool = False) -> dict[str, Any]:
     """Retrain organism ``name`` from its recipe into ``out_dir`` (default: the shipped folder),
-    run its extra evaluations and return the recorded metrics."""
+    run its extra evaluations and return the recorded metrics. ``out_dir`` must be empty, new or
+    this organism's own earlier output unless ``force`` (see :func:`~seqlens.models.train.train`)."""
     from .train import evaluate, train, write_checkpoint
 
-    org = organisms()[_check(name)] if name in organisms() else None
-    if org is None:
+    if name in PRESETS:
         raise KeyError(f"name: {name!r} is a preset, not a trainable organism; organisms: {sorted(organisms())}")
+    if name not in organisms():
+        raise KeyError(f"name: unknown organism {name!r}; organisms: {sorted(organisms())}")
+    org = organisms()[name]
     out = Path(out_dir) if out_dir is not None else checkpoint_dir(name)
-    result = train(org.recipe, out, resume=resume, progress=progress)
+    result = train(org.recipe, out, resume=resume, progress=progress, force=force)
     metrics = dict(result.metrics)
     for label, overrides in org.extra_evals.items():
         metrics[label] = evaluate(result.model, org.recipe, overrides=overrides)[org.recipe.metric]

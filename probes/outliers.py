@@ -154,9 +154,7 @@ def zero_input_channels(model, channels: Mapping[str, Sequence[int]]) -> Iterato
 
 
 def _norm_modules(model) -> dict[str, nn.Module]:
-    from seqlens.models.base import LayerNorm, RMSNorm
-
-    return {n: m for n, m in model.named_modules() if isinstance(m, (LayerNorm, RMSNorm, nn.LayerNorm))}
+    return model.norm_modules()
 
 
 @torch.no_grad()

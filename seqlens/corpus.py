@@ -36,9 +36,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from seqlens.tasks.base import SeedLike, make_generator
 from seqlens.validate import check_int, positive_int
@@ -287,3 +288,139 @@ def stdlib_corpus(split: Split = "train", max_bytes: int | None = None) -> bytes
 def corpus_stats(root: str | os.PathLike[str] | None = None) -> dict[str, int | str]:
     """Files and bytes per split of the corpus (default: this interpreter's stdlib)."""
     return StdlibCorpus(root).stats().to_dict()
+
+
+# ----------------------------------------------------------------------------- Python lexer
+# Byte-level features of Python source (the interpretable-cells probe correlates units with them).
+
+PYTHON_FEATURES = ("in_string", "in_comment", "bracket_depth", "indent", "line_pos")
+_QUOTES = (ord("'"), ord('"'))
+_OPEN, _CLOSE = set(b"([{"), set(b")]}")
+
+
+def _as_bytes(text: Any, name: str = "text") -> bytes:
+    if isinstance(text, str):
+        return text.encode("utf-8")
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text)
+    raise ValueError(f"{name}: expected str or bytes, got {type(text).__name__}")
+
+
+def _string_end(b: bytes, i: int) -> int:
+    """End (exclusive) of the string literal whose opening quote is at ``i``: past the closing
+    quote(s); a backslash always skips the next byte (also in raw strings, where ``\\"`` does not
+    close the literal either); an unclosed single-quoted literal stops before the newline, any
+    literal before a NUL (file boundary) or at the end of the text."""
+    q = b[i]
+    triple = b[i:i + 3] == bytes([q]) * 3
+    j = i + (3 if triple else 1)
+    while j < len(b):
+        c = b[j]
+        if c == 0 or (c == 10 and not triple):
+            return j
+        if c == 92:  # backslash
+            j += 2
+            continue
+        if c == q and (not triple or b[j:j + 3] == bytes([q]) * 3):
+            return j + (3 if triple else 1)
+        j += 1
+    return len(b)
+
+
+_PREFIXES = {b"r", b"u", b"b", b"f", b"br", b"rb", b"fr", b"rf"}
+
+
+def _is_name_byte(c: int) -> bool:
+    return c == 95 or c >= 128 or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
+
+
+def _prefix_len(b: bytes, i: int) -> int:
+    """Length of the string prefix (``r``, ``b``, ``f``, ``u``, ``br``, ``rf``, ... any case)
+    right before the quote at ``i``: 0 when the letters there are the end of a longer name."""
+    for k in (2, 1):
+        if i - k >= 0 and b[i - k:i].lower() in _PREFIXES and (i - k == 0 or not _is_name_byte(b[i - k - 1])):
+            return k
+    return 0
+
+
+def _scan_code(b: bytes) -> tuple[list[int], list[int], list[int]]:
+    """``(in_string, in_comment, bracket_depth)`` per byte (see :func:`python_features`)."""
+    n = len(b)
+    string, comment, depth = [0] * n, [0] * n, [0] * n
+    d, i = 0, 0
+    while i < n:
+        c = b[i]
+        if c == 0:  # NUL separates files in the corpus: reset
+            d, i = 0, i + 1
+            continue
+        if c == 35:  # '#': comment to the end of the line
+            j = i
+            while j < n and b[j] not in (10, 0):
+                j += 1
+            comment[i:j] = [1] * (j - i)
+            depth[i:j] = [d] * (j - i)
+            i = j
+            continue
+        if c in _QUOTES:
+            j, k = _string_end(b, i), i - _prefix_len(b, i)
+            string[k:j] = [1] * (j - k)
+            depth[i:j] = [d] * (j - i)
+            i = j
+            continue
+        if c in _OPEN:
+            d += 1
+        elif c in _CLOSE:
+            d = max(0, d - 1)
+        depth[i] = d
+        i += 1
+    return string, comment, depth
+
+
+def _scan_lines(b: bytes) -> tuple[list[int], list[int]]:
+    """``(indent, line_pos)`` per byte: the column of each byte in its physical line (newline and
+    NUL end a line and belong to it), and the line's leading whitespace in columns (a tab advances
+    to the next multiple of 8, Python's rule)."""
+    n = len(b)
+    indent, pos = [0] * n, [0] * n
+    start = 0
+    while start < n:
+        end = start
+        while end < n and b[end] not in (10, 0):
+            end += 1
+        col, k = 0, start
+        while k < end and b[k] in (32, 9, 12):
+            col = (col // 8 + 1) * 8 if b[k] == 9 else (0 if b[k] == 12 else col + 1)
+            k += 1
+        stop = min(end + 1, n)
+        indent[start:stop] = [col] * (stop - start)
+        pos[start:stop] = list(range(stop - start))
+        start = stop
+    return indent, pos
+
+
+def python_features(text: str | bytes) -> dict[str, Tensor]:
+    """Byte-level features of Python source, each a float tensor ``[n_bytes]``:
+
+    - ``in_string``: byte t belongs to a string literal, from its prefix (``r``, ``b``, ``f``,
+      ``u``, ``br``, ``rf``, ... any case) and opening quote(s) through its closing quote(s): the
+      span of a ``tokenize`` STRING token. Single and double quotes, triple quotes, backslash
+      escapes (which never close a literal, raw or not). Approximations: f-string replacement
+      fields count as inside the string (Python 3.11's tokenizer agrees; 3.12 splits f-strings);
+      an unterminated single-quoted literal ends at the newline.
+    - ``in_comment``: from ``#`` (outside strings) up to, not including, the newline.
+    - ``bracket_depth``: open ``( [ {`` after reading byte t, counting brackets in code only (an
+      opening bracket has the inner depth, a closing one the outer); unmatched closers are ignored
+      (the depth never goes below 0, e.g. for an excerpt starting inside brackets).
+    - ``indent``: leading whitespace of byte t's physical line, in columns (also for lines inside
+      multi-line strings and for continuation lines).
+    - ``line_pos``: column of byte t in its line, in bytes (0 = first byte; the newline gets the
+      line's length).
+
+    NUL bytes (file separators of the stdlib corpus) reset the scanner. The scanner starts in code:
+    an excerpt cut inside a string or comment is mislabelled until that literal ends.
+    """
+    b = _as_bytes(text)
+    string, comment, depth = _scan_code(b)
+    indent, pos = _scan_lines(b)
+    vals = {"in_string": string, "in_comment": comment, "bracket_depth": depth, "indent": indent, "line_pos": pos}
+    return {k: torch.tensor(vals[k], dtype=torch.float32) for k in PYTHON_FEATURES}

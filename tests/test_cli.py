@@ -74,7 +74,7 @@ def test_hooks_transformer_table(capsys):
     assert rows["blocks.1.hook_resid_mid"] == "[1, 8, 64]"
     assert "hook_pos_embed" not in rows
     names = list(rows)
-    assert names[0] == "hook_embed" and names[-1] == "ln_final.hook_normalized"
+    assert names[0] == "hook_embed" and names[-1] == "ln_final.hook_out"
 
 
 def test_hooks_json_matches_model(capsys):
@@ -108,7 +108,7 @@ def test_hooks_fox_log_forget(capsys):
     rc, out, _ = run_cli(capsys, "hooks", "tiny-fox", "--seq-len", "6")
     assert rc == 0
     rows = hook_table(out)
-    assert rows["blocks.0.mixer.hook_log_forget"] == "[1, 6, 4]"
+    assert rows["blocks.0.mixer.hook_log_decay"] == "[1, 6, 4]"
     assert "hook_pos_embed" not in rows and "blocks.0.mixer.hook_rot_q" not in rows
 
 

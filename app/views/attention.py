@@ -35,7 +35,7 @@ with state.errors_shown("Attention patterns"):
     pats = res.patterns.numpy()  # [H, L, L]
     H, L = res.n_heads, len(res.tokens)
     kind = "implicit attention" if res.implicit else "attention"
-    st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if cfg.arch in ('mamba', 'mingru', 'minlstm', 'lstm') else 'heads'}.")
+    st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if model.blocks[0].mixer.groups.unit == 'channel' else 'heads'}.")
     head_names = res.head_names()
 
     tab_hover, tab_grid = st.tabs(["Token view", "Heatmaps"])

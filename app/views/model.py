@@ -23,7 +23,7 @@ else:
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Architecture", cfg.arch + (" (recurrent)" if cfg.is_recurrent else ""))
 c2.metric("Parameters", f"{summary['parameters']:,}")
-c3.metric("Layers × heads", f"{cfg.n_layers} × {cfg.pattern_heads if cfg.arch in ('mamba', 'mingru', 'minlstm', 'lstm') else cfg.n_heads}")
+c3.metric("Layers × heads", f"{cfg.n_layers} × {model.n_groups}")
 if recipe is not None and recipe.metric in metrics:
     c4.metric(f"Training metric: {recipe.metric}", f"{metrics[recipe.metric]:.3f}")
 else:

@@ -255,7 +255,7 @@ def mingru_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, chunk_size: int 
                          f"and {list(b.shape)}")
     if bool((a < 0).any()):
         raise ValueError("a: the log-space scan needs decays a ≥ 0 (gate values in [0, 1]); got a "
-                         "negative value (an edited hook_gate outside [0, 1]?)")
+                         "negative value (an edited hook_decay outside [0, 1]?)")
     out_dtype = compute_dtype(a.dtype)
     if a.shape[1] == 0:
         return a.new_zeros(a.shape, dtype=out_dtype)

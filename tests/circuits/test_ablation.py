@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from seqlens.testing import tiny as tm
 from seqlens.testing.planted import DH, V, planted_model
-from seqlens.circuits.ablation import (CausalCheck, ablate_heads, all_heads, causal_check, causal_mean,
-                                       family, n_heads)
+from seqlens.circuits.ablation import CausalCheck, ablate_heads, all_heads, causal_check, causal_mean, n_heads
+from seqlens.models.lstm import HOOK as LSTM_HOOK
 from seqlens.circuits.task_metric import TaskMetric
 from seqlens.models import build
 
@@ -21,7 +21,16 @@ ARCHS = list(tm.CONFIGS)
 MODES = ["zero", "mean", "uniform"]
 ATOL = 1e-5
 # the activation each family's zero / mean ablation edits (LSTM: read-out only, see ablation.py)
-SITE = {"attention": "hook_z", "linear": "hook_z", "mamba": "hook_ssm_out", "minrnn": "hook_hidden"}
+FAMILIES = {"transformer": "attention", "fox": "attention", "gla": "linear", "retnet": "linear",
+            "mamba": "mamba", "mingru": "minrnn", "minlstm": "minrnn", "lstm": "lstm"}
+
+
+def family(model) -> str:
+    """The test's grouping of architectures by how ablation is checked (the library asks the mixer)."""
+    return FAMILIES[model.cfg.arch]
+
+
+SITE = {"attention": "hook_z", "linear": "hook_z", "mamba": "hook_z", "minrnn": "hook_z"}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +154,7 @@ def test_mean_on_readout_models_equals_output_bias_edit(models, x, ref, name):
     # h -> out_proj directly: a constant h[g] = mean is the columns' weights folded into the bias
     m, (layer, head) = models[name], (1, 1)
     proj, cols = out_columns(m, layer, head)
-    site = "hook_h" if name == "lstm" else "hook_hidden"
+    site = "hook_z"
     _, cache = m.run_with_cache(ref, names_filter=f"blocks.{layer}.mixer.{site}")
     mean_h = cache[f"blocks.{layer}.mixer.{site}"].mean((0, 1))[cols]
 
@@ -166,7 +175,7 @@ def test_mean_on_readout_models_equals_output_bias_edit(models, x, ref, name):
 @pytest.mark.parametrize("name", ["mamba", "gla", "retnet"])
 def test_mean_on_gated_models_sets_the_site_to_the_reference_mean(models, x, ref, name):
     m, (layer, head) = models[name], (0, 2)
-    site = f"blocks.{layer}.mixer." + ("hook_ssm_out" if name == "mamba" else "hook_z")
+    site = f"blocks.{layer}.mixer." + "hook_z"
     _, cache = m.run_with_cache(ref, names_filter=site)
     mean = cache[site].mean((0, 1))
     _, cols = out_columns(m, layer, head)
@@ -199,13 +208,13 @@ def test_recurrent_uniform_definition(models, x, name):
     elif name == "mamba":  # ssm_out[g] = mean_{s≤t} u_s[g] + D u_t[g]
         u = clean[mix + "hook_conv"][..., cols]
         want = causal_mean(u) + m.blocks[layer].mixer.D[cols] * u
-        got = cache[mix + "hook_ssm_out"][..., cols]
+        got = cache[mix + "hook_z"][..., cols]
     elif name in ("mingru", "minlstm"):  # h[g] = mean_{s≤t} h̃_s[g]
         want = causal_mean(clean[mix + "hook_candidate"][..., cols])
-        got = cache[mix + "hook_hidden"][..., cols]
+        got = cache[mix + "hook_z"][..., cols]
     else:  # LSTM read-out of h'[g] = o ⊙ tanh(mean_{s≤t} g_s), through the module out_proj
-        h = clean[mix + "hook_h"].clone()
-        g, o = clean[mix + "hook_g"][..., cols], clean[mix + "hook_o"][..., cols]
+        h = clean[mix + "hook_z"].clone()
+        g, o = clean[mix + "hook_candidate"][..., cols], clean[mix + "hook_out_gate"][..., cols]
         h[..., cols] = o * torch.tanh(causal_mean(g))
         got, want = cache[mix + "hook_out"], proj(h)
     torch.testing.assert_close(got, want.to(got.dtype), atol=ATOL, rtol=0)
@@ -230,7 +239,7 @@ def test_every_arch_changes_logits_and_only_touches_its_group(models, x, ref, na
     _, cols = out_columns(m, layer, head)
     if fam == "lstm":  # read-out only: the recurrence (every hooked quantity) is unchanged
         for k in ("i", "f", "g", "o", "c", "h"):
-            assert torch.equal(cache[mix + f"hook_{k}"], clean[mix + f"hook_{k}"]), k
+            assert torch.equal(cache[mix + LSTM_HOOK[k]], clean[mix + LSTM_HOOK[k]]), k
     else:  # the site's units (heads of hook_z, channels otherwise) moved to the last axis
         a, a0 = (c[mix + SITE[fam]] for c in (cache, clean))
         if fam in ("attention", "linear"):

@@ -96,7 +96,7 @@ def test_ov_matrices_rebuild_attention_heads(name):
     _, cache = model.run_with_cache(tokens)
     for layer in range(model.cfg.n_layers):
         a = model.blocks[layer].mixer
-        x = cache[f"blocks.{layer}.ln1.hook_normalized"]
+        x = cache[f"blocks.{layer}.ln1.hook_out"]
         pattern, z = cache[f"blocks.{layer}.mixer.hook_pattern"], cache[f"blocks.{layer}.mixer.hook_z"]
         W_V, W_O, kind = ov_factors(model, layer)
         ov = ov_matrices(model, layer)
@@ -131,8 +131,8 @@ def test_ov_matrices_rebuild_linear_attention_without_per_token_factors(name):
     def linear_norm(y, hook):
         return seen["z"] * mixer.g_norm.weight
 
-    hooks = [("blocks.0.mixer.hook_z", keep_z), ("blocks.0.mixer.g_norm.hook_normalized", linear_norm),
-             ("blocks.0.mixer.hook_gate", lambda g, hook: torch.ones_like(g))]
+    hooks = [("blocks.0.mixer.hook_z", keep_z), ("blocks.0.mixer.g_norm.hook_out", linear_norm),
+             ("blocks.0.mixer.hook_out_gate", lambda g, hook: torch.ones_like(g))]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         out, _ = mixer(x)
     ov = ov_matrices(model, 0)

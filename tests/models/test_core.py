@@ -158,11 +158,11 @@ def test_mamba_implicit_attention_rebuilds_ssm_output():
     toks = tokens(2, 40)
     _, cache = model.run_with_cache(toks)
     for layer, block in enumerate(model.blocks):
-        x = cache[f"blocks.{layer}.ln1.hook_normalized"]
+        x = cache[f"blocks.{layer}.ln1.hook_out"]
         alpha = block.mixer.implicit_attention(x)  # [B, D, L, L]
         u = cache[f"blocks.{layer}.mixer.hook_conv"]  # [B, L, D]
         rebuilt = torch.einsum("bdts,bsd->btd", alpha, u) + block.mixer.D * u
-        target = cache[f"blocks.{layer}.mixer.hook_ssm_out"]
+        target = cache[f"blocks.{layer}.mixer.hook_z"]
         rel = (rebuilt - target).norm() / target.norm()
         assert rel < 1e-3, f"layer {layer}: relative rebuild error {rel:.2e}"
         # the head pattern is the signed mean of α over each contiguous channel group
@@ -187,19 +187,22 @@ def test_mamba_pattern_small_budget_same_result():
 def expected_hooks(name: str, B: int, L: int) -> dict[str, tuple[int, ...]]:
     cfg = CONFIGS[name]
     d = cfg.d_model
-    out = {"hook_embed": (B, L, d), "ln_final.hook_normalized": (B, L, d)}
+    def norm(prefix: str) -> dict[str, tuple[int, ...]]:  # TransformerLens 4's norm hooks
+        return {prefix + ".hook_scale": (B, L, 1), prefix + ".hook_normalized": (B, L, d), prefix + ".hook_out": (B, L, d)}
+
+    out = {"hook_embed": (B, L, d), **norm("ln_final")}
     if cfg.arch != "mamba" and cfg.positions == "learned":
         out["hook_pos_embed"] = (B, L, d)
     for l in range(cfg.n_layers):
         p = f"blocks.{l}."
         out |= {p + "hook_resid_pre": (B, L, d), p + "hook_resid_post": (B, L, d),
-                p + "ln1.hook_normalized": (B, L, d), p + "mixer.hook_out": (B, L, d)}
+                **norm(p + "ln1"), p + "mixer.hook_out": (B, L, d)}
         if cfg.arch == "mamba":
             D, N = cfg.d_inner, cfg.d_state
-            out |= {p + "mixer.hook_in": (B, L, D), p + "mixer.hook_conv": (B, L, D),
+            out |= {p + "mixer.hook_x": (B, L, D), p + "mixer.hook_conv": (B, L, D),
                     p + "mixer.hook_delta": (B, L, D), p + "mixer.hook_B": (B, L, N),
-                    p + "mixer.hook_C": (B, L, N), p + "mixer.hook_ssm_out": (B, L, D),
-                    p + "mixer.hook_gate": (B, L, D)}
+                    p + "mixer.hook_C": (B, L, N), p + "mixer.hook_z": (B, L, D),
+                    p + "mixer.hook_out_gate": (B, L, D)}
             continue
         H, Hk, dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         out |= {p + "mixer.hook_q": (B, L, H, dh), p + "mixer.hook_k": (B, L, Hk, dh),
@@ -208,10 +211,12 @@ def expected_hooks(name: str, B: int, L: int) -> dict[str, tuple[int, ...]]:
         if cfg.positions == "rotary":
             out |= {p + "mixer.hook_rot_q": (B, L, H, dh), p + "mixer.hook_rot_k": (B, L, Hk, dh)}
         if cfg.arch == "fox":
-            out[p + "mixer.hook_log_forget"] = (B, L, H)
+            out[p + "mixer.hook_log_decay"] = (B, L, H)
         if not cfg.attn_only:
-            out |= {p + "ln2.hook_normalized": (B, L, d), p + "mlp.hook_pre": (B, L, cfg.mlp_dim),
+            out |= {**norm(p + "ln2"), p + "mlp.hook_pre": (B, L, cfg.mlp_dim),
                     p + "mlp.hook_post": (B, L, cfg.mlp_dim), p + "mlp.hook_out": (B, L, d)}
+            if cfg.mlp == "gated":
+                out[p + "mlp.hook_pre_linear"] = (B, L, cfg.mlp_dim)
             if not cfg.parallel_residual:
                 out[p + "hook_resid_mid"] = (B, L, d)
     return out
@@ -277,7 +282,7 @@ def test_single_head_ablation_changes_only_that_head(name):
     contribution = z[:, :, head] @ W_o.T
     torch.testing.assert_close(ablated[f"blocks.{layer}.mixer.hook_out"],
                                clean[f"blocks.{layer}.mixer.hook_out"] - contribution, atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(ablated["ln_final.hook_normalized"], clean["ln_final.hook_normalized"])
+    assert not torch.allclose(ablated["ln_final.hook_out"], clean["ln_final.hook_out"])
 
 
 @pytest.mark.parametrize("name", ["llama", "fox"] + RECURRENT)
@@ -309,15 +314,15 @@ def test_mamba_channel_group_ablation_changes_only_that_group():
         y[..., group] = 0
         return y
 
-    with model.hooks(fwd_hooks=[("blocks.1.mixer.hook_ssm_out", zero_group)]):
+    with model.hooks(fwd_hooks=[("blocks.1.mixer.hook_z", zero_group)]):
         _, ablated = model.run_with_cache(toks)
     torch.testing.assert_close(ablated["blocks.1.mixer.hook_conv"], clean["blocks.1.mixer.hook_conv"])
     keep = torch.ones(D, dtype=torch.bool)
     keep[group] = False
-    torch.testing.assert_close(ablated["blocks.1.mixer.hook_ssm_out"][..., keep],
-                               clean["blocks.1.mixer.hook_ssm_out"][..., keep])
+    torch.testing.assert_close(ablated["blocks.1.mixer.hook_z"][..., keep],
+                               clean["blocks.1.mixer.hook_z"][..., keep])
     mixer = model.blocks[1].mixer
-    y = clean["blocks.1.mixer.hook_ssm_out"] * clean["blocks.1.mixer.hook_gate"]
+    y = clean["blocks.1.mixer.hook_z"] * clean["blocks.1.mixer.hook_out_gate"]
     contribution = y[..., group] @ mixer.out_proj.weight[:, group].T
     torch.testing.assert_close(ablated["blocks.1.mixer.hook_out"],
                                clean["blocks.1.mixer.hook_out"] - contribution, atol=1e-5, rtol=1e-4)
@@ -449,7 +454,7 @@ def test_nnsight_reads_and_edits_hooks(name):
     nnsight = pytest.importorskip("nnsight")
     model = make(name)
     toks = tokens(1, 10)
-    hook = "blocks.0.mixer.hook_z" if name != "mamba" else "blocks.0.mixer.hook_ssm_out"
+    hook = "blocks.0.mixer.hook_z" if name != "mamba" else "blocks.0.mixer.hook_z"
     _, cache = model.run_with_cache(toks)
     wrapped = nnsight.NNsight(model)
     with wrapped.trace(toks):

@@ -31,7 +31,7 @@ def test_mixer_output_matches_formula(name):
     toks = tokens(2, 21)
     _, cache = model.run_with_cache(toks)
     m = model.blocks[1].mixer
-    x = cache["blocks.1.ln1.hook_normalized"]
+    x = cache["blocks.1.ln1.hook_out"]
     Bt, T, _ = x.shape
     heads = lambda t: t.view(Bt, T, m.n_heads, -1)  # noqa: E731
     o = gla_recurrent_ref(heads(m.q_proj(x)), heads(m.k_proj(x)), heads(m.v_proj(x)), m.log_decay(x)).o
@@ -89,8 +89,9 @@ def expected_mixer_hooks(name: str, Bt: int, L: int) -> dict[str, tuple[int, ...
     H, dk, dv = cfg.n_heads, cfg.key_dim // cfg.n_heads, cfg.value_dim // cfg.n_heads
     shapes = {"hook_q": (Bt, L, H, dk), "hook_k": (Bt, L, H, dk), "hook_v": (Bt, L, H, dv),
               "hook_log_decay": (Bt, L, H, dk), "hook_z": (Bt, L, H, dv),
-              "g_norm.hook_normalized": (Bt, L, H, dv),
-              "hook_gate": (Bt, L, cfg.value_dim), "hook_out": (Bt, L, cfg.d_model)}
+              "g_norm.hook_scale": (Bt, L, H, 1), "g_norm.hook_normalized": (Bt, L, H, dv),
+              "g_norm.hook_out": (Bt, L, H, dv),
+              "hook_out_gate": (Bt, L, cfg.value_dim), "hook_out": (Bt, L, cfg.d_model)}
     return {f"blocks.{l}.mixer.{k}": v for l in range(cfg.n_layers) for k, v in shapes.items()}
 
 
@@ -143,7 +144,7 @@ def test_head_ablation_changes_only_that_heads_group_norm_output(name):
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.mixer.hook_z", zero_head)]):
         _, ablated = model.run_with_cache(toks)
     p = f"blocks.{layer}.mixer."
-    normed, normed_ab = clean[p + "g_norm.hook_normalized"], ablated[p + "g_norm.hook_normalized"]
+    normed, normed_ab = clean[p + "g_norm.hook_out"], ablated[p + "g_norm.hook_out"]
     others = [h for h in range(model.cfg.n_heads) if h != head]
     torch.testing.assert_close(normed_ab[:, :, others], normed[:, :, others], atol=0, rtol=0)
     assert normed_ab[:, :, head].abs().max() == 0 and normed[:, :, head].abs().max() > 0
@@ -151,7 +152,7 @@ def test_head_ablation_changes_only_that_heads_group_norm_output(name):
     dv = model.cfg.value_dim // model.cfg.n_heads
     cols = slice(head * dv, (head + 1) * dv)
     m = model.blocks[layer].mixer
-    contribution = (normed[:, :, head] * clean[p + "hook_gate"][..., cols]) @ m.o_proj.weight[:, cols].T
+    contribution = (normed[:, :, head] * clean[p + "hook_out_gate"][..., cols]) @ m.o_proj.weight[:, cols].T
     torch.testing.assert_close(ablated[p + "hook_out"], clean[p + "hook_out"] - contribution,
                                atol=1e-5, rtol=1e-4)
 

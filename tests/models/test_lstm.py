@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from seqlens.models import build
-from seqlens.models.lstm import LSTMMixer
+from seqlens.models.lstm import HOOK, LSTMMixer
 from seqlens.testing.tiny import CONFIGS, make, tokens
 
 D = CONFIGS["lstm"].hidden_dim
@@ -38,7 +38,7 @@ def test_equals_torch_lstm_with_copied_weights():
     _, cache = model.run_with_cache(tokens(2, 23))
     with torch.no_grad():
         h_ref, (h_last, c_last) = ref(x)
-    torch.testing.assert_close(cache["blocks.1.mixer.hook_h"], h_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(cache["blocks.1.mixer.hook_z"], h_ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(cache["blocks.1.mixer.hook_c"][:, -1], c_last[0], atol=1e-6, rtol=1e-5)
     # continuing from a state
     state = {"h": torch.randn(2, D), "c": torch.randn(2, D)}
@@ -66,15 +66,16 @@ def test_hooks_fire_with_documented_shapes():
     B, L, positions = 2, 9, [0, 3, 8]
     with model.tap_states(positions):
         _, cache = model.run_with_cache(tokens(B, L))
-    expected = {f"hook_{k}": (B, L, D) for k in "ifogch"}
+    expected = {k: (B, L, D) for k in ("hook_input_gate", "hook_decay", "hook_candidate", "hook_out_gate",
+                                      "hook_c", "hook_z")}
     expected |= {"hook_out": (B, L, model.cfg.d_model), "hook_state": (B, len(positions), 2, D)}
     for l in range(model.cfg.n_layers):
         p = f"blocks.{l}.mixer."
         assert {k.split(".")[-1]: tuple(v.shape) for k, v in cache.items() if k.startswith(p)} == expected
-        torch.testing.assert_close(cache[p + "hook_state"][:, :, 0], cache[p + "hook_h"][:, positions])
+        torch.testing.assert_close(cache[p + "hook_state"][:, :, 0], cache[p + "hook_z"][:, positions])
         torch.testing.assert_close(cache[p + "hook_state"][:, :, 1], cache[p + "hook_c"][:, positions])
         # the module equations hold between the hooked quantities
-        i, f, g, o, c, h = (cache[p + f"hook_{k}"] for k in "ifgoch")
+        i, f, g, o, c, h = (cache[p + HOOK[k]] for k in "ifgoch")
         c_prev = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], 1)
         torch.testing.assert_close(c, f * c_prev + i * g)
         torch.testing.assert_close(h, o * torch.tanh(c))
@@ -83,7 +84,7 @@ def test_hooks_fire_with_documented_shapes():
 def test_read_only_hooks_run_the_loop_once():
     model = make("lstm")
     calls = []
-    with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_f", lambda x, hook: calls.append(x.shape))]):
+    with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_decay", lambda x, hook: calls.append(x.shape))]):
         logits = model(tokens(1, 11))
     assert calls == [(1, 11, D)]
     torch.testing.assert_close(logits, model(tokens(1, 11)))
@@ -97,13 +98,13 @@ def test_conditional_decomposition_rebuilds_the_cell():
     toks = tokens(2, 40)
     _, cache = model.run_with_cache(toks)
     for layer, block in enumerate(model.blocks):
-        x = cache[f"blocks.{layer}.ln1.hook_normalized"]
+        x = cache[f"blocks.{layer}.ln1.hook_out"]
         alpha = block.mixer.implicit_attention(x)  # [B, D_h, L, L]
-        rebuilt = torch.einsum("bdts,bsd->btd", alpha, cache[f"blocks.{layer}.mixer.hook_g"])
+        rebuilt = torch.einsum("bdts,bsd->btd", alpha, cache[f"blocks.{layer}.mixer.hook_candidate"])
         target = cache[f"blocks.{layer}.mixer.hook_c"]
         rel = (rebuilt - target).norm() / target.norm()
         assert rel < 1e-3, f"layer {layer}: relative rebuild error {rel:.2e}"
-        i, f = cache[f"blocks.{layer}.mixer.hook_i"], cache[f"blocks.{layer}.mixer.hook_f"]
+        i, f = cache[f"blocks.{layer}.mixer.hook_input_gate"], cache[f"blocks.{layer}.mixer.hook_decay"]
         assert torch.isclose(alpha[1, 3, 20, 10], i[1, 10, 3] * f[1, 11:21, 3].prod())
         pattern = model.mixer_pattern(toks, layer)
         grouped = alpha.view(2, model.cfg.pattern_heads, -1, 40, 40).mean(2)
@@ -141,11 +142,11 @@ def test_cell_ablation_feeds_the_recurrence():
         _, cache = model.run_with_cache(tokens(2, 17))
         streamed = model.stream(tokens(2, 17), chunk_size=1).logits
     for k in "ifgoch":
-        torch.testing.assert_close(cache[f"blocks.1.mixer.hook_{k}"], expected[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cache["blocks.1.mixer." + HOOK[k]], expected[k], atol=1e-6, rtol=1e-5)
     assert cache["blocks.1.mixer.hook_c"][..., d].abs().max() == 0  # the cache keeps the edited run
     torch.testing.assert_close(streamed, model.run_with_hooks(tokens(2, 17), fwd_hooks=[hook]), atol=2e-5, rtol=1e-4)
     _, clean = model.run_with_cache(tokens(2, 17))
-    assert not torch.allclose(cache["blocks.1.mixer.hook_f"][:, 1:], clean["blocks.1.mixer.hook_f"][:, 1:])
+    assert not torch.allclose(cache["blocks.1.mixer.hook_decay"][:, 1:], clean["blocks.1.mixer.hook_decay"][:, 1:])
 
 
 def test_hidden_ablation_at_one_position():
@@ -155,13 +156,13 @@ def test_hidden_ablation_at_one_position():
     toks = tokens(2, 15)
     p, d = 6, 3
     _, clean = model.run_with_cache(toks)
-    with model.hooks(fwd_hooks=[("blocks.1.mixer.hook_h", zero_channel(d, p))]):
+    with model.hooks(fwd_hooks=[("blocks.1.mixer.hook_z", zero_channel(d, p))]):
         _, ablated = model.run_with_cache(toks)
     pre = "blocks.1.mixer."
     out_clean, out_ablated = clean[pre + "hook_out"], ablated[pre + "hook_out"]
     torch.testing.assert_close(out_ablated[:, :p], out_clean[:, :p])
     W = model.blocks[1].mixer.out_proj.weight
-    contribution = clean[pre + "hook_h"][:, p, d, None] * W[:, d]
+    contribution = clean[pre + "hook_z"][:, p, d, None] * W[:, d]
     torch.testing.assert_close(out_ablated[:, p], out_clean[:, p] - contribution, atol=1e-6, rtol=1e-5)
     assert (out_ablated[:, p + 1:] - out_clean[:, p + 1:]).abs().amax(-1).min() > 0
     torch.testing.assert_close(ablated["blocks.1.hook_resid_pre"], clean["blocks.1.hook_resid_pre"])
@@ -177,7 +178,7 @@ def test_in_place_edit_is_detected():
     def returned(x, hook):
         return zero_channel(2)(x, hook)
 
-    a = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.mixer.hook_g", in_place)])
-    b = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.mixer.hook_g", returned)])
+    a = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.mixer.hook_candidate", in_place)])
+    b = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.mixer.hook_candidate", returned)])
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, model(toks))

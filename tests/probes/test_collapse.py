@@ -42,7 +42,7 @@ def hand_built(decay: float):
         mix.in_proj.bias[:8] = 1.0  # candidate g(1) = 1.5 for every channel
         mix.out_proj.weight[OTHER] = 1.0 / (64 * 8)  # out = mean(h)/64 along token OTHER
         m.unembed.weight.copy_(8 * torch.eye(16))
-    hooks = [("blocks.0.mixer.hook_gate", lambda t, hook: torch.full_like(t, decay)),
+    hooks = [("blocks.0.mixer.hook_decay", lambda t, hook: torch.full_like(t, decay)),
              ("blocks.0.mixer.hook_input_gate", lambda t, hook: torch.ones_like(t))]
     return m, hooks
 
@@ -178,7 +178,7 @@ def test_state_window_equals_the_state_of_the_last_tokens(name, window, covered)
         if start + logits.shape[1] == n - covered and name == "mamba":
             conv.update({l: s["conv"].clone() for l, s in enumerate(state.layers)})
 
-    hooks = [(f"blocks.{l}.ln1.hook_normalized", grab) for l in range(model.cfg.n_layers)]
+    hooks = [(f"blocks.{l}.ln1.hook_out", grab) for l in range(model.cfg.n_layers)]
     with state_window(model, window), model.hooks(fwd_hooks=hooks):
         final = model.stream(x, chunk_size=chunk, callback=cb, return_logits=False).state
     for l, block in enumerate(model.blocks):

@@ -44,11 +44,11 @@ def overwrite(fn):
 # arch -> (hook suffixes to overwrite, function of the shape giving the hook value, expected rows
 # {gate: (left, right, mean)})
 KNOWN = {
-    "lstm": (["hook_i", "hook_f", "hook_o"], pattern, {g: (0.25, 0.5, MEAN) for g in ("i", "f", "o")}),
-    "mingru": (["hook_gate"], pattern, {"z": (0.25, 0.5, MEAN), "1-z": (0.5, 0.25, 1 - MEAN)}),
-    "minlstm": (["hook_gate", "hook_input_gate"], pattern, {"f'": (0.25, 0.5, MEAN), "i'": (0.25, 0.5, MEAN)}),
+    "lstm": (["hook_input_gate", "hook_decay", "hook_out_gate"], pattern, {g: (0.25, 0.5, MEAN) for g in ("i", "f", "o")}),
+    "mingru": (["hook_input_gate"], pattern, {"z": (0.25, 0.5, MEAN), "1-z": (0.5, 0.25, 1 - MEAN)}),
+    "minlstm": (["hook_decay", "hook_input_gate"], pattern, {"f'": (0.25, 0.5, MEAN), "i'": (0.25, 0.5, MEAN)}),
     "gla": (["hook_log_decay"], lambda s: pattern(s).log(), {"g": (0.25, 0.5, MEAN)}),
-    "fox": (["hook_log_forget"], lambda s: pattern(s).log(), {"f": (0.25, 0.5, MEAN)}),
+    "fox": (["hook_log_decay"], lambda s: pattern(s).log(), {"f": (0.25, 0.5, MEAN)}),
 }
 
 
@@ -105,7 +105,7 @@ def test_per_unit_fractions():
         g[..., 0], g[..., 1] = 0.01, 0.99
         return g
 
-    with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_gate", overwrite(gate))]):
+    with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_input_gate", overwrite(gate))]):
         res = gate_saturation(model, tokens(3, 5))
     z = res.gates.index("z")
     assert res.unit_left[z][:2].tolist() == [1.0, 0.0] and res.unit_right[z][:2].tolist() == [0.0, 1.0]
@@ -141,7 +141,7 @@ def test_lstm_gates_are_the_hooked_gates():
     _, cache = model.run_with_cache(toks)
     res = gate_saturation(model, toks)
     for gate in ("i", "f", "o"):
-        g = cache[f"blocks.1.mixer.hook_{gate}"].double()
+        g = cache["blocks.1.mixer." + {"i": "hook_input_gate", "f": "hook_decay", "o": "hook_out_gate"}[gate]].double()
         assert res.row(1, gate)["left"] == pytest.approx(float((g < 0.1).double().mean()), abs=1e-12)
         assert res.row(1, gate)["mean"] == pytest.approx(float(g.mean()), abs=1e-6)
 
@@ -305,7 +305,7 @@ def byte_model(arch: str, **changes):
     return build(dataclasses.replace(CONFIGS[arch], vocab_size=256, **changes), seed=0)
 
 
-@pytest.mark.parametrize("arch,hook", [("mingru", "blocks.1.mixer.hook_hidden"), ("lstm", "blocks.1.mixer.hook_c")])
+@pytest.mark.parametrize("arch,hook", [("mingru", "blocks.1.mixer.hook_z"), ("lstm", "blocks.1.mixer.hook_c")])
 def test_planted_inside_string_unit_is_top(arch, hook):
     model = byte_model(arch)
     inside = python_features(SOURCE)["in_string"]
@@ -332,7 +332,7 @@ def test_default_units_and_frame():
     model = byte_model("mingru")
     rep = interpretable_cells(model, SOURCE, top_k=3)
     D = model.cfg.d_hidden
-    assert len(rep.units) == model.cfg.n_layers * D and rep.units[D] == "blocks.1.mixer.hook_hidden[0]"
+    assert len(rep.units) == model.cfg.n_layers * D and rep.units[D] == "blocks.1.mixer.hook_z[0]"
     assert rep.features == list(PYTHON_FEATURES)
     df = rep.to_frame()
     assert len(df) == 3 * len(PYTHON_FEATURES) and list(df.columns) == ["feature", "rank", "unit", "corr"]
@@ -348,9 +348,9 @@ def test_default_units_and_frame():
 
 def test_correlation_matches_direct_computation():
     model = byte_model("lstm")
-    rep = interpretable_cells(model, SOURCE, hook="blocks.0.mixer.hook_h", features=["indent"])
+    rep = interpretable_cells(model, SOURCE, hook="blocks.0.mixer.hook_z", features=["indent"])
     _, cache = model.run_with_cache(torch.tensor([list(SOURCE.encode())]))
-    h = cache["blocks.0.mixer.hook_h"][0].double()
+    h = cache["blocks.0.mixer.hook_z"][0].double()
     f = python_features(SOURCE)["indent"].double()
     direct = torch.corrcoef(torch.cat([h.T, f[None]]))[-1, :-1]
     assert torch.allclose(rep.corr[:, 0], direct, atol=1e-6)

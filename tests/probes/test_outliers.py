@@ -93,11 +93,11 @@ def test_max_abs_matches_hooked_inputs():
     toks = tokens(2, 12)
     m, reads = input_max_abs(model, toks)
     _, cache = model.run_with_cache(toks)
-    x = cache["ln_final.hook_normalized"]
+    x = cache["ln_final.hook_out"]
     assert torch.equal(m["unembed"], x.abs().amax((0, 1)).float())
     assert reads["unembed"] == "ln_final" and reads["blocks.0.mixer.in_proj"] == "blocks.0.ln1"
     # the LSTM's hidden_proj runs once per step on h_{t-1} (h_{-1} = 0): all calls pooled
-    h = cache["blocks.0.mixer.hook_h"][:, :-1]
+    h = cache["blocks.0.mixer.hook_z"][:, :-1]
     assert torch.allclose(m["blocks.0.mixer.hidden_proj"], h.abs().amax((0, 1)).float())
     assert reads["blocks.0.mixer.hidden_proj"] is None and reads["blocks.0.mlp.fc_out"] is None
 
