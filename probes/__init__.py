@@ -7,6 +7,8 @@
 - :mod:`.outliers`: ``outlier_channels`` (Mamba-PTQ's μ + 6σ rule, zeroing cost).
 - :mod:`.gates`: ``gate_saturation`` and ``interpretable_cells`` (byte-level Python features).
 - :mod:`.memory`: ``repeat_surprisal`` (Armeni et al.'s verbatim short-term memory paradigm).
+- :mod:`.sae`: sparse autoencoders on any hook (``from seqlens.probes import sae``): five
+  architectures in SAELens' format, harvesting, training, metrics, feature reports.
 """
 
 from seqlens.probes.capacity import (CapacityFit, LagCurve, PasskeySweep, capacity_fit, lag_curves_figure,
