@@ -163,11 +163,16 @@ class LRPRules:
     """Declarative relevance-propagation rules of a mixer (the LRP issue implements them):
     ``detach``: factors treated as constants (gates, decays, softmax patterns: AttnLRP / the
     "gate rule"); ``uniform``: products whose relevance is split evenly between factors (the
-    uniform rule of AttnLRP for multiplicative interactions); ``note``: where this comes from."""
+    uniform rule of AttnLRP for multiplicative interactions); ``note``: where this comes from;
+    ``method``: the rule set ``seqlens.circuits.lrp.attribute(method="auto")`` runs on this mixer
+    ("attnlrp", "mambalrp", "lrp"); ``family``: which rule builder of ``seqlens.circuits.lrp.rules``
+    implements it ("attention", "fox", "mamba", "linear_attention", "minrnn", "lstm")."""
 
     detach: tuple[str, ...] = ()
     uniform: tuple[str, ...] = ()
     note: str = ""
+    method: str = "lrp"
+    family: str = ""
 
 
 # ----------------------------------------------------------------------------- ablation sites
