@@ -146,7 +146,7 @@ def _grads(model, tokens: Tensor, position: Tensor, target: Tensor | None, scale
 
     def embed(x: Tensor, hook) -> Tensor:
         held["x"] = x.detach()
-        value = held["x"] if scale is None else held["x"] * scale
+        value = held["x"].clone() if scale is None else held["x"] * scale  # a new leaf, not x itself
         held["leaf"] = (value if noise is None else value + noise).requires_grad_(True)
         return held["leaf"]
 

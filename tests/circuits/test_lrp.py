@@ -1,0 +1,258 @@
+"""Relevance propagation (seqlens.circuits.lrp), against ground truth: conservation on bias-free
+models, an explicit layer-by-layer LRP written out by hand, a planted induction copy, integrated
+gradients' completeness, and the model left exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqlens.circuits import lrp
+from seqlens.circuits.lrp.rules import lrp_rules
+from seqlens.models import ModelConfig, build
+from seqlens.models.mixer import NotApplicableError
+
+try:  # the planted circuits moved to seqlens.testing on main
+    from seqlens.testing.planted import DH, V, planted_model
+except ImportError:  # pragma: no cover - before the merge
+    from planted import DH, V, planted_model
+
+LLAMA = dict(mlp="gated", norm="rmsnorm", positions="rotary", act="silu")
+CONSERVATIVE = {  # arch -> (config extras, the rule set that must conserve)
+    "mamba": ({}, "mambalrp"),
+    "mingru": (dict(positions="none"), "lrp"),
+    "minlstm": (dict(positions="none"), "lrp"),
+    "lstm": (dict(positions="none"), "lrp"),
+    "gla": (dict(positions="none"), "lrp"),
+    "retnet": (dict(positions="none"), "lrp"),
+    "transformer": (LLAMA, "cp-lrp"),
+    "fox": (dict(LLAMA, positions="none"), "cp-lrp"),
+}
+
+
+def tiny(arch: str, dtype=torch.float32, n_layers: int = 2, **extra) -> torch.nn.Module:
+    """A tiny random model with every bias zeroed (conservation needs a bias-free network)."""
+    cfg = ModelConfig(arch=arch, d_model=16, n_layers=n_layers, vocab_size=64, n_heads=2, pattern_heads=2, **extra)
+    model = build(cfg, seed=0).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    return model
+
+
+def tokens(B: int = 2, L: int = 10, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 64, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", list(CONSERVATIVE))
+def test_conservation_on_bias_free_models(arch):
+    extra, method = CONSERVATIVE[arch]
+    model = tiny(arch, **extra)
+    r = lrp.attribute(model, tokens(), method="auto" if method != "cp-lrp" else method)
+    assert r.method == method
+    assert torch.allclose(r.conservation, torch.ones(2), rtol=0, atol=1e-4), r.conservation
+    assert torch.allclose(r.relevance.sum(-1), r.logit, rtol=1e-4, atol=1e-5)
+    gxi = lrp.attribute(model, tokens(), method="gxi")
+    assert (gxi.conservation - 1).abs().max() > 0.05, gxi.conservation  # plain G×I is not conservative
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm", "transformer"])
+def test_layerwise_conservation_at_the_residual_stream(arch):
+    """Every layer's residual stream carries the whole logit (rule sets conserve layer by layer)."""
+    extra, method = CONSERVATIVE[arch]
+    model = tiny(arch, **extra)
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(2)] + ["blocks.1.hook_resid_post"]
+    r = lrp.attribute(model, tokens(), method=method, hooks=names)
+    for name in names:
+        assert r.hooks[name].shape == (2, 10)
+        assert torch.allclose(r.hooks[name].sum(-1), r.logit, rtol=1e-4, atol=1e-5), name
+
+
+def test_attnlrp_runs_lxt_rules_and_gated_mlp_uniform_rule():
+    """AttnLRP is not conservative through the softmax (its rule absorbs relevance), but close on a
+    small random model; with the q·k path dead (zero q, k weights) the missing part is exactly the
+    half of the relevance that the uniform rule on A·v sends to the constant pattern."""
+    model = tiny("transformer", **LLAMA)
+    r = lrp.attribute(model, tokens(), method="auto")
+    assert r.method == "attnlrp"
+    assert ((r.conservation - 1).abs() < 0.2).all(), r.conservation
+    with torch.no_grad():
+        for b in model.blocks:
+            b.mixer.q.weight.zero_()
+            b.mixer.k.weight.zero_()
+            b.mlp.fc_out.weight.zero_()  # only the attention path remains: logit = V path only
+    one = tiny("transformer", n_layers=1, **LLAMA)
+    with torch.no_grad():
+        one.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.")})
+    r1 = lrp.attribute(one, tokens(), method="attnlrp")
+    emb = lrp.attribute(one, tokens(), method="cp-lrp")
+    # relevance = embedding's direct path + half of the attention path (V ÷ 2)
+    direct = lrp.attribute(one, tokens(), method="cp-lrp", hooks=["blocks.0.mixer.hook_out"])
+    attn_part = direct.hooks["blocks.0.mixer.hook_out"].sum(-1)
+    assert torch.allclose(r1.relevance.sum(-1), emb.relevance.sum(-1) - 0.5 * attn_part, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- by-hand LRP
+
+
+def hand_lrp_mingru(model, toks: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit LRP of a 1-layer minGRU (float64, bias-free), module by module, with relevance
+    messages (no autograd): LRP-0 on linear maps and sums, the gate rule on ``z⊙h̃`` (the gates
+    a constant: the recurrence is a linear map h̃ -> h), the identity rule on the candidate's
+    activation and the MLP's, norms with 1/rms constant (element-wise linear: relevance passes)."""
+    from seqlens.models.mingru import positive_activation
+
+    blk, mix = model.blocks[0], model.blocks[0].mixer
+    D = mix.hidden_dim
+    e = model.embed.weight[toks[0]]  # [L, d]
+
+    def rms(x, norm):
+        return norm.weight * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    x1 = rms(e, blk.ln1)
+    W = mix.in_proj.weight
+    v, gate = x1 @ W[:D].T, x1 @ W[D:].T
+    z = torch.sigmoid(gate)
+    cand = positive_activation(v)
+    L = e.shape[0]
+    alpha = torch.zeros(L, L, D, dtype=e.dtype)  # h_t = Σ_s alpha[t, s] ⊙ cand_s
+    for t in range(L):
+        for s in range(t + 1):
+            alpha[t, s] = z[s] * torch.prod(1 - z[s + 1:t + 1], dim=0)
+    h = torch.einsum("tsd,sd->td", alpha, cand)
+    mixed = h @ mix.out_proj.weight.T
+    r1 = e + mixed
+    x2 = rms(r1, blk.ln2)
+    pre, lin = x2 @ blk.mlp.fc_in.weight.T, None
+    post = blk.mlp.act(pre)
+    mo = post @ blk.mlp.fc_out.weight.T
+    r2 = r1 + mo
+    f = rms(r2, model.ln_final)
+    logits = f @ model.unembed.weight.T
+    tgt = int(logits[position].argmax())
+
+    def linear_back(x, Wm, R_out):  # y = x Wmᵀ, LRP-0: R_x_j = x_j Σ_i W_ij R_i / y_i
+        y = x @ Wm.T
+        return x * ((R_out / y) @ Wm)
+    R_f = torch.zeros_like(f)
+    R_f[position] = f[position] * model.unembed.weight[tgt]  # the logit's share of each feature
+    R_r2 = R_f  # norm with constant 1/rms: element-wise linear
+    R_r1, R_mo = R_r2 * r1 / r2, R_r2 * mo / r2  # LRP-0 on the residual sum
+    R_post = linear_back(post, blk.mlp.fc_out.weight, R_mo)
+    R_x2 = linear_back(x2, blk.mlp.fc_in.weight, R_post)  # identity rule: R_pre = R_post
+    R_r1 = R_r1 + R_x2
+    R_e, R_mixed = R_r1 * e / r1, R_r1 * mixed / r1
+    R_h = linear_back(h, mix.out_proj.weight, R_mixed)
+    R_cand = torch.einsum("tsd,sd,td->sd", alpha, cand, R_h / h)  # LRP-0 through h = Σ α ⊙ h̃
+    R_x1 = linear_back(x1, W[:D], R_cand)  # identity rule on g(·), LRP-0 on the candidate rows
+    return (R_e + R_x1).sum(-1), logits[position, tgt]
+
+
+def test_equals_explicit_layer_by_layer_lrp():
+    model = tiny("mingru", dtype=torch.float64, n_layers=1, positions="none", act="gelu", norm="rmsnorm")
+    toks = tokens(1, 8)
+    expected, logit = hand_lrp_mingru(model, toks, position=5)
+    r = lrp.attribute(model, toks, position=5)
+    assert torch.allclose(r.logit.double(), logit.reshape(1), rtol=1e-6)
+    assert torch.allclose(r.relevance[0].double(), expected, rtol=1e-4, atol=1e-6), (r.relevance, expected)
+
+
+# ----------------------------------------------------------------------------- planted copy
+
+
+def planted_copy_model() -> torch.nn.Module:
+    """The planted induction model with an OV circuit on the induction head (copy the attended token
+    into the token subspace) and an unembedding reading it: it predicts the token after the
+    earlier copy of the current one. Attention sharpened (q × 4) so the copy is clean."""
+    model = planted_model()
+    a1 = model.blocks[1].mixer
+    with torch.no_grad():
+        a1.q.weight[DH:] *= 4
+        for t in range(V):
+            a1.v.weight[DH + t, t] = 1.0
+            a1.o.weight[t, DH + t] = 4.0
+            model.unembed.weight[t, t] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp"])
+def test_planted_induction_relevance_on_the_copied_token(method):
+    model = planted_copy_model()
+    # position 0's previous-token slot holds itself, so the prompt starts with a token used nowhere else
+    seq = torch.tensor([[5, 3, 7, 1, 12, 9, 14, 2, 3]])  # ... 3 7 ... 3 -> predicts 7 (position 2)
+    r = lrp.attribute(model, seq, method=method)
+    assert int(r.target) == 7
+    rel = r.relevance[0]
+    assert int(rel.argmax()) == 2, rel
+    assert rel[2] > 0.5 * rel.abs().sum(), rel  # the copied token holds most of the relevance
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_integrated_gradients_completeness():
+    """IG sums to f(x) − f(0); on a bias-free Llama-style model f(0 embedding) = 0. A large norm
+    eps keeps the path integrand smooth (RMSNorm with a tiny eps jumps from 0 to scale-invariant
+    right next to the zero baseline, which no quadrature resolves)."""
+    model = tiny("transformer", norm_eps=10.0, **LLAMA)
+    r = lrp.attribute(model, tokens(), method="ig", steps=64)
+    assert torch.allclose(r.relevance.sum(-1), r.logit, rtol=2e-2, atol=1e-3), (r.relevance.sum(-1), r.logit)
+
+
+def test_smoothgrad_seeded_and_rollout_rows():
+    model = tiny("mamba")
+    a = lrp.attribute(model, tokens(), method="smoothgrad", samples=4, seed=3)
+    b = lrp.attribute(model, tokens(), method="smoothgrad", samples=4, seed=3)
+    c = lrp.attribute(model, tokens(), method="smoothgrad", samples=4, seed=4)
+    assert torch.equal(a.relevance, b.relevance) and not torch.equal(a.relevance, c.relevance)
+    for arch in ("mamba", "transformer"):
+        roll = lrp.attribute(tiny(arch, **CONSERVATIVE[arch][0]), tokens(), method="rollout", position=6)
+        assert torch.allclose(roll.relevance.sum(-1), torch.ones(2), atol=1e-5)
+        assert (roll.relevance[:, 7:] == 0).all()  # causal: nothing after the explained position
+
+
+def test_batch_equals_single_sequences_and_explicit_target():
+    model = tiny("gla", positions="none")
+    toks = tokens(3, 9)
+    both = lrp.attribute(model, toks, target=[1, 2, 3], position=[4, -1, 8])
+    for b, (t, p) in enumerate(zip([1, 2, 3], [4, 8, 8])):
+        one = lrp.attribute(model, toks[b], target=t, position=p)
+        assert torch.allclose(both.relevance[b], one.relevance[0], atol=1e-5)
+        assert int(both.target[b]) == t
+    assert both.to_frame().shape[0] == 27
+    assert "<span" in both.html() and both.figure().data
+
+
+# ----------------------------------------------------------------------------- the model untouched
+
+
+@pytest.mark.parametrize("arch", ["lstm", "mamba", "fox"])
+def test_model_untouched(arch):
+    model = tiny(arch, **CONSERVATIVE[arch][0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(tokens())
+    lrp.attribute(model, tokens(), hooks=["blocks.0.hook_resid_post"])
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(hp._forward_hooks for hp in model.hook_dict.values())
+    assert all("cell" not in vars(m) for m in model.mixers)
+    assert torch.equal(model(tokens()), out)
+    with pytest.raises(RuntimeError, match="boom"):
+        with lrp_rules(model):
+            raise RuntimeError("boom")
+    assert not any(hp._forward_hooks for hp in model.hook_dict.values())
+    assert all("cell" not in vars(m) for m in model.mixers)
+
+
+def test_bad_arguments_name_the_argument():
+    model = tiny("mingru", positions="none")
+    with pytest.raises(ValueError, match="method"):
+        lrp.attribute(model, tokens(), method="deeplift")
+    with pytest.raises(NotApplicableError, match="method"):
+        lrp.attribute(model, tokens(), method="cp-lrp")
+    with pytest.raises(ValueError, match="position"):
+        lrp.attribute(model, tokens(), position=10)
+    with pytest.raises(ValueError, match="target"):
+        lrp.attribute(model, tokens(), target=64)
+    with pytest.raises(ValueError, match="hooks"):
+        lrp.attribute(model, tokens(), hooks=["blocks.9.nothing"])
