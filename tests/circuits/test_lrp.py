@@ -256,3 +256,32 @@ def test_bad_arguments_name_the_argument():
         lrp.attribute(model, tokens(), target=64)
     with pytest.raises(ValueError, match="hooks"):
         lrp.attribute(model, tokens(), hooks=["blocks.9.nothing"])
+
+
+# ----------------------------------------------------------------------------- token flipping
+
+
+def induction_prompts(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` prompts ``a b c … x y … x`` of distinct tokens 1..15 (0 is the flip replacement):
+    the planted model predicts y, read from the one position holding it."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        perm = (torch.randperm(15, generator=gen) + 1)[:9]
+        rows.append(torch.cat([perm, perm[3:4]]))  # query = perm[3]; answer perm[4]
+    return torch.stack(rows)
+
+
+def test_token_flipping_lrp_beats_random_on_the_planted_copy():
+    model = planted_copy_model()
+    curves = lrp.token_flipping(model, induction_prompts(6), methods=["cp-lrp", "attnlrp", "random"], steps=9,
+                                replacement=0, seed=0, progress=False)
+    assert curves.fractions.shape == (10,)
+    for m in ("cp-lrp", "attnlrp", "random"):
+        c = curves.curves[m]
+        assert torch.allclose(c["morf"][0], c["lerf"][0]) and torch.allclose(c["morf"][-1], c["lerf"][-1])
+    assert curves.delta_af["cp-lrp"] > curves.delta_af["random"] + 1.0, curves.delta_af
+    assert curves.delta_af["attnlrp"] > curves.delta_af["random"] + 1.0, curves.delta_af
+    assert curves.to_frame().shape[0] == 3 * 2 * 10 and curves.figure().data
+    with pytest.raises(ValueError, match="order"):
+        lrp.token_flipping(model, induction_prompts(2), order="up", progress=False)
