@@ -280,8 +280,11 @@ def test_token_flipping_lrp_beats_random_on_the_planted_copy():
     for m in ("cp-lrp", "attnlrp", "random"):
         c = curves.curves[m]
         assert torch.allclose(c["morf"][0], c["lerf"][0]) and torch.allclose(c["morf"][-1], c["lerf"][-1])
-    assert curves.delta_af["cp-lrp"] > curves.delta_af["random"] + 1.0, curves.delta_af
     assert curves.delta_af["attnlrp"] > curves.delta_af["random"] + 1.0, curves.delta_af
+    # CP-LRP finds the copied token first (MoRF falls at once) but gives the query and the key's
+    # previous token, which only act through the detached q·k, no relevance: LeRF flips them early
+    assert curves.auc("cp-lrp", "morf") < 0.5 * curves.auc("random", "morf")
+    assert curves.auc("attnlrp", "morf") < 0.5 * curves.auc("random", "morf")
     assert curves.to_frame().shape[0] == 3 * 2 * 10 and curves.figure().data
     with pytest.raises(ValueError, match="order"):
         lrp.token_flipping(model, induction_prompts(2), order="up", progress=False)
