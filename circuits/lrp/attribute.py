@@ -255,8 +255,9 @@ def attribute(model, tokens: Any, target: Any = None, position: int | Sequence[i
     if method == "rollout":
         relevance = rollout(model, tokens, pos)
     else:
-        relevance = (g["x"].float() * g["grad"].float()).sum(-1)
-    logit = g["logit"].float()
+        dtype = torch.promote_types(g["x"].dtype, torch.float32)  # float64 models keep float64
+        relevance = (g["x"].to(dtype) * g["grad"].to(dtype)).sum(-1)
+    logit = g["logit"].to(torch.promote_types(g["logit"].dtype, torch.float32))
     settings = dict(model=getattr(model, "name", None), arch=model.cfg.arch, method=method,
                     steps=steps if method == "ig" else None, seed=seed if method == "smoothgrad" else None)
     return Attribution(relevance=relevance.detach().cpu(), logit=logit.cpu(), target=g["target"].cpu(),
