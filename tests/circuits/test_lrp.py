@@ -157,6 +157,56 @@ def test_equals_explicit_layer_by_layer_lrp():
     assert torch.allclose(r.relevance[0].double(), expected, rtol=1e-4, atol=1e-6), (r.relevance, expected)
 
 
+def hand_attnlrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
+    """Explicit AttnLRP (Achtibat et al. 2024) of a 1-layer attention-only model (float64, bias-free,
+    no positions), with relevance messages: LRP-0 on linear maps and sums; on each bilinear term
+    (A_ts v_sj of A·v, q_tc k_sc of q·k) its LRP-0 share split uniformly, half to each factor; the
+    softmax rule ``R_s = s ⊙ (R_A − A Σ R_A)``; norms element-wise linear."""
+    mix = model.blocks[0].mixer
+    H, dh = mix.n_heads, mix.d_head
+    e = model.embed.weight[toks[0]]
+    L = e.shape[0]
+
+    def rms(x, norm):
+        return norm.weight * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+
+    def linear_back(x, Wm, R_out):
+        return x * ((R_out / (x @ Wm.T)) @ Wm)
+    x1 = rms(e, model.blocks[0].ln1)
+    q, k, v = (x1 @ W.weight.T for W in (mix.q, mix.k, mix.v))
+    qh, kh, vh = (t.view(L, H, dh) for t in (q, k, v))
+    s = torch.einsum("thc,shc->hts", qh, kh) / dh ** 0.5
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    A = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
+    z = torch.einsum("hts,shj->thj", A, vh)
+    out = z.reshape(L, H * dh) @ mix.o.weight.T
+    r = e + out
+    f = rms(r, model.ln_final)
+    tgt = int((f @ model.unembed.weight.T)[position].argmax())
+    R_r = torch.zeros_like(r)
+    R_r[position] = f[position] * model.unembed.weight[tgt]
+    R_e, R_out = R_r * e / r, R_r * out / r
+    R_z = linear_back(z.reshape(L, H * dh), mix.o.weight, R_out).view(L, H, dh)
+    share = torch.einsum("hts,shj,thj->htsj", A, vh, R_z / z)  # LRP-0 share of each A_ts v_sj
+    R_A, R_v = 0.5 * share.sum(-1), 0.5 * share.sum(1).permute(1, 0, 2)  # uniform rule
+    s0 = s.masked_fill(~causal, 0.0)
+    R_s = s0 * (R_A - A * R_A.sum(-1, keepdim=True))  # softmax rule
+    qk = torch.einsum("thc,shc->htsc", qh, kh) / dh ** 0.5 / torch.where(causal, s0, 1.0)[..., None]
+    qk = qk * (R_s * causal)[..., None]
+    R_q, R_k = 0.5 * qk.sum(2).permute(1, 0, 2), 0.5 * qk.sum(1).permute(1, 0, 2)  # uniform rule
+    R_x1 = sum(linear_back(x1, W.weight, R.reshape(L, H * dh)) for W, R in ((mix.q, R_q), (mix.k, R_k), (mix.v, R_v)))
+    return (R_e + R_x1).sum(-1)
+
+
+def test_attnlrp_equals_explicit_attnlrp():
+    model = tiny("transformer", dtype=torch.float64, n_layers=1, attn_only=True, positions="none", norm="rmsnorm")
+    toks = tokens(1, 7)
+    r = lrp.attribute(model, toks, position=6, method="attnlrp")
+    expected = hand_attnlrp(model, toks, position=6)
+    assert torch.allclose(r.relevance[0], expected, rtol=1e-6, atol=1e-9), (r.relevance, expected)
+    assert (r.conservation - 1).abs() > 1e-3  # and the softmax rule is not conservative
+
+
 # ----------------------------------------------------------------------------- planted copy
 
 
