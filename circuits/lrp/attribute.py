@@ -46,7 +46,9 @@ class Attribution(Result):
     set or baseline that ran; ``hooks``: ``{hook name: [B, L]}`` relevance of the tensor at each
     requested hook (``Σ`` over its other dims of ``x·∂``); ``conservation [B]`` = Σ relevance / logit
     (1 for a conservative rule set on a bias-free model; not meaningful for "rollout", whose rows
-    sum to 1); ``labels``: the tokens as strings."""
+    sum to 1); ``labels``: the tokens as strings; ``position_relevance [B, L]``: the relevance of
+    learned position embeddings (``hook_pos_embed``; None for other models), kept apart from the
+    tokens' (conservation on such a model: ``Σ relevance + Σ position_relevance = logit``)."""
 
     relevance: Tensor
     logit: Tensor
@@ -57,6 +59,7 @@ class Attribution(Result):
     conservation: Tensor
     hooks: dict[str, Tensor] = field(default_factory=dict)
     labels: list[list[str]] = field(default_factory=list)
+    position_relevance: Tensor | None = None
 
     def to_frame(self):
         import pandas as pd
@@ -243,15 +246,19 @@ def attribute(model, tokens: Any, target: Any = None, position: int | Sequence[i
     names = _check_hooks(model, hooks)
     if method == "auto":
         method = auto_method(model)
+    if names and method in ("ig", "smoothgrad", "rollout"):
+        raise ValueError(f"hooks: per-hook relevance is recorded for the LRP rule sets and 'gxi', not {method!r}")
+    learned = "hook_pos_embed" in model.hook_dict and method not in ("ig", "smoothgrad", "rollout")
+    wanted = names + ["hook_pos_embed"] if learned and "hook_pos_embed" not in names else names
     if method in LRP_METHODS:
         with lrp_rules(model, method):
-            g = _grads(model, tokens, pos, tgt, hooks=names)
+            g = _grads(model, tokens, pos, tgt, hooks=wanted)
     elif method == "ig":
         g = integrated_gradients(model, tokens, pos, tgt, steps)
     elif method == "smoothgrad":
         g = smoothgrad(model, tokens, pos, tgt, samples, noise, seed)
     else:
-        g = _grads(model, tokens, pos, tgt, hooks=names)
+        g = _grads(model, tokens, pos, tgt, hooks=wanted)
     if method == "rollout":
         relevance = rollout(model, tokens, pos)
     else:
@@ -263,5 +270,6 @@ def attribute(model, tokens: Any, target: Any = None, position: int | Sequence[i
     return Attribution(relevance=relevance.detach().cpu(), logit=logit.cpu(), target=g["target"].cpu(),
                        position=pos.cpu(), tokens=tokens.cpu(), method=method,
                        conservation=(relevance.sum(-1) / logit).detach().cpu(),
-                       hooks={h: m.detach().cpu() for h, m in g["maps"].items()},
+                       hooks={h: g["maps"][h].detach().cpu() for h in names},
+                       position_relevance=g["maps"]["hook_pos_embed"].cpu() if learned else None,
                        labels=token_strings(model, tokens.cpu()), settings=settings)

@@ -93,6 +93,18 @@ def test_attnlrp_runs_lxt_rules_and_gated_mlp_uniform_rule():
     assert torch.allclose(r1.relevance.sum(-1), emb.relevance.sum(-1) - 0.5 * attn_part, rtol=1e-4, atol=1e-5)
 
 
+def test_learned_positions_kept_apart_and_conserved_together():
+    """GPT-2 style (learned positions, LayerNorm without bias): the tokens' and the positions'
+    relevance together carry the logit; each alone does not."""
+    model = tiny("transformer", mlp="plain", norm="layernorm", positions="learned", act="gelu")
+    r = lrp.attribute(model, tokens(), method="cp-lrp")
+    total = r.relevance.sum(-1) + r.position_relevance.sum(-1)
+    assert torch.allclose(total, r.logit, rtol=1e-4, atol=1e-5)
+    assert (r.position_relevance.abs().sum(-1) > 1e-3).all()
+    again = lrp.Attribution.from_json(r.to_json())
+    assert torch.equal(again.relevance, r.relevance) and again.method == "cp-lrp"
+
+
 # ----------------------------------------------------------------------------- by-hand LRP
 
 
@@ -306,6 +318,8 @@ def test_bad_arguments_name_the_argument():
         lrp.attribute(model, tokens(), target=64)
     with pytest.raises(ValueError, match="hooks"):
         lrp.attribute(model, tokens(), hooks=["blocks.9.nothing"])
+    with pytest.raises(ValueError, match="hooks"):
+        lrp.attribute(model, tokens(), method="ig", hooks=["blocks.0.hook_resid_pre"])
 
 
 # ----------------------------------------------------------------------------- token flipping
