@@ -93,7 +93,9 @@ def token_flipping(model, data: Any, methods: Sequence[str] = ("auto", "gxi", "r
                    progress: Progress = True, **kwargs: Any) -> FlippingCurves:
     """Token-flipping curves and ΔA^F for each of ``methods`` (attribute's methods and "random")
     on ``data`` (token ids ``[B, L]``), flipping to token ``replacement`` on a grid of ``steps``
-    fractions. ``kwargs`` go to :func:`attribute` (``steps`` of IG is ``ig_steps`` here)."""
+    fractions. ``kwargs`` go to :func:`attribute` (``steps`` of IG is ``ig_steps`` here). Curves
+    and ΔA^F are keyed by the method that ran ("auto" becomes the model's rule set, e.g.
+    "mambalrp")."""
     tokens = check_tokens(model, data)
     B, L = tokens.shape
     pos = check_position(position, B, L).to(tokens.device)
@@ -116,8 +118,10 @@ def token_flipping(model, data: Any, methods: Sequence[str] = ("auto", "gxi", "r
     with torch.no_grad():  # every method explains the model's prediction on the intact input
         target = model(tokens)[torch.arange(B, device=tokens.device), pos].argmax(-1)
     for method in progress_bar(progress, list(methods), desc="token flipping"):
+        name = method if method != "auto" else _auto_name(model)  # curves are keyed by the rule set that ran
+        if name in curves:
+            continue
         ranked = ranking(model, tokens, pos, target, method, seed, **kwargs)
-        name = method if method != "auto" else f"auto ({_auto_name(model)})"
         curves[name] = {}
         for o in orders:
             rank = ranked if o == "morf" else _reverse(ranked, n)
