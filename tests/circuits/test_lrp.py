@@ -169,6 +169,73 @@ def test_equals_explicit_layer_by_layer_lrp():
     assert torch.allclose(r.relevance[0].double(), expected, rtol=1e-4, atol=1e-6), (r.relevance, expected)
 
 
+def hand_mambalrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
+    """Explicit MambaLRP of a 1-layer Mamba (bias-free, float64 arithmetic), with relevance messages:
+    the scan with Δ, B, C constant is the linear map ``y_t = Σ_s M[t, s] ⊙ u_s`` (M written out by
+    loops: ``Σ_n C_t exp(Σ_{k=s+1..t} Δ_k A) Δ_s B_s`` plus the D skip on the diagonal), LRP-0 through
+    it, the causal conv and every linear map; identity rule on both SiLUs; the uniform rule on
+    ``y ⊙ SiLU(z)``; norms element-wise linear."""
+    import torch.nn.functional as F
+
+    mix = model.blocks[0].mixer
+    W = {k: v.detach().double() for k, v in mix.state_dict().items()}
+    D, N, R, K = mix.d_inner, mix.d_state, mix.dt_rank, mix.cfg.d_conv
+    e = model.embed.weight[toks[0]].double()
+    L = e.shape[0]
+
+    def rms(x, norm):
+        return norm.weight.double() * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+
+    def linear_back(x, Wm, R_out):
+        return x * ((R_out / (x @ Wm.T)) @ Wm)
+    x1 = rms(e, model.blocks[0].ln1)
+    xs, z = x1 @ W["in_proj.weight"][:D].T, x1 @ W["in_proj.weight"][D:].T
+    w = W["conv1d.weight"][:, 0]  # [D, K]
+    padded = torch.cat([torch.zeros(K - 1, D, dtype=e.dtype), xs])
+    conv = torch.stack([(padded[t:t + K] * w.T).sum(0) for t in range(L)])
+    u = F.silu(conv)
+    dt, Bm, Cm = (u @ W["x_proj.weight"].T).split([R, N, N], dim=-1)
+    delta = F.softplus(dt @ W["dt_proj.weight"].T)
+    A = -torch.exp(W["A_log"])  # [D, N]
+    M = torch.zeros(L, L, D, dtype=e.dtype)
+    for t in range(L):
+        for s in range(t + 1):
+            decay = torch.exp(delta[s + 1:t + 1].sum(0)[:, None] * A)  # [D, N]
+            M[t, s] = (decay * Cm[t] * Bm[s]).sum(-1) * delta[s]
+        M[t, t] += W["D"]
+    y = torch.einsum("tsd,sd->td", M, u)
+    p = y * F.silu(z)
+    mixed = p @ W["out_proj.weight"].T
+    r = e + mixed
+    f = rms(r, model.ln_final)
+    tgt = int((f @ model.unembed.weight.double().T)[position].argmax())
+    R_r = torch.zeros_like(r)
+    R_r[position] = f[position] * model.unembed.weight.double()[tgt]
+    R_e, R_mixed = R_r * e / r, R_r * mixed / r
+    R_p = linear_back(p, W["out_proj.weight"], R_mixed)
+    R_y, R_z = R_p / 2, R_p / 2  # uniform rule on y ⊙ SiLU(z); identity rule on SiLU
+    R_u = torch.einsum("tsd,sd,td->sd", M, u, R_y / y)  # LRP-0 through the scan; identity on SiLU
+    share = torch.zeros(L, D, dtype=e.dtype)  # LRP-0 through the causal depthwise conv
+    for t in range(L):
+        for k in range(K):
+            s_ = t - (K - 1) + k
+            if s_ >= 0:
+                share[s_] += w[:, k] * xs[s_] / conv[t] * R_u[t]
+    R_x1 = linear_back(x1, W["in_proj.weight"][:D], share) + linear_back(x1, W["in_proj.weight"][D:], R_z)
+    return (R_e + R_x1).sum(-1)
+
+
+def test_mambalrp_equals_explicit_mambalrp():
+    model = tiny("mamba", n_layers=1, norm="rmsnorm")
+    toks = tokens(1, 7)
+    r = lrp.attribute(model, toks, position=6)
+    assert r.method == "mambalrp"
+    with torch.no_grad():
+        expected = hand_mambalrp(model, toks, position=6).float()
+    assert torch.allclose(r.relevance[0], expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())), \
+        (r.relevance, expected)
+
+
 def hand_attnlrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
     """Explicit AttnLRP (Achtibat et al. 2024) of a 1-layer attention-only model (float64, bias-free,
     no positions), with relevance messages: LRP-0 on linear maps and sums; on each bilinear term
