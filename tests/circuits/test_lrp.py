@@ -227,9 +227,13 @@ def hand_mambalrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
 
 def test_mambalrp_equals_explicit_mambalrp():
     model = tiny("mamba", n_layers=1, norm="rmsnorm")
+    with torch.no_grad():  # make the mixer, not the residual path, carry most of the logit
+        model.blocks[0].mixer.out_proj.weight.mul_(30)
+        model.blocks[0].mixer.x_proj.weight.mul_(3)
     toks = tokens(1, 7)
     r = lrp.attribute(model, toks, position=6)
     assert r.method == "mambalrp"
+    assert r.relevance[0, :6].abs().sum() > 0.1 * r.relevance[0].abs().sum()  # earlier tokens matter
     with torch.no_grad():
         expected = hand_mambalrp(model, toks, position=6).float()
     assert torch.allclose(r.relevance[0], expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())), \
