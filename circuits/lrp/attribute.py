@@ -204,17 +204,23 @@ def integrated_gradients(model, tokens: Tensor, position: Tensor, target: Tensor
 
 
 def smoothgrad(model, tokens: Tensor, position: Tensor, target: Tensor | None, samples: int,
-               noise: float, seed: int) -> dict:
-    """SmoothGrad × input: ``x · mean_k ∂f(x + ε_k)``, ``ε ~ N(0, (noise · std(x))²)``."""
+               noise: float, seed: int, rows: int = 256) -> dict:
+    """SmoothGrad × input: ``x · mean_k ∂f(x + ε_k)``, ``ε ~ N(0, (noise · std(x))²)`` drawn from
+    ``seed`` (on the CPU, so the same on every device); samples batched, ``rows`` per forward."""
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected a positive integer, got {samples!r}")
     full = _grads(model, tokens, position, target)
+    B = tokens.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     sigma = noise * float(full["x"].float().std())
+    eps = torch.randn(samples * B, *full["x"].shape[1:], generator=gen).to(full["x"]) * sigma  # sample-major
+    per = max(1, rows // B)
     total = torch.zeros_like(full["grad"])
-    for _ in range(samples):
-        eps = torch.randn(full["x"].shape, generator=gen).to(full["x"]) * sigma
-        total += _grads(model, tokens, position, full["target"], noise=eps)["grad"]
+    for start in range(0, samples, per):
+        n = min(per, samples - start)
+        g = _grads(model, tokens.repeat(n, 1), position.repeat(n), full["target"].repeat(n),
+                   noise=eps[start * B:(start + n) * B])["grad"]
+        total += g.view(n, B, *g.shape[1:]).sum(0)
     return dict(full, grad=total / samples)
 
 
