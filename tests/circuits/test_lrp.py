@@ -338,6 +338,8 @@ def test_smoothgrad_seeded_and_rollout_rows():
     b = lrp.attribute(model, tokens(), method="smoothgrad", samples=4, seed=3)
     c = lrp.attribute(model, tokens(), method="smoothgrad", samples=4, seed=4)
     assert torch.equal(a.relevance, b.relevance) and not torch.equal(a.relevance, c.relevance)
+    zero = lrp.attribute(model, tokens(), method="smoothgrad", samples=3, noise=0.0)
+    assert torch.allclose(zero.relevance, lrp.attribute(model, tokens(), method="gxi").relevance, atol=1e-6)
     for arch in ("mamba", "transformer"):
         roll = lrp.attribute(tiny(arch, **CONSERVATIVE[arch][0]), tokens(), method="rollout", position=6)
         assert torch.allclose(roll.relevance.sum(-1), torch.ones(2), atol=1e-5)
