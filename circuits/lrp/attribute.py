@@ -242,6 +242,19 @@ def rollout(model, tokens: Tensor, position: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- attribute
 
 
+def _run(model, method: str, tokens: Tensor, pos: Tensor, tgt: Tensor | None, hooks: list[str], steps: int,
+         samples: int, noise: float, seed: int) -> dict:
+    """The gradients of ``method`` (see :func:`_grads`); LRP rule sets under their modified forward."""
+    if method in LRP_METHODS:
+        with lrp_rules(model, method):
+            return _grads(model, tokens, pos, tgt, hooks=hooks)
+    if method == "ig":
+        return integrated_gradients(model, tokens, pos, tgt, steps)
+    if method == "smoothgrad":
+        return smoothgrad(model, tokens, pos, tgt, samples, noise, seed)
+    return _grads(model, tokens, pos, tgt, hooks=hooks)  # gxi; rollout only needs the target
+
+
 def attribute(model, tokens: Any, target: Any = None, position: int | Sequence[int] = -1, method: str = "auto",
               hooks: Sequence[str] | None = None, steps: int = 32, samples: int = 16, noise: float = 0.1,
               seed: int = 0) -> Attribution:
@@ -255,7 +268,7 @@ def attribute(model, tokens: Any, target: Any = None, position: int | Sequence[i
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     tokens = check_tokens(model, tokens)
     B, L = tokens.shape
-    pos = check_position(position, B, L)
+    pos = check_position(position, B, L).to(tokens.device)
     tgt = check_target(target, B, model.cfg.vocab_size)
     names = _check_hooks(model, hooks)
     if method == "auto":
@@ -264,15 +277,7 @@ def attribute(model, tokens: Any, target: Any = None, position: int | Sequence[i
         raise ValueError(f"hooks: per-hook relevance is recorded for the LRP rule sets and 'gxi', not {method!r}")
     learned = "hook_pos_embed" in model.hook_dict and method not in ("ig", "smoothgrad", "rollout")
     wanted = names + ["hook_pos_embed"] if learned and "hook_pos_embed" not in names else names
-    if method in LRP_METHODS:
-        with lrp_rules(model, method):
-            g = _grads(model, tokens, pos, tgt, hooks=wanted)
-    elif method == "ig":
-        g = integrated_gradients(model, tokens, pos, tgt, steps)
-    elif method == "smoothgrad":
-        g = smoothgrad(model, tokens, pos, tgt, samples, noise, seed)
-    else:
-        g = _grads(model, tokens, pos, tgt, hooks=wanted)
+    g = _run(model, method, tokens, pos, tgt, wanted, steps=steps, samples=samples, noise=noise, seed=seed)
     if method == "rollout":
         relevance = rollout(model, tokens, pos)
     else:
