@@ -165,10 +165,12 @@ def _grads(model, tokens: Tensor, position: Tensor, target: Tensor | None, scale
     at = logits[rows, position]  # [B, V]
     tgt = at.argmax(-1) if target is None else target.to(at.device)
     logit = at[rows, tgt]
-    inputs = [held["leaf"]] + [held[h] for h in hooks]
-    grads = torch.autograd.grad(logit.sum(), inputs, allow_unused=True)
+    live = [h for h in hooks if held[h].requires_grad]  # a detached tensor (a rule's constant) carries none
+    grads = torch.autograd.grad(logit.sum(), [held["leaf"]] + [held[h] for h in live], allow_unused=True)
+    got = dict(zip(live, grads[1:]))
     maps = {}
-    for h, t, g in zip(hooks, inputs[1:], grads[1:]):
+    for h in hooks:
+        t, g = held[h], got.get(h)
         rel = torch.zeros_like(t) if g is None else t.detach() * g
         maps[h] = rel.reshape(*rel.shape[:2], -1).sum(-1).float()
     return dict(x=held["x"], leaf=held["leaf"].detach(), grad=grads[0], logit=logit.detach(), target=tgt, maps=maps)

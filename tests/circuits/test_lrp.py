@@ -105,6 +105,16 @@ def test_learned_positions_kept_apart_and_conserved_together():
     assert torch.equal(again.relevance, r.relevance) and again.method == "cp-lrp"
 
 
+def test_fox_forget_bias_enters_like_the_logits():
+    """FoX: under AttnLRP the forget gate's log decay carries relevance (it is part of the logits);
+    under CP-LRP it is detached with Q and K and carries none."""
+    model = tiny("fox", **dict(LLAMA, positions="none"))
+    name = "blocks.1.mixer.hook_log_decay"
+    attn = lrp.attribute(model, tokens(), method="attnlrp", hooks=[name])
+    cp = lrp.attribute(model, tokens(), method="cp-lrp", hooks=[name])
+    assert attn.hooks[name].abs().sum() > 1e-4 and (cp.hooks[name] == 0).all()
+
+
 # ----------------------------------------------------------------------------- by-hand LRP
 
 
@@ -425,3 +435,25 @@ def test_token_flipping_lrp_beats_random_on_the_planted_copy():
     assert curves.to_frame().shape[0] == 3 * 2 * 10 and curves.figure().data
     with pytest.raises(ValueError, match="order"):
         lrp.token_flipping(model, induction_prompts(2), order="up", progress=False)
+
+
+def test_models_converted_from_hugging_face():
+    """A Llama and a Mamba built by ``transformers`` (random weights, no download), converted: the
+    rule sets conserve once the biases are zero."""
+    transformers = pytest.importorskip("transformers")
+    from seqlens.models.hf import from_hf
+
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48, tie_word_embeddings=False))
+    mamba = transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8, time_step_rank=4))
+    for hf, method in ((llama, "cp-lrp"), (mamba, "mambalrp")):
+        model = from_hf(hf.eval())
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+        r = lrp.attribute(model, tokens(), method=method)
+        assert torch.allclose(r.conservation, torch.ones(2), atol=1e-4), (method, r.conservation)
