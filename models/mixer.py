@@ -16,7 +16,7 @@ A mixer (softmax / FoX attention, Mamba, GLA / RetNet, minGRU / minLSTM, LSTM) s
 - ``ov_factors()``: the value -> output path as :class:`OVFactors`;
 - ``pattern(x)`` / ``implicit_attention(x)``: (implicit) attention; ``supports_state_taps``;
 - ``backend``: the kernel backend ("auto" or one of ``BACKENDS``), set the same way on every mixer;
-- ``lrp``: the :class:`LRPRules` the relevance-propagation issue will implement.
+- ``lrp``: its :class:`LRPRules` (rule set and family), implemented by :mod:`seqlens.circuits.lrp`.
 
 An analysis that does not apply raises :class:`NotApplicableError` and offers ``applies_to(model)``.
 """
