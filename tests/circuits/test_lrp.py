@@ -457,3 +457,17 @@ def test_models_converted_from_hugging_face():
                     p.zero_()
         r = lrp.attribute(model, tokens(), method=method)
         assert torch.allclose(r.conservation, torch.ones(2), atol=1e-4), (method, r.conservation)
+
+
+def test_mambalrp_more_faithful_than_gxi_on_the_passkey_organism():
+    """MambaLRP's finding (Jafari et al. 2024) on the zoo's passkey Mamba: explaining the first
+    answer digit, flipping by MambaLRP relevance destroys the answer faster than by G×I or at random."""
+    import seqlens
+    from seqlens.tasks import passkey
+
+    model = seqlens.load("passkey-mamba-n16")
+    batch = passkey(16, 64, depth=None, key_len=5, seed=1, style="compact")
+    position = (batch.meta["answer_span"][:, 0] - 1).tolist()
+    c = lrp.token_flipping(model, batch.tokens, methods=["auto", "gxi", "random"], position=position, steps=8,
+                           progress=False)
+    assert c.delta_af["mambalrp"] > max(c.delta_af["gxi"], c.delta_af["random"]) + 2.0, c.delta_af
