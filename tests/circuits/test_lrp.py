@@ -459,6 +459,7 @@ def test_models_converted_from_hugging_face():
         assert torch.allclose(r.conservation, torch.ones(2), atol=1e-4), (method, r.conservation)
 
 
+@pytest.mark.slow
 def test_mambalrp_more_faithful_than_gxi_on_the_passkey_organism():
     """MambaLRP's finding (Jafari et al. 2024) on the zoo's passkey Mamba: explaining the first
     answer digit, flipping by MambaLRP relevance destroys the answer faster than by G×I or at random."""
