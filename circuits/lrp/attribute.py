@@ -87,6 +87,21 @@ class Attribution(Result):
                           xaxis_title="position", yaxis_title="sequence", yaxis_autorange="reversed")
         return fig
 
+    def hooks_figure(self, batch: int = 0):
+        """Heat map ``[hook, position]`` of the per-hook relevance maps of sequence ``batch`` (e.g.
+        ``blocks.{l}.hook_resid_pre`` for every layer: how relevance moves through the depth)."""
+        import plotly.graph_objects as go
+
+        if not self.hooks:
+            raise ValueError("hooks: this Attribution recorded no hooks; pass attribute(..., hooks=[...])")
+        z = torch.stack([m[batch].float() for m in self.hooks.values()])
+        bound = float(z.abs().max().clamp_min(1e-12))
+        labels = [self._label(batch, s) for s in range(z.shape[1])]
+        fig = go.Figure(go.Heatmap(z=z.tolist(), x=[f"{s}:{t}" for s, t in enumerate(labels)], y=list(self.hooks),
+                                   colorscale="RdBu_r", zmin=-bound, zmax=bound, colorbar=dict(title="relevance")))
+        fig.update_layout(title=f"{self.method}: relevance per hook", xaxis_title="position")
+        return fig
+
     def html(self, batch: int = 0) -> str:
         """One sequence as HTML: each token's background red (positive) or blue (negative) with
         opacity ∝ |relevance| / max |relevance|."""

@@ -64,6 +64,7 @@ def test_layerwise_conservation_at_the_residual_stream(arch):
     model = tiny(arch, **extra)
     names = [f"blocks.{l}.hook_resid_pre" for l in range(2)] + ["blocks.1.hook_resid_post"]
     r = lrp.attribute(model, tokens(), method=method, hooks=names)
+    assert len(r.hooks_figure().data[0].z) == 3
     for name in names:
         assert r.hooks[name].shape == (2, 10)
         assert torch.allclose(r.hooks[name].sum(-1), r.logit, rtol=1e-4, atol=1e-5), name
