@@ -488,3 +488,15 @@ def test_lrp_more_faithful_than_gxi_on_text_organisms(name, method):
     toks = torch.stack([data[s:s + 64] for s in starts.tolist()])
     c = lrp.token_flipping(seqlens.load(name), toks, methods=["auto", "gxi", "random"], steps=8, progress=False)
     assert c.delta_af[method] > max(c.delta_af["gxi"], c.delta_af["random"]) + 1.0, c.delta_af
+
+
+@pytest.mark.parametrize("arch", [a for a in CONSERVATIVE if a != "lstm"])  # LSTM: the cell override
+def test_declared_detach_hooks_are_the_ones_detached(arch):
+    """``LRPRules.detach`` is what the rule set does: each declared hook gets the detach rule."""
+    from seqlens.circuits.lrp.rules import auto_method, detach_hook, rule_hooks
+
+    model = tiny(arch, **CONSERVATIVE[arch][0])
+    installed = {(name, fn) for name, fn in rule_hooks(model, auto_method(model))}
+    for l, mixer in enumerate(model.mixers):
+        for name in type(mixer).lrp.detach:
+            assert (f"blocks.{l}.mixer.{name}", detach_hook) in installed, name
