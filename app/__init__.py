@@ -3,7 +3,7 @@
 ``main.py`` routes with ``st.navigation``; ``views/`` holds one thin page per analysis; the
 shared pieces are ``state`` (model choice and loading, error display), ``prompt`` (prompt input,
 encoding, token labels) and ``hover`` (the token-hover view); figures come from library Results.
-Pages only arrange what library functions return (DESIGN.md).
+Pages only arrange what library functions return (docs/design.md).
 """
 
 from pathlib import Path

@@ -74,7 +74,7 @@ def finder_tokens(model_key: str, data: DataKey) -> tuple[tuple[int, ...], ...] 
     if data[0] == "tokens":
         return (tuple(data[1]),)
     if data[0] == "task":
-        from seqlens.models.train import get_batch
+        from seqlens.tasks import get_batch
 
         model = load_model(model_key)
         if getattr(model, "recipe", None) is None:

@@ -23,6 +23,7 @@ from typing import Any
 import streamlit as st
 
 from seqlens.app.state import error_text, persistent, remember
+from seqlens.text import encode, is_byte_level
 
 FREE_TEXT, TASK_SAMPLE, TOKEN_IDS = "Free text", "Task sample", "Token ids"
 DEFAULT_TEXT = "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n"
@@ -52,16 +53,12 @@ class Prompt:
 # ----------------------------------------------------------------------------- model facts
 
 
-def is_byte_level(model) -> bool:
-    return getattr(model, "tokenizer", None) is None and model.cfg.vocab_size == 256
-
-
 def task_specials(model) -> dict[int, str]:
     """``{id: NAME}`` of a task organism's special tokens (empty for byte-level / no recipe)."""
     recipe = getattr(model, "recipe", None)
     if recipe is None:
         return {}
-    from seqlens.models.train import task_vocab
+    from seqlens.tasks import task_vocab
 
     try:
         vocab = task_vocab(recipe)
@@ -117,9 +114,9 @@ def encode_text(model, text: str) -> list[int]:
         raise PromptError("The prompt is empty: type some text.")
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
-        return [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]]
+        return encode(text, tok)
     if is_byte_level(model):
-        return list(text.encode("utf-8"))
+        return encode(text)
     raise PromptError(f"Free text needs a tokenizer or a byte-level model; this model has a task vocabulary "
                       f"of {model.cfg.vocab_size} ids: use a task sample or token ids.")
 
@@ -158,7 +155,7 @@ def check_length(model, ids: list[int]) -> None:
 def task_sample(model_key: str, row: int) -> tuple[int, ...]:
     """Row ``row`` of the organism's first evaluation batch."""
     from seqlens.app.state import load_model
-    from seqlens.models.train import get_batch
+    from seqlens.tasks import get_batch
 
     model = load_model(model_key)
     tokens = get_batch(model.recipe, 0, split="eval").tokens
@@ -170,7 +167,7 @@ def task_sample(model_key: str, row: int) -> tuple[int, ...]:
 @st.cache_data(show_spinner=False)
 def task_rows(model_key: str) -> int:
     from seqlens.app.state import load_model
-    from seqlens.models.train import get_batch
+    from seqlens.tasks import get_batch
 
     return int(get_batch(load_model(model_key).recipe, 0, split="eval").tokens.shape[0])
 

@@ -1,4 +1,4 @@
-"""Head ablation and the causal check of a head set (METHODS.md §2), on every architecture.
+"""Head ablation and the causal check of a head set (docs/methods.md §2), on every architecture.
 
 :func:`ablate_heads` is a context manager that silences a set of heads ``(layer, head)`` with
 TransformerLens hooks; :func:`causal_check` compares a task metric with those heads ablated against
@@ -14,7 +14,7 @@ mode)`` returns the edit itself. In short (details in each mixer's docstring):
 - softmax attention / FoX: zero / mean at ``hook_z``; "uniform" sets the head's finite logits at
   ``hook_attn_scores`` to 0, so its causal softmax is uniform (Wu et al.'s masking);
 - GLA / RetNet, Mamba, minGRU / minLSTM: zero / mean at the group's slice of ``hook_z``; "uniform"
-  replaces the implicit attention α (METHODS.md §7) by uniform causal weights over the values
+  replaces the implicit attention α (docs/methods.md §7) by uniform causal weights over the values
   (``hook_v``, ``hook_conv`` plus Mamba's D skip, ``hook_candidate``);
 - LSTM: h feeds the recurrence, so the group's read-out term is replaced at ``hook_out``.
 
@@ -279,7 +279,7 @@ def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_ra
     "recipe" for a zoo organism's own metric, a metric name, a TaskBatch, a callable or a TaskMetric)
     with no ablation, with ``heads`` ablated (:func:`ablate_heads` with ``mode`` / ``reference``),
     and with ``n_random`` draws of as many heads drawn uniformly from all other heads
-    (``torch.Generator`` seeded with ``seed``). METHODS.md §2 (Wu et al. 2024): top-K vs K random.
+    (``torch.Generator`` seeded with ``seed``). docs/methods.md §2 (Wu et al. 2024): top-K vs K random.
     ``progress``: one step per condition (:mod:`seqlens.progress`: a bool or ``callable(done, total)``)."""
     from seqlens.circuits.task_metric import resolve_task
 

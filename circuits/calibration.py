@@ -1,4 +1,4 @@
-"""ACT attention calibration, before / after (Yu et al. 2024; METHODS.md): what
+"""ACT attention calibration, before / after (Yu et al. 2024; docs/methods.md): what
 :func:`~seqlens.circuits.sinks.calibrate_sinks` does to the calibrated heads' patterns and received
 attention ``r(j)`` on one sequence (:func:`calibration_patterns`), and to the task metric
 (:func:`calibration_metric`). Both return Results; the model is left as it was.

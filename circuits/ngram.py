@@ -1,5 +1,5 @@
 """n-gram heads (Akyürek et al. 2024, "In-context language learning", ``berlino/seq_icl``;
-METHODS.md §1).
+docs/methods.md §1).
 
 An n-gram head at query i attends to the keys j whose preceding n tokens equal the n tokens
 ending at i: ``M_n[i, j] = 1`` iff ``x_{j−1−k} = x_{i−k}`` for k = 0..n−1 and j < i, so that
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.token_heads import special_tokens, token_head_scores
+from seqlens.text import is_byte_level
 
 ICLL_VOCAB = 20  # 18 DFA symbols, separator, pad (the pad never appears in the default data)
 
@@ -50,7 +51,7 @@ def _symbol_ids(model) -> Tensor:
     if recipe is not None and recipe.data == "task:icll":
         return torch.arange(ICLL_VOCAB - 1)
     V = model.cfg.vocab_size
-    if getattr(model, "tokenizer", None) is None and V == 256:
+    if is_byte_level(model):
         return torch.tensor([ord("a") + s for s in range(ICLL_VOCAB - 2)] + [ord(" ")])
     banned = set(special_tokens(model)[1])
     ids = [t for t in range(V) if t not in banned][: ICLL_VOCAB - 1]

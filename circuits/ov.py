@@ -1,4 +1,4 @@
-"""OV circuits of every head, the effective embedding, and copying scores (METHODS.md §1, §3).
+"""OV circuits of every head, the effective embedding, and copying scores (docs/methods.md §1, §3).
 
 Convention (TransformerLens, row vectors): a head that reads the residual vector ``x`` and puts
 attention weight ``a`` on it writes ``a · x W_OV`` with ``W_OV = W_V W_O`` ``[d_model, d_model]``.
@@ -14,7 +14,7 @@ What "the OV circuit" is, per architecture (recorded as ``settings["ov"]`` by th
   forget gate act on the pattern only.
 - **GLA / RetNet** — its heads: ``v_proj`` rows then ``o_proj`` columns of head ``h``, with the
   group norm's *weight* (a constant diagonal) between them. Omitted: the group norm's ``1/rms``
-  and the SiLU output gate, per-token factors outside the implicit attention (METHODS.md §7).
+  and the SiLU output gate, per-token factors outside the implicit attention (docs/methods.md §7).
   With those two set to 1, ``hook_out = Σ_h α_h @ (x @ W_OV^h)`` holds exactly.
 - **Mamba** — ``cfg.pattern_heads`` contiguous groups of the ``d_inner`` channels (the grouping of
   ``SeqModel.mixer_pattern``): the x-branch rows of ``in_proj`` of the group, then the group's
@@ -151,7 +151,7 @@ def _circuit_core(model, layer: int, full: bool, fold_ln: bool) -> tuple[Tensor,
 
 
 def copying_scores(model, full: bool = True, fold_ln: bool = True) -> HeadScores:
-    """Copying scores ``[n_layers, n_heads]`` (METHODS.md §1; Elhage et al. 2021): with ``λ`` the
+    """Copying scores ``[n_layers, n_heads]`` (docs/methods.md §1; Elhage et al. 2021): with ``λ`` the
     eigenvalues of each head's OV circuit, ``Re Σλ / Σ|λ|`` (+1: the head copies the tokens it
     attends to, −1: it suppresses them; NaN for an all-zero circuit).
 

@@ -1,8 +1,8 @@
-"""Attention patterns of every layer, for any architecture (DESIGN.md: head finders take these).
+"""Attention patterns of every layer, for any architecture (docs/design.md: head finders take these).
 
 Softmax attention (transformer, FoX) gives rows that are probability distributions (each sums to
-1). The implicit attention of recurrent mixers (METHODS.md §7: Mamba, GLA / RetNet, minGRU /
-minLSTM, LSTM) is a signed mixing matrix whose rows do not sum to 1; for template scores METHODS.md
+1). The implicit attention of recurrent mixers (docs/methods.md §7: Mamba, GLA / RetNet, minGRU /
+minLSTM, LSTM) is a signed mixing matrix whose rows do not sum to 1; for template scores docs/methods.md
 §7 normalises it as ``|α_{t,s}| / Σ_s |α_{t,s}|``. ``normalisation`` records which was used.
 
 :func:`attention_patterns` returns one layer's patterns on one sequence as a :class:`Patterns`

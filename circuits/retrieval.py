@@ -1,5 +1,5 @@
 """Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context
-Factuality"; METHODS.md §2, checked against ``nightdessert/Retrieval_Head``,
+Factuality"; docs/methods.md §2, checked against ``nightdessert/Retrieval_Head``,
 ``retrieval_head_detection.py``).
 
 Needle-in-a-haystack prompts over a grid of context lengths × needle depths; the model decodes the
@@ -14,8 +14,8 @@ As in the official code the span ``[s, e)`` is the answer inside the needle (``f
 real_needle)``), so a head that copies every answer token from the needle scores exactly 1.
 
 Patterns come from ``model.mixer_pattern``, so the finder runs on every architecture. For
-recurrent mixers (implicit attention, METHODS.md §7) the argmax is taken over ``|α_{t,s}|``:
-METHODS.md §7 asks for ``|α_{t,s}|·‖u_s‖`` in argmax scores, but ``SeqModel`` exposes no uniform
+recurrent mixers (implicit attention, docs/methods.md §7) the argmax is taken over ``|α_{t,s}|``:
+docs/methods.md §7 asks for ``|α_{t,s}|·‖u_s‖`` in argmax scores, but ``SeqModel`` exposes no uniform
 per-head value norms (values live in architecture-specific hooks, and channel-group "heads"
 average α over channels), so the value norms are left out; ``settings["argmax_over"]`` records it.
 
@@ -51,6 +51,7 @@ from torch import Tensor
 
 from seqlens.circuits.heads import HeadScores
 from seqlens.tasks import PASSKEY_STYLES, make_generator, passkey
+from seqlens.validate import positive_int
 
 KINDS = ("auto", "text", "bytes", "tokens")
 MEASURES = ("correct", "exact", "recall")
@@ -174,9 +175,7 @@ def _check_depths(depths) -> list[float]:
 
 
 def _check_positive_int(name: str, value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
+    return positive_int(name, value)
 
 
 def _passkey_prompts(model, kind: str, length: int, depth: float, n: int, g: torch.Generator,
@@ -225,7 +224,7 @@ def greedy_decode(model, tokens: Tensor, n_new: int) -> Tensor:
     """Greedy continuation ``[B, n_new]`` of ``tokens [B, P]``.
 
     Each step re-runs the full forward (no KV cache): answers are a few tokens, and any hooks a
-    caller installed (e.g. head masks for the causal check of METHODS.md §2) then see the same
+    caller installed (e.g. head masks for the causal check of docs/methods.md §2) then see the same
     full-sequence shapes at every step as in a plain forward.
     """
     seq = tokens
@@ -334,7 +333,7 @@ def _argmax_keys(model, tokens: Tensor, layer: int) -> Tensor:
     """``[B, H, L]``: each query's most attended key. Softmax layers read it from the
     attention-statistics kernel (``SeqModel.attention_stats``: Triton on GPU, chunked on CPU, no
     L×L matrix; ties to the smallest index, like ``argmax``); recurrent mixers from ``|α|`` of the
-    implicit attention (METHODS.md §7)."""
+    implicit attention (docs/methods.md §7)."""
     if model.blocks[layer].mixer.is_softmax:
         return model.attention_stats(tokens, layer).argmax.long()
     return model.mixer_pattern(tokens, layer).float().abs().argmax(-1)

@@ -1,4 +1,4 @@
-"""Attention sinks: where heads dump attention, and ACT's calibration of the hidden ones (METHODS.md §4).
+"""Attention sinks: where heads dump attention, and ACT's calibration of the hidden ones (docs/methods.md §4).
 
 Measures, for one head's pattern ``A [L, L]`` of one sequence (causal rows; T = L):
 
@@ -18,7 +18,7 @@ and ``sink_mass`` of the first k keys, without the L×L matrix: Triton on CUDA, 
 CPU); ``r(j)`` needs column sums over all queries, so it is read off the pattern
 (``SeqModel.mixer_pattern``, a few sequences at a time; pass ``received=False`` to skip it and
 stay O(L) in memory). Recurrent mixers have no softmax rows: everything comes from their implicit
-attention (METHODS.md §7) normalised as ``|α_{t,s}| / Σ_s |α_{t,s}|`` so rows sum to 1.
+attention (docs/methods.md §7) normalised as ``|α_{t,s}| / Σ_s |α_{t,s}|`` so rows sum to 1.
 
 ACT calibration (:func:`calibrate_sinks`, checked against ``GATECH-EIC/ACT``'s
 ``models/llama_modelling_aug.py``): on every forward, per calibrated head and per sequence, the
@@ -260,7 +260,7 @@ def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch
         raise ValueError(f"batch: expected a positive integer, got {batch!r}")
     recipe = getattr(model, "recipe", None)
     if recipe is not None:
-        from seqlens.models.train import get_batch
+        from seqlens.tasks import get_batch
 
         data = get_batch(recipe, 0, split="eval").tokens[:batch]
         return [data], {"data": f"recipe:{recipe.name}:eval", "batch": data.shape[0], "seq_len": data.shape[1]}

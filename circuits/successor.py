@@ -1,5 +1,5 @@
 """Successor heads (Gould et al. 2023, "Successor Heads: Recurring, Interpretable Attention Heads
-In The Wild"; METHODS.md §3): heads whose effective OV circuit maps an ordinal token to the next
+In The Wild"; docs/methods.md §3): heads whose effective OV circuit maps an ordinal token to the next
 one ("Monday" → "Tuesday", "3" → "4").
 
 For head ``(l, h)`` and token ``t`` of an ordinal set ``T`` (Gould et al. §2):
@@ -36,6 +36,7 @@ from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.ov import (check_model, effective_embedding, embedding_description,
                                  norm_linear, ov_factors)
 from seqlens.tasks import SUCCESSOR_FAMILIES
+from seqlens.text import encode, is_byte_level
 
 THRESHOLD = 0.4  # successor head if its score exceeds this (Gould et al.)
 MIN_ITEMS = 3  # a set with fewer single-token items is dropped
@@ -67,11 +68,7 @@ Sets = Mapping[str, Sequence[int | None]]
 
 def _encode(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` (Hugging Face ``encode`` without special tokens, else plain encode)."""
-    try:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:
-        ids = tokenizer.encode(text)
-    return [int(i) for i in ids]
+    return encode(text, tokenizer)
 
 
 def _byte_families(model) -> tuple[dict[str, tuple[str, ...]], str]:
@@ -92,9 +89,9 @@ def _ordinal_source(model) -> tuple[dict[str, tuple[str, ...]], Callable[[str], 
     if tok is not None:
         description = "tokenizer: Gould et al. sets, leading space"
         return dict(GOULD_SETS), lambda s: _encode(tok, " " + s), description
-    if model.cfg.vocab_size == 256:
+    if is_byte_level(model):
         families, description = _byte_families(model)
-        return families, lambda s: list(s.encode("utf-8")), description
+        return families, encode, description
     if getattr(model, "recipe", None) is not None:  # a zoo organism with a task vocabulary
         from seqlens.circuits.token_heads import special_tokens
 

@@ -5,7 +5,7 @@ turns what a user passes as ``task`` into one:
 
 - ``None`` or ``"recipe"``: the metric a zoo organism was trained and evaluated with, on its
   recipe's fixed evaluation batches (``model.recipe``; e.g. ``induction_loss_drop``).
-- a metric name (``"loss"`` or a key of :data:`seqlens.models.train.METRICS`): that metric on the
+- a metric name (``"loss"`` or a key of :data:`seqlens.tasks.METRICS`): that metric on the
   recipe's evaluation batches.
 - a :class:`seqlens.tasks.TaskBatch`: mean next-token cross-entropy on its ``loss_mask`` (lower is
   better).
@@ -45,7 +45,7 @@ class TaskMetric:
 
 
 def _recipe_metric(model, metric: str | None, n_batches: int | None) -> TaskMetric:
-    from seqlens.models.train import METRICS, evaluate
+    from seqlens.tasks import METRICS, evaluate
 
     recipe = getattr(model, "recipe", None)
     if recipe is None:

@@ -1,4 +1,4 @@
-"""Token-pattern heads: previous-token, duplicate-token and induction heads (METHODS.md §1).
+"""Token-pattern heads: previous-token, duplicate-token and induction heads (docs/methods.md §1).
 
 Every finder reads the (implicit) attention of each layer through ``model.mixer_pattern`` (see
 :mod:`seqlens.circuits.patterns`), so it runs on every architecture, and returns a
@@ -72,7 +72,7 @@ def special_tokens(model) -> tuple[int | None, list[int]]:
         return getattr(tok, "bos_token_id", None), list(getattr(tok, "all_special_ids", []) or [])
     recipe = getattr(model, "recipe", None)
     if recipe is not None:
-        from seqlens.models.train import task_vocab
+        from seqlens.tasks import task_vocab
 
         specials = dict(task_vocab(recipe).specials)
         return specials.get("bos"), sorted(set(specials.values()))
@@ -226,6 +226,10 @@ def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | 
     if measure not in MEASURES:
         raise ValueError(f"measure: expected one of {list(MEASURES)}, got {measure!r}")
     batches, data_info, period = resolve_data(model, tokens, prompts, seq_len, batch, seed, default_data)
+    short = [list(t.shape) for t in batches if t.shape[-1] < 2]
+    if short:  # one token has no earlier key: every score would be NaN or vacuous
+        arg = "prompts" if data_info["data"] == "prompts" else "tokens"
+        raise ValueError(f"{arg}: {name} scores need sequences of at least 2 tokens, got shape {short[0]}")
     mode = resolve_normalisation(model, normalisation)
     scores = []
     for toks in batches:

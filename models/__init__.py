@@ -1,35 +1,19 @@
-"""seqlens.models: the architectures, their config, checkpoint io and Hugging Face conversion."""
+"""seqlens.models: the architectures, their config, checkpoint io and Hugging Face conversion.
+
+Import layers (no cycles, checked by ``scripts/import_cycles.py``): config/base -> registry ->
+checkpoint -> hf -> io -> train -> recipes -> zoo -> :func:`load` here."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
 from .base import ModelState, SeqModel, StreamOutput, hook_active
 from .mixer import Mixer, NotApplicableError
 from .config import ARCHS, ModelConfig
-
-
-# arch -> (module, class); modules are imported on first use
-ARCH_CLASSES: dict[str, tuple[str, str]] = {
-    "transformer": ("transformer", "Transformer"),
-    "fox": ("transformer", "Transformer"),
-    "mamba": ("mamba", "Mamba"),
-    "gla": ("gla", "GLA"),
-    "retnet": ("gla", "GLA"),
-    "mingru": ("mingru", "MinGRU"),
-    "minlstm": ("mingru", "MinGRU"),
-    "lstm": ("lstm", "LSTM"),
-}
-
-
-def model_class(arch: str) -> type[SeqModel]:
-    """The `SeqModel` subclass implementing ``arch``."""
-    import importlib
-
-    if arch not in ARCH_CLASSES:
-        raise ValueError(f"arch: unsupported architecture {arch!r}; supported: {list(ARCHS)}")
-    module, name = ARCH_CLASSES[arch]
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+from .registry import ARCH_CLASSES, build, model_class  # noqa: F401  (ARCH_CLASSES: re-export)
 
 
 def from_hf(path_or_model, **kwargs) -> SeqModel:
@@ -40,17 +24,33 @@ def from_hf(path_or_model, **kwargs) -> SeqModel:
     return _from_hf(path_or_model, **kwargs)
 
 
-def build(cfg: ModelConfig, seed: int | None = 0) -> SeqModel:
-    """Instantiate the model described by ``cfg`` with random weights drawn from ``seed``
-    (``None``: use the global RNG). Returns the model in eval mode."""
-    if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
-    cls = model_class(cfg.arch)
-    if seed is None:
-        return cls(cfg).eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return cls(cfg).eval()
+def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> SeqModel:
+    """Open a zoo model by name, or a local directory (seqlens or Hugging Face format)."""
+    from . import io, zoo
+
+    if not isinstance(name_or_dir, (str, os.PathLike)) or str(name_or_dir) == "":
+        raise TypeError(f"name_or_dir: expected a zoo name or a directory path, got {name_or_dir!r}")
+    device = _check_device(device)
+    if isinstance(name_or_dir, str) and name_or_dir in zoo.names():
+        return zoo.load(name_or_dir, device=device)
+    if Path(name_or_dir).exists():
+        return io.load_dir(name_or_dir, device=device)
+    raise FileNotFoundError(f"name_or_dir: {str(name_or_dir)!r} is neither a zoo model ({zoo.names()}) nor an "
+                            "existing directory")
 
 
-__all__ = ["ARCHS", "Mixer", "ModelConfig", "ModelState", "NotApplicableError", "SeqModel", "StreamOutput", "build", "from_hf", "hook_active", "model_class"]
+def _check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch.device, or a ValueError naming it (unknown, or CUDA without CUDA)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
+    return device
+
+
+__all__ = ["ARCHS", "Mixer", "ModelConfig", "ModelState", "NotApplicableError", "SeqModel", "StreamOutput", "build",
+           "from_hf", "hook_active", "load", "model_class"]

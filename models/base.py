@@ -1,4 +1,4 @@
-"""`SeqModel`: the interface every seqlens architecture implements (see DESIGN.md).
+"""`SeqModel`: the interface every seqlens architecture implements (see docs/design.md).
 
 A model is embed -> blocks -> final norm -> unembed. Each block is pre-norm residual:
 
@@ -51,6 +51,17 @@ def hook_active(hp: HookPoint) -> bool:
         or _m._global_forward_hooks
         or _m._global_forward_pre_hooks
     )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then ``os.replace`` it into place: a
+    reader or a crash never sees a half-written file, and a failure leaves ``path`` as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- norms / mlp
@@ -331,6 +342,7 @@ class SeqModel(HookedRootModule):
         # provenance, set by the loaders (seqlens.models.io / zoo): the tokenizer when the
         # directory has one, the directory / zoo name, the training Recipe and its metrics
         self.tokenizer: Any = None
+        self._tap_runs: list[tuple[int, int]] | None = None  # [start, end) runs inside tap_states
         self.name: str | None = None
         self.recipe: Any = None
         self.metrics: dict[str, float] = {}
@@ -355,6 +367,9 @@ class SeqModel(HookedRootModule):
             raise TypeError(f"{name}: expected integer token ids, got dtype {tokens.dtype}")
         if tokens.dim() != 2:
             raise ValueError(f"{name}: expected shape [batch, seq_len], got {list(tokens.shape)}")
+        if tokens.numel() == 0:  # one behaviour for every mixer: [B, 0] and [0, L] are refused
+            raise ValueError(f"{name}: expected at least one token in at least one sequence, got shape "
+                             f"{list(tokens.shape)}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"{name}: token ids must lie in [0, {self.cfg.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
@@ -369,6 +384,8 @@ class SeqModel(HookedRootModule):
             x, layer_state = block(x, None if state is None else state.layers[i], pos=pos)
             new_layers.append(layer_state)
         logits = self.unembed(self.ln_final(x))
+        if self._tap_runs is not None:  # which positions tap_states' taps could fire at (see there)
+            self._tap_runs.append((pos, pos + tokens.shape[1]))
         if state is None:
             return logits, None
         return logits, ModelState(new_layers, pos + tokens.shape[1])
@@ -380,8 +397,8 @@ class SeqModel(HookedRootModule):
     # -- recurrent inference -------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> ModelState:
-        if batch <= 0:
-            raise ValueError(f"batch: expected a positive integer, got {batch}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+            raise ValueError(f"batch: expected a positive integer, got {batch!r}")
         p = self.embed.weight
         device = p.device if device is None else torch.device(device)
         dtype = p.dtype if dtype is None else dtype
@@ -389,8 +406,7 @@ class SeqModel(HookedRootModule):
 
     def forward_chunk(self, tokens: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """Continue from ``state`` with ``tokens [B, T]``: returns ``(logits [B, T, V], state)``."""
-        if not isinstance(state, ModelState):
-            raise TypeError(f"state: expected a ModelState from init_state(), got {type(state).__name__}")
+        self.check_state(state)
         if tokens.dim() == 2 and state.layers and tokens.shape[0] != self._state_batch(state):
             raise ValueError(f"tokens: batch {tokens.shape[0]} does not match the state's batch "
                              f"{self._state_batch(state)}")
@@ -399,6 +415,36 @@ class SeqModel(HookedRootModule):
     @staticmethod
     def _state_batch(state: ModelState) -> int:
         return next(iter(state.layers[0].values())).shape[0]
+
+    def check_state(self, state: Any) -> None:
+        """Require ``state`` to belong to this model: a ModelState with one dict per layer whose
+        keys and tensor shapes are those of ``init_state`` (dims that are empty there grow with
+        ``pos``, e.g. a KV cache's sequence axis); clear ValueErrors naming ``state``."""
+        if not isinstance(state, ModelState):
+            raise TypeError(f"state: expected a ModelState from init_state(), got {type(state).__name__}")
+        if isinstance(state.pos, bool) or not isinstance(state.pos, int) or state.pos < 0:
+            raise ValueError(f"state: pos must be a non-negative integer, got {state.pos!r}")
+        if not isinstance(state.layers, list) or len(state.layers) != len(self.blocks):
+            n = len(state.layers) if isinstance(state.layers, list) else type(state.layers).__name__
+            raise ValueError(f"state: has {n} layers but this model has {len(self.blocks)}; "
+                             "it comes from another model (use this model's init_state())")
+        first = state.layers[0] if state.layers else None
+        batch = next((v.shape[0] for v in first.values() if isinstance(v, Tensor) and v.dim()), 1) \
+            if isinstance(first, dict) else 1
+        for i, (block, got) in enumerate(zip(self.blocks, state.layers)):
+            want = block.mixer.init_state(batch, torch.device("meta"), self.embed.weight.dtype)
+            if not isinstance(got, dict) or set(got) != set(want):
+                keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+                raise ValueError(f"state: layer {i} has entries {keys} but this model's {self.cfg.arch} "
+                                 f"layer expects {sorted(want)}; it comes from another model")
+            for key, t in want.items():
+                v = got[key]
+                ok = isinstance(v, Tensor) and v.dim() == t.dim() and all(
+                    a == b or b == 0 for a, b in zip(v.shape, t.shape))
+                if not ok:
+                    shape = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                    raise ValueError(f"state: layer {i} entry {key!r} has shape {shape} but this model "
+                                     f"expects {list(t.shape)}; it comes from another model")
 
     def step(self, tokens: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
         """One token per sequence: ``tokens [B] -> (logits [B, V], state)``."""
@@ -424,8 +470,10 @@ class SeqModel(HookedRootModule):
         chunk. Memory is O(state) plus one chunk when ``return_logits=False``; for recurrent
         mixers the state has a fixed size, for attention it is the KV cache (O(L)).
         """
-        if chunk_size <= 0:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable (start, logits, state), got {type(callback).__name__}")
         chunks, total = self._chunks(tokens, chunk_size)
         outs: list[Tensor] = []
         bar = None
@@ -467,7 +515,7 @@ class SeqModel(HookedRootModule):
         the scan without materialising the state at every step. When streaming, each chunk fires
         the hook with the positions that fall inside it (absolute positions carry across chunks).
         Attention mixers have no fixed-size state (their state is the KV cache) and raise."""
-        pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+        pos = self._tap_tensor(positions)
         if pos.numel() == 0:
             raise ValueError("positions: expected at least one position")
         if int(pos.min()) < 0:
@@ -478,14 +526,43 @@ class SeqModel(HookedRootModule):
             raise NotApplicableError(
                 f"tap_states: arch {self.cfg.arch!r} has no fixed-size recurrent state (its state "
                 "is the KV cache, see init_state); use hook_k / hook_v instead")
-        old = [b.mixer.tap_positions for b in self.blocks]
+        old, old_runs = [b.mixer.tap_positions for b in self.blocks], self._tap_runs
         for b in self.blocks:
             b.mixer.tap_positions = pos
+        self._tap_runs = []
         try:
             yield pos
+            runs = self._tap_runs
         finally:
             for b, o in zip(self.blocks, old):
                 b.mixer.tap_positions = o
+            self._tap_runs = old_runs
+        self._check_taps_fired(pos, runs)
+
+    @staticmethod
+    def _check_taps_fired(pos: Tensor, runs: list[tuple[int, int]]) -> None:
+        """After tap_states: when inputs ran but some tap positions lay in none of them (past the
+        end of a stream, or before the position a continued state started at), say so."""
+        if not runs:
+            return
+        fired = torch.zeros_like(pos, dtype=torch.bool)
+        for start, end in runs:
+            fired |= (pos >= start) & (pos < end)
+        if not bool(fired.all()):
+            covered = ", ".join(f"[{a}, {b})" for a, b in sorted(set(runs))[:4])
+            raise ValueError(f"positions: tap positions {pos[~fired].tolist()[:8]} lie outside the input run "
+                             f"inside tap_states (positions {covered}); hook_state never fired for them")
+
+    @staticmethod
+    def _tap_tensor(positions: Any) -> Tensor:
+        """``positions`` as a flat LongTensor; non-integer values (2.7, True) are an error, not truncated."""
+        try:
+            pos = torch.as_tensor(positions)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"positions: expected a sequence of integers, got {positions!r}") from None
+        if pos.numel() and (pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex()):
+            raise TypeError(f"positions: expected integer positions, got {positions!r}")
+        return pos.long().flatten()
 
     # -- patterns ------------------------------------------------------------------------------
     def mixer_input(self, tokens: Tensor, layer: int) -> Tensor:
@@ -508,7 +585,7 @@ class SeqModel(HookedRootModule):
     @torch.no_grad()
     def mixer_pattern(self, tokens: Tensor, layer: int) -> Tensor:
         """Attention matrix ``[B, H, L, L]`` of layer ``layer``'s sequence mixer: the softmax
-        pattern for attention, the implicit attention (METHODS.md §7) for recurrent mixers, averaged
+        pattern for attention, the implicit attention (docs/methods.md §7) for recurrent mixers, averaged
         over the mixer's head groups (see the mixer's ``pattern`` docstring)."""
         x = self.mixer_input(tokens, layer)  # validates layer
         return self.blocks[layer].mixer.pattern(x)
@@ -530,7 +607,7 @@ class SeqModel(HookedRootModule):
         return mixer.stats(x, sink_k, span, backend)
 
     def _check_layer(self, layer: int) -> None:
-        if not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.cfg.n_layers}), got {layer!r}")
 
     # -- the mixer protocol, model-wide --------------------------------------------------------
@@ -637,13 +714,15 @@ class SeqModel(HookedRootModule):
 
     # -- io ------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` (``{"seqlens": cfg, ...extra}``) and ``model.safetensors``."""
+        """Write ``model.safetensors`` then ``config.json`` (``{"seqlens": cfg, ...extra}``), each
+        atomically (:func:`atomic_write`)."""
         from safetensors.torch import save_model
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps({"seqlens": self.cfg.to_dict(), **(extra or {})}, indent=2))
-        save_model(self, str(d / WEIGHTS_FILE))
+        text = json.dumps({"seqlens": self.cfg.to_dict(), **(extra or {})}, indent=2)
+        atomic_write(d / WEIGHTS_FILE, lambda tmp: save_model(self, str(tmp)))
+        atomic_write(d / CONFIG_FILE, lambda tmp: tmp.write_text(text))
         return d
 
     @property

@@ -7,10 +7,15 @@ rebuilt exactly. Fields that an architecture does not use keep their defaults an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from seqlens.validate import ArgumentTypeError
 
 ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
 RECURRENT_ARCHS = ("mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
@@ -25,9 +30,71 @@ def _check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
         raise ValueError(f"ModelConfig.{name}: expected one of {list(options)}, got {value!r}")
 
 
-def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"ModelConfig.{name}: expected a positive integer, got {value!r}")
+def _check_positive(name: str, value: int | float | None) -> None:
+    if value is not None and not value > 0:  # `not >` also refuses NaN
+        kind = "integer" if isinstance(value, int) else "number"
+        raise ValueError(f"ModelConfig.{name}: expected a positive {kind}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- generic field types
+
+
+def _type_text(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if tp is float:
+        return "finite float"
+    if typing.get_args(tp):  # e.g. tuple[float, float]
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has annotated type ``tp``, strictly: bool is not an int, an int or a bool
+    is not a float unless the annotation says so, floats must be finite (NaN / inf are refused)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin in (dict, list):
+        return isinstance(value, origin)
+    return isinstance(value, origin or tp)
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_field_types(obj: Any) -> None:
+    """Raise :class:`seqlens.validate.ArgumentTypeError` (a TypeError and a ValueError) naming
+    ``Class.field`` when a field of the dataclass instance ``obj``
+    does not match its annotation (see :func:`_matches`). Generic: works on any dataclass whose
+    annotations ``typing.get_type_hints`` can resolve, so configs split into parts keep it."""
+    hints = _type_hints(type(obj))
+    where = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in hints and not _matches(value, hints[f.name]):
+            raise ArgumentTypeError(f"{where}.{f.name}: expected {_type_text(hints[f.name])}, got {value!r} "
+                            f"({type(value).__name__})")
 
 
 @dataclass(frozen=True)
@@ -98,6 +165,7 @@ class ModelConfig:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         _check_choice("arch", self.arch, ARCHS)
         _check_choice("positions", self.positions, POSITIONS)
         _check_choice("norm", self.norm, NORMS)
@@ -119,7 +187,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.rotary_dim: expected an even number, got {self.rot_dim}")
             if self.rot_dim > self.head_dim:
                 raise ValueError(f"ModelConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim}")
-        for name in ("d_key", "d_value", "d_hidden", "gate_low_rank"):
+        for name in ("d_key", "d_value", "d_hidden", "gate_low_rank", "norm_eps", "rotary_base",
+                     "gate_normalizer"):
             _check_positive(name, getattr(self, name))
         if self.arch == "mamba" and self.d_inner % self.pattern_heads:
             raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
@@ -179,6 +248,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"ModelConfig: expected a JSON object of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

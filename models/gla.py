@@ -58,7 +58,7 @@ from .kernels.linear_attention import (GLAResult, gated_linear_attention, gla_ch
 
 def gla_attention_matrix(q: Tensor, k: Tensor, log_g: Tensor, scale: float | None = None,
                          budget: int = 2**25) -> Tensor:
-    """Implicit attention (METHODS.md §7) ``α[b, h, t, s] = Σ_i (scale·q_{t,i}) k_{s,i}
+    """Implicit attention (docs/methods.md §7) ``α[b, h, t, s] = Σ_i (scale·q_{t,i}) k_{s,i}
     ∏_{j=s+1..t} g_{j,i}`` (0 for s > t), ``[B, H, L, L]``, so that ``o_t = Σ_s α_{t,s} v_s``
     from an empty state. Query rows are processed in blocks so the ``[B, H, rows, L, d_k]`` decay
     stays under ``budget`` elements; the cumulative log gates ``c`` are summed in float64 so
@@ -204,7 +204,7 @@ class LinearAttentionMixer(Mixer):
         new_state = None if state is None else {"S": res.final_state.float()}
         return self.output(x, o), new_state
 
-    # -- implicit attention (METHODS.md §7) ------------------------------------------------------
+    # -- implicit attention (docs/methods.md §7) ------------------------------------------------------
     @torch.no_grad()
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
         """Implicit attention per head ``[B, H, L, L]``: ``α_{t,s} = Σ_i q_{t,i} k_{s,i}

@@ -38,10 +38,10 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from . import model_class
 from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
-from .io import CheckpointError, load_safetensors, load_state_into, read_config
+from .checkpoint import CheckpointError, load_safetensors, load_state_into, read_config
+from .registry import model_class
 
 ARG = "path_or_model"
 INDEX_FILE = "model.safetensors.index.json"
@@ -68,7 +68,7 @@ def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.f
 
     ``path_or_model`` is a local checkpoint directory (``config.json`` + safetensors, possibly
     sharded) or a loaded ``transformers`` ``PreTrainedModel``. Raises ``FileNotFoundError`` (no
-    such directory), :class:`~seqlens.models.io.CheckpointError` (missing config or weights,
+    such directory), :class:`~seqlens.models.checkpoint.CheckpointError` (missing config or weights,
     pickle-only or corrupt weights, shapes that disagree with the config) and
     ``NotImplementedError`` (a model type or variant we do not implement).
     """
@@ -218,6 +218,8 @@ class Weights:
 
 def _model_type(hf: dict[str, Any], label: str) -> str:
     model_type = hf.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE}'s 'model_type' must be a string, got {model_type!r}")
     if not model_type:
         raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE} has no 'model_type'; expected a Hugging "
                               "Face model config")
@@ -246,6 +248,9 @@ def _rope(hf: dict[str, Any], legacy_theta_key: str, label: str) -> dict[str, An
     """RoPE parameters from a v5 config (``rope_parameters``) or a v4 one (``rope_theta`` /
     ``rotary_emb_base`` and ``rope_scaling``), with ``rope_theta`` always set. Only plain RoPE
     (``rope_type == "default"``) is implemented."""
+    for key in ("rope_scaling", "rope_parameters"):
+        if not isinstance(hf.get(key) or {}, dict):
+            raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE}'s {key!r} must be an object, got {hf[key]!r}")
     params = dict(hf.get("rope_scaling") or {})
     params.update(hf.get("rope_parameters") or {})
     kind = params.get("rope_type", params.get("type", "default"))
@@ -259,7 +264,7 @@ def _rope(hf: dict[str, Any], legacy_theta_key: str, label: str) -> dict[str, An
 def _make_config(label: str, **fields: Any) -> ModelConfig:
     try:
         return ModelConfig(**fields)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # TypeError: a field of the wrong JSON type
         raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE} does not describe a valid model: {e}") from None
 
 

@@ -27,7 +27,7 @@ def _norm_specs(prefix: str) -> list[tuple[str, HookSpec]]:
 
 def hook_table(cfg: ModelConfig) -> list[tuple[str, HookSpec]]:
     """``(full hook name, spec)`` for every hook point of a model built from ``cfg``."""
-    from . import model_class
+    from .registry import model_class
     from .base import MLP, Block
 
     cls = model_class(cfg.arch)
@@ -95,7 +95,7 @@ def _table(rows: Iterable[HookSpec]) -> list[str]:
 
 def markdown() -> str:
     """docs/hooks.md: the model-level hooks, then one table per mixer class with its archs."""
-    from . import model_class
+    from .registry import model_class
     from .base import MLP, Block, Norm, SeqModel
 
     lines = ["# Hook names", "",

@@ -227,7 +227,7 @@ class LSTMMixer(Mixer):
         new_state = None if state is None else {"h": seq["h"][:, -1], "c": seq["c"][:, -1]}
         return out, new_state
 
-    # -- implicit attention (METHODS.md §7) --------------------------------------------------
+    # -- implicit attention (docs/methods.md §7) --------------------------------------------------
     @torch.no_grad()
     def implicit_attention(self, x: Tensor, channels: slice | None = None) -> Tensor:
         """Conditional decomposition of the cell, per channel: ``α[b, d, t, s] = i_{s,d}

@@ -201,7 +201,7 @@ class MambaMixer(Mixer):
                          "linearised: in_proj x-branch rows of channel group h, conv1d replaced by its DC gain (sum of "
                          "taps), SiLU(conv) and SSM as identity, SiLU(z) gate omitted, out_proj columns")
 
-    # -- implicit attention (METHODS.md §7) ------------------------------------------------------
+    # -- implicit attention (docs/methods.md §7) ------------------------------------------------------
     @torch.no_grad()
     def implicit_attention(self, x: Tensor, channels: slice | None = None) -> Tensor:
         """Per-channel implicit attention ``α[b, d, t, s] = Σ_n C_{t,n} exp(Σ_{k=s+1..t} Δ_{k,d}

@@ -78,7 +78,7 @@ def positive_activation(v: Tensor) -> Tensor:
 
 
 def decay_attention(a: Tensor, w: Tensor) -> Tensor:
-    """Implicit attention of ``h_t = a_t ⊙ h_{t−1} + w_t ⊙ v_t`` (METHODS.md §7), per channel:
+    """Implicit attention of ``h_t = a_t ⊙ h_{t−1} + w_t ⊙ v_t`` (docs/methods.md §7), per channel:
     ``α[b, d, t, s] = w_{s,d} ∏_{k=s+1..t} a_{k,d}`` for s ≤ t, 0 above the diagonal, so that
     ``h_t = Σ_s α_{t,s} v_s`` from a zero state. ``a, w [B, L, d] -> [B, d, L, L]``.
 
@@ -193,7 +193,7 @@ class MinRNNMixer(Mixer):
         out = self.hook_out(self.out_proj(self.hook_z(h.to(x.dtype))))
         return out, new_state
 
-    # -- implicit attention (METHODS.md §7) ------------------------------------------------------
+    # -- implicit attention (docs/methods.md §7) ------------------------------------------------------
     @torch.no_grad()
     def implicit_attention(self, x: Tensor, channels: slice | None = None) -> Tensor:
         """Per-channel implicit attention ``α[b, d, t, s] = w_{s,d} ∏_{k=s+1..t} a_{k,d}`` (minGRU:

@@ -1,4 +1,4 @@
-"""The mixer protocol (DESIGN.md, "The mixer protocol"): what every sequence mixer answers, so that
+"""The mixer protocol (docs/design.md, "The mixer protocol"): what every sequence mixer answers, so that
 analysis code asks the mixer instead of testing its class or ``cfg.arch``.
 
 A mixer (softmax / FoX attention, Mamba, GLA / RetNet, minGRU / minLSTM, LSTM) subclasses

@@ -7,12 +7,24 @@ list``) so the accuracy gap between architectures is a property of the mixer, no
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from .config import ModelConfig
 from .train import Recipe
-from .zoo import Organism
 
 LLAMA = dict(norm="rmsnorm", mlp="gated", act="silu", positions="rotary")
 RECURRENT = dict(norm="rmsnorm", mlp="gated", act="silu")
+
+
+@dataclass(frozen=True)
+class Organism:
+    """A zoo organism: its recipe plus extra evaluations recorded beside the main metric
+    (``extra_evals``: label -> data-kwarg overrides, e.g. copying at twice the train length)."""
+
+    recipe: Recipe
+    task: str
+    extra_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _mqar_models() -> dict[str, ModelConfig]:

@@ -12,21 +12,26 @@ interrupted run continues exactly where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from seqlens.tasks import METRICS, evaluate, get_batch, masked_loss
+# re-exports: the data side moved to seqlens.tasks; these names stay importable from the trainer
+from seqlens.tasks import Batch, step_seed, task_vocab  # noqa: F401
+from seqlens.validate import positive_int
+
 from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
-from .config import ModelConfig
+from .config import ModelConfig, check_field_types
 
 RESUME_DIR = "resume"
 
@@ -66,13 +71,13 @@ class Recipe:
     description: str = ""
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # every field's JSON type first: a recipe file is user input
         if not isinstance(self.model, ModelConfig):
             raise TypeError(f"Recipe.model: expected a ModelConfig, got {type(self.model).__name__}")
         if not (self.data.startswith("task:") or self.data == "corpus:stdlib"):
             raise ValueError(f"Recipe.data: expected 'task:<name>' or 'corpus:stdlib', got {self.data!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"Recipe.{name}: expected a positive integer, got {getattr(self, name)}")
+            positive_int(f"Recipe.{name}", getattr(self, name))
         if self.train_on not in ("mask", "all"):
             raise ValueError(f"Recipe.train_on: expected 'mask' or 'all', got {self.train_on!r}")
         if self.metric not in METRICS:
@@ -85,137 +90,16 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        if not isinstance(d, dict) or "model" not in d:
+            raise TypeError("Recipe: expected a JSON object of Recipe fields including 'model'")
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d["model"])
-        d["betas"] = tuple(d.get("betas", (0.9, 0.98)))
+        betas = d.get("betas", (0.9, 0.98))
+        d["betas"] = tuple(betas) if isinstance(betas, list) else betas
         return cls(**d)
 
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class Batch:
-    """Inputs ``[B, L]``, next-token targets ``[B, L]`` and the mask of positions that count."""
-
-    tokens: Tensor
-    targets: Tensor
-    loss_mask: Tensor
-    source: Any = None  # the TaskBatch, when the data is a task
-
-
-def step_seed(seed: int, step: int, split: str) -> int:
-    """Seed of the batch at ``step``: batches depend only on (seed, step, split), so a resumed run
-    sees exactly the data an uninterrupted one would."""
-    return (seed * 1_000_003 + step * 7919 + (0 if split == "train" else 104_729)) % (2**63 - 1)
-
-
-def get_batch(recipe: Recipe, step: int, split: str = "train") -> Batch:
-    """The batch for ``step`` (``split="eval"``: the fixed evaluation batch number ``step``)."""
-    seed = step_seed(recipe.seed, step, split)
-    kwargs = dict(recipe.data_kwargs)
-    if split != "train":
-        kwargs.update(recipe.eval_kwargs)
-    if recipe.data == "corpus:stdlib":
-        from seqlens.corpus import StdlibCorpus
-
-        windows = next(iter(StdlibCorpus().batches(recipe.batch_size, kwargs.get("seq_len", 128), seed=seed,
-                                                   split="train" if split == "train" else "val", steps=1)))
-        x, y = windows[:, :-1], windows[:, 1:]
-        return Batch(x, y, torch.ones_like(x, dtype=torch.bool))
-    from seqlens import tasks
-
-    tb = tasks.make_task(recipe.data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
-    mask = tb.loss_mask
-    if split == "train" and recipe.train_on == "all":  # every position but the last (no next token)
-        mask = torch.ones_like(mask)
-        mask[:, -1] = False
-    return Batch(tb.tokens, tb.targets, mask, tb)
-
-
-def task_vocab(recipe: Recipe):
-    """The :class:`~seqlens.tasks.TaskVocab` of ``recipe``'s data (its special ids: BOS, separators,
-    ...); the byte vocabulary (no specials) for ``corpus:stdlib``."""
-    from seqlens import tasks
-
-    if recipe.data == "corpus:stdlib":
-        return tasks.TaskVocab(256, {}, byte_level=True)
-    return get_batch(recipe.replace(batch_size=1), 0, split="eval").source.vocab
-
-
-def masked_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """Mean cross-entropy over the positions in ``batch.loss_mask``."""
-    flat = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
-    mask = batch.loss_mask.flatten().float()
-    return (flat * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _accuracy(logits: Tensor, batch: Batch) -> float:
-    hit = (logits.argmax(-1) == batch.targets) & batch.loss_mask
-    return hit.sum().item() / max(1, batch.loss_mask.sum().item())
-
-
-def _bits_per_byte(logits: Tensor, batch: Batch) -> float:
-    return masked_loss(logits, batch).item() / math.log(2)
-
-
-def _sequence_accuracy(logits: Tensor, batch: Batch) -> float:
-    """Fraction of sequences whose every masked position is predicted exactly (string accuracy)."""
-    wrong = (logits.argmax(-1) != batch.targets) & batch.loss_mask
-    return (~wrong.any(-1)).float().mean().item()
-
-
-def _induction_loss_drop(logits: Tensor, batch: Batch) -> float:
-    """Mean loss predicting tokens 2..m of the first occurrence of the repeated block minus the
-    loss predicting the same tokens in the second occurrence (Olsson et al.'s in-context learning
-    score, in nats); positive = the model uses the context."""
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
-    nll = nll.view_as(batch.targets)
-    meta = batch.source.meta
-    first, second = meta["first_mask"], meta["second_mask"]
-    return (nll[first].mean() - nll[second].mean()).item()
-
-
-def _legal_next_accuracy(logits: Tensor, batch: Batch) -> float:
-    """ICLL: fraction of predictions that are legal next symbols under the sequence's DFA."""
-    from seqlens.tasks import legal_next_accuracy
-
-    return legal_next_accuracy(batch.source, logits)
-
-
-METRICS: dict[str, tuple[Callable[[Tensor, Batch], float], str]] = {
-    "legal_next_accuracy": (_legal_next_accuracy, "ICLL: predictions legal under the DFA"),
-    "accuracy": (_accuracy, "masked next-token accuracy"),
-    "bits_per_byte": (_bits_per_byte, "validation bits per byte"),
-    "sequence_accuracy": (_sequence_accuracy, "exact-match string accuracy"),
-    "induction_loss_drop": (_induction_loss_drop, "loss(1st occurrence) − loss(2nd occurrence), nats"),
-}
-
-
-@torch.no_grad()
-def evaluate(model: SeqModel, recipe: Recipe, n_batches: int | None = None,
-             overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """Metric and loss averaged over the recipe's fixed evaluation batches (``overrides`` replaces
-    evaluation data kwargs, e.g. a longer length)."""
-    if overrides:
-        recipe = recipe.replace(eval_kwargs={**recipe.eval_kwargs, **overrides})
-    fn = METRICS[recipe.metric][0]
-    was_training = model.training
-    model.eval()
-    scores, losses = [], []
-    for i in range(n_batches or recipe.eval_batches):
-        batch = get_batch(recipe, i, split="eval")
-        logits = model(batch.tokens)
-        scores.append(fn(logits, batch))
-        losses.append(masked_loss(logits, batch).item())
-    model.train(was_training)
-    return {recipe.metric: sum(scores) / len(scores), "loss": sum(losses) / len(losses)}
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -239,24 +123,115 @@ def make_optimizer(model: SeqModel, recipe: Recipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
 
 
-# ----------------------------------------------------------------------------- resume files
+# ----------------------------------------------------------------------------- output folder and resume files
+
+RESUME_FILES = (WEIGHTS_FILE, "optimizer.safetensors", "progress.json")  # all a resume folder holds
+RESUME_DIRS = (RESUME_DIR, RESUME_DIR + ".tmp", RESUME_DIR + ".old")  # the final one and its swap folders
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A short fingerprint of every field of ``recipe`` (model included)."""
+    text = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        if path.stat().st_size > 16 * 2**20:  # ours are a few kB; do not parse a huge foreign file
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, unreadable, binary or not JSON: not ours
+        return None
+
+
+def resume_hash(directory: Path) -> str | None:
+    """The recipe hash recorded by an interrupted run in ``directory/resume`` ("" when the resume
+    point records none), or None when there is no resume point."""
+    if not (directory / RESUME_DIR / "progress.json").is_file():
+        return None
+    progress = _json_or_none(directory / RESUME_DIR / "progress.json")
+    return str(progress.get("recipe_hash", "")) if isinstance(progress, dict) else ""
+
+
+def is_own_folder(directory: Path, recipe: Recipe) -> bool:
+    """Whether ``directory`` was written by a run of ``recipe``: its config.json records this
+    recipe (a finished run) or its resume point does (an interrupted one)."""
+    record = _json_or_none(directory / CONFIG_FILE)
+    if isinstance(record, dict) and isinstance(record.get("recipe"), dict):
+        try:
+            if recipe_hash(Recipe.from_dict(record["recipe"])) == recipe_hash(recipe):
+                return True
+        except (TypeError, ValueError, KeyError):
+            pass
+    return resume_hash(directory) == recipe_hash(recipe)
+
+
+def _check_resume_folders(directory: Path) -> None:
+    """Refuse resume folders holding anything a run does not write: those files are the user's."""
+    for name in RESUME_DIRS:
+        sub = directory / name
+        if sub.is_symlink() or sub.is_file():
+            raise ValueError(f"out_dir: {sub} is not a folder written by seqlens; move it away first")
+        if sub.is_dir():
+            foreign = sorted(p.name for p in sub.iterdir() if p.name not in RESUME_FILES)
+            if foreign:
+                raise ValueError(f"out_dir: {sub} holds files seqlens did not write ({foreign[:5]}); "
+                                 "move them away first, seqlens will not delete them")
+
+
+def prepare_output(directory: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
+    """Check ``directory`` before any training: a folder (not a file), empty or this recipe's own
+    (``force`` allows another non-empty folder; its config.json and model.safetensors are then
+    overwritten), with no foreign resume files, writable. Returns whether to resume from it."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"out_dir: {directory} is a file; expected a folder")
+    found = resume_hash(directory)
+    if resume and found is not None and found != recipe_hash(recipe):
+        raise ValueError(f"resume: the resume point in {directory / RESUME_DIR} belongs to another recipe "
+                         f"(hash {found or 'not recorded'}, this recipe {recipe_hash(recipe)}); restart with "
+                         "force (--restart --force) to discard it, or choose another folder")
+    if directory.is_dir():
+        if any(directory.iterdir()) and not force and not is_own_folder(directory, recipe):
+            raise ValueError(f"out_dir: {directory} is not empty and was not written by a run of recipe "
+                             f"{recipe.name!r}; choose an empty folder, or force (--force) to overwrite its "
+                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
+        _check_resume_folders(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise ValueError(f"out_dir: {directory} is not writable ({e.strerror or e})") from None
+    return resume and found is not None
+
+
+def _remove_resume_folder(path: Path) -> None:
+    """Delete the files a resume point consists of, then the folder if that left it empty: never
+    anything the run did not write."""
+    for name in RESUME_FILES:
+        (path / name).unlink(missing_ok=True)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
 
 
 def _save_resume(directory: Path, model: SeqModel, opt: torch.optim.Optimizer, step: int,
-                 history: list[dict], elapsed: float) -> None:
+                 history: list[dict], elapsed: float, recipe: Recipe) -> None:
     from safetensors.torch import save_file, save_model
 
-    tmp = directory / (RESUME_DIR + ".tmp")
+    final, tmp, old = (directory / name for name in RESUME_DIRS)
+    _remove_resume_folder(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(model, str(tmp / WEIGHTS_FILE))
     tensors = {f"{pid}.{key}": value.detach().clone()
                for pid, st in opt.state_dict()["state"].items() for key, value in st.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history, "elapsed_s": elapsed}))
-    final = directory / RESUME_DIR
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)  # atomic switch: a crash mid-write leaves the previous resume point intact
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "history": history, "elapsed_s": elapsed,
+                                                   "recipe": recipe.name, "recipe_hash": recipe_hash(recipe)}))
+    if final.exists():  # atomic switch: a crash mid-write leaves the previous resume point intact
+        _remove_resume_folder(old)
+        final.rename(old)
+    tmp.rename(final)
+    _remove_resume_folder(old)
 
 
 def _load_resume(directory: Path, model: SeqModel, opt: torch.optim.Optimizer) -> tuple[int, list, float]:
@@ -289,29 +264,63 @@ class TrainResult:
 
 
 def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool = True,
-          progress: bool = True, save_every: int | None = None) -> TrainResult:
+          progress: bool = True, save_every: int | None = None, force: bool = False) -> TrainResult:
     """Train ``recipe``'s model; write the checkpoint to ``out_dir`` when given.
 
     Deterministic on CPU: weights come from ``build(cfg, seed)``, every batch from
-    ``(seed, step)``. With ``resume=True`` an existing ``out_dir/resume`` continues the run
-    (saved every ``save_every`` steps, default every evaluation).
+    ``(seed, step)``. With ``resume=True`` an existing ``out_dir/resume`` of the same recipe
+    continues the run (saved every ``save_every`` steps, default every evaluation); one of another
+    recipe is an error. ``out_dir`` must be empty, new, or this recipe's own earlier output unless
+    ``force``; it is checked (writable, not a file) before training starts.
     """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe: expected a Recipe, got {type(recipe).__name__}")
+    from .sizing import check_model_size
+
+    check_model_size(recipe.model, what="recipe.model")  # before any allocation
+    check_batch_tokens(recipe)
+    check_data(recipe)
+    directory = Path(out_dir) if out_dir is not None else None
+    do_resume = prepare_output(directory, recipe, resume, force) if directory is not None else False
     with torch.enable_grad():  # robust to a caller's no_grad / set_grad_enabled(False)
-        return _train(recipe, out_dir, resume, progress, save_every)
+        return _train(recipe, directory, do_resume, progress, save_every)
 
 
-def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
+MAX_BATCH_TOKENS = 2**22  # tokens in one training / evaluation batch a recipe may ask for
+
+
+def check_batch_tokens(recipe: Recipe) -> None:
+    """Refuse a recipe whose batches (``batch_size`` × ``seq_len`` from its data kwargs) exceed
+    :data:`MAX_BATCH_TOKENS`, before any data or model is allocated."""
+    for split, kwargs in (("data_kwargs", recipe.data_kwargs), ("eval_kwargs", recipe.eval_kwargs)):
+        length = kwargs.get("seq_len", 1)
+        if isinstance(length, int) and recipe.batch_size * max(length, 1) > MAX_BATCH_TOKENS:
+            raise ValueError(f"recipe.batch_size: {recipe.batch_size} sequences x seq_len {length} ({split}) "
+                             f"= {recipe.batch_size * length:,} tokens per batch, above the limit of "
+                             f"{MAX_BATCH_TOKENS:,}")
+
+
+def check_data(recipe: Recipe) -> None:
+    """Draw one training and one evaluation sequence before training starts, so a bad task name or
+    argument fails at once, and require the data's token ids to fit the model's vocabulary."""
+    for split in ("train", "eval"):
+        tokens = get_batch(recipe.replace(batch_size=1), 0, split).tokens
+        if int(tokens.max()) >= recipe.model.vocab_size:
+            raise ValueError(f"recipe.model.vocab_size: {recipe.model.vocab_size} is too small for the "
+                             f"{split} data, whose token ids reach {int(tokens.max())}")
+
+
+def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,
            save_every: int | None) -> TrainResult:
     from tqdm.auto import tqdm
 
-    from . import build
+    from .registry import build
 
     torch.manual_seed(recipe.seed)
     model = build(recipe.model, seed=recipe.seed).train()
     opt = make_optimizer(model, recipe)
-    directory = Path(out_dir) if out_dir is not None else None
     start, history, elapsed = 0, [], 0.0
-    if directory is not None and resume and (directory / RESUME_DIR / "progress.json").is_file():
+    if directory is not None and resume:
         start, history, elapsed = _load_resume(directory, model, opt)
     save_every = save_every or recipe.eval_every
     t0 = time.perf_counter() - elapsed
@@ -332,7 +341,7 @@ def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, prog
             history.append({"step": done, "train_loss": loss.item(), **evaluate(model, recipe)})
             bar.set_postfix(loss=f"{loss.item():.3f}", **{recipe.metric: f"{history[-1][recipe.metric]:.3f}"})
         if directory is not None and (done % save_every == 0) and done < recipe.steps:
-            _save_resume(directory, model, opt, done, history, time.perf_counter() - t0)
+            _save_resume(directory, model, opt, done, history, time.perf_counter() - t0, recipe)
     seconds = time.perf_counter() - t0
     model.eval()
     metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else evaluate(model, recipe)
@@ -344,11 +353,10 @@ def _train(recipe: Recipe, out_dir: str | os.PathLike | None, resume: bool, prog
 def write_checkpoint(directory: Path, model: SeqModel, recipe: Recipe, metrics: dict[str, float],
                      history: list[dict], seconds: float) -> None:
     """Final files: weights, and config.json with config, recipe, seed, metrics and version."""
-    import seqlens
+    from seqlens.version import __version__
 
     model.save(directory, extra={
         "recipe": recipe.to_dict(), "seed": recipe.seed, "metrics": metrics, "history": history,
         "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
-        "version": seqlens.__version__})
-    if (directory / RESUME_DIR).exists():
-        shutil.rmtree(directory / RESUME_DIR)
+        "version": __version__})
+    _remove_resume_folder(directory / RESUME_DIR)  # only the files a resume point consists of

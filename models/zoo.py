@@ -13,15 +13,17 @@ Two kinds of entries:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
+
+if TYPE_CHECKING:  # recipes imports the trainer (and the tasks): loaded on first use only
+    from .recipes import Organism
 
 ORGANISM_DIR = Path(__file__).parent / "organisms"
 
@@ -44,16 +46,6 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
                     d_state=16, expand=2, pattern_heads=8),
         "untrained 2-layer Mamba-1, byte vocabulary, seed 0"),
 }
-
-
-@dataclass(frozen=True)
-class Organism:
-    """A zoo organism: its recipe plus extra evaluations recorded beside the main metric
-    (``extra_evals``: label -> data-kwarg overrides, e.g. copying at twice the train length)."""
-
-    recipe: Any  # seqlens.models.train.Recipe (imported lazily: train imports tasks)
-    task: str
-    extra_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def names() -> list[str]:
@@ -96,7 +88,7 @@ def record(name: str) -> dict[str, Any]:
 
 
 def load(name: str, device: str | torch.device | None = None) -> SeqModel:
-    from . import build
+    from .registry import build
     from .io import load_dir
 
     if _check(name) in PRESETS:
@@ -108,16 +100,19 @@ def load(name: str, device: str | torch.device | None = None) -> SeqModel:
 
 
 def build_organism(name: str, out_dir: str | Path | None = None, progress: bool = True,
-                   resume: bool = True) -> dict[str, Any]:
+                   resume: bool = True, force: bool = False) -> dict[str, Any]:
     """Retrain organism ``name`` from its recipe into ``out_dir`` (default: the shipped folder),
-    run its extra evaluations and return the recorded metrics."""
+    run its extra evaluations and return the recorded metrics. ``out_dir`` must be empty, new or
+    this organism's own earlier output unless ``force`` (see :func:`~seqlens.models.train.train`)."""
     from .train import evaluate, train, write_checkpoint
 
-    org = organisms()[_check(name)] if name in organisms() else None
-    if org is None:
+    if name in PRESETS:
         raise KeyError(f"name: {name!r} is a preset, not a trainable organism; organisms: {sorted(organisms())}")
+    if name not in organisms():
+        raise KeyError(f"name: unknown organism {name!r}; organisms: {sorted(organisms())}")
+    org = organisms()[name]
     out = Path(out_dir) if out_dir is not None else checkpoint_dir(name)
-    result = train(org.recipe, out, resume=resume, progress=progress)
+    result = train(org.recipe, out, resume=resume, progress=progress, force=force)
     metrics = dict(result.metrics)
     for label, overrides in org.extra_evals.items():
         metrics[label] = evaluate(result.model, org.recipe, overrides=overrides)[org.recipe.metric]
@@ -128,7 +123,7 @@ def build_organism(name: str, out_dir: str | Path | None = None, progress: bool 
 
 def table() -> list[dict[str, Any]]:
     """One row per organism: name, arch, parameters, task, metric, value, train seconds."""
-    from . import build
+    from .registry import build
 
     rows = []
     for name, org in sorted(organisms().items()):

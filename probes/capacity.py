@@ -1,5 +1,5 @@
 """State capacity: passkey retrieval over lengths × depths and its scaling with state size
-(METHODS.md §5; Stuffed Mamba, Chen et al. 2024, ``thunlp/stuffed-mamba``).
+(docs/methods.md §5; Stuffed Mamba, Chen et al. 2024, ``thunlp/stuffed-mamba``).
 
 **Passkey sweep** (:func:`passkey_sweep`). Prompts come from
 :func:`seqlens.circuits.retrieval.needle_prompts` — for the passkey organisms exactly their trained

@@ -1,4 +1,4 @@
-"""State collapse: diagnosis and mitigations (Stuffed Mamba, Chen et al. 2024; METHODS.md §5).
+"""State collapse: diagnosis and mitigations (Stuffed Mamba, Chen et al. 2024; docs/methods.md §5).
 
 Diagnosis (:func:`state_collapse`)
 ----------------------------------
@@ -84,6 +84,8 @@ from seqlens.probes.collapse_mitigations import (_ACTIVE, _check_model, _decay_h
 from seqlens.probes.collapse_result import (DECAY_NAMES, DEFAULT_CHUNK, DEFAULT_TOKENS, LOSS_MARGIN, RMS_RATIO, RULE,
                                             SOURCES, STAT_NAMES, CollapseComparison, CollapseResult, compare)  # noqa: F401 - re-exported
 from seqlens.probes.collapse_sources import _positive_float, _positive_int, _token_chunks, train_length
+from seqlens.probes.collapse_result import NEWLINE_ID, REFERENCE_ROWS, REPEAT_PERIOD, REPEAT_TEXT  # noqa: F401
+from seqlens.probes.collapse_mitigations import LOG_FLOOR  # noqa: F401 - re-exported
 
 # ----------------------------------------------------------------------------- statistics
 

@@ -1,4 +1,4 @@
-"""State-collapse mitigations (Stuffed Mamba; METHODS.md §5), as context managers, and the
+"""State-collapse mitigations (Stuffed Mamba; docs/methods.md §5), as context managers, and the
 architecture views they share with the diagnosis (every one the mixer's answer, seqlens.models.mixer).
 
 Mitigations (context managers; they act on the state carried between chunks)
@@ -10,7 +10,7 @@ empty state is unchanged). With ``chunk=1`` they are the per-token rules. :func:
 edits hooks, so it acts on every token and in every entry point.
 
 - :func:`normalize_states`: ``h ← h · τ/‖h‖`` when ``‖h‖ > τ``, per batch row, layer and head
-  (Frobenius norm of the head view above; the intended rule of METHODS.md §5, whose official
+  (Frobenius norm of the head view above; the intended rule of docs/methods.md §5, whose official
   code inverts the ratio). ``τ [n_layers, n_heads]``: the largest head norm on a reference prompt
   (default: 8 rows of the model's own task stream, ``L`` tokens each). Mamba's conv state is left alone; for
   the LSTM only the cell ``c`` is rescaled.
@@ -33,7 +33,7 @@ edits hooks, so it acts on every token and in every entry point.
 
   With a growing decay (≥ 1), ``c > 1`` grows it faster: use ``b_scale`` there.
 - :func:`state_window`: sliding window by state difference ``h_(t−r,t] = h_t − (∏_{k=t−r+1..t}
-  a_k) h_{t−r}`` (METHODS.md §5). Linear recurrences only (mamba, gla, retnet, mingru, minlstm):
+  a_k) h_{t−r}`` (docs/methods.md §5). Linear recurrences only (mamba, gla, retnet, mingru, minlstm):
   at each chunk end the chunk's own contribution ``S_j = h_end − D_j ⊙ h_start`` (``D_j`` the
   chunk's cumulative decay, from the decay hooks) joins a queue; the oldest chunks leave it, each
   subtracted with its decay since (log-decay prefix sums in float64), while the rest still cover
@@ -214,7 +214,7 @@ def _default_reference(model) -> Tensor:
 @applies_to(_fixed_state)
 @contextlib.contextmanager
 def normalize_states(model, tau: float | Tensor | None = None, reference: Tensor | None = None):
-    """State normalisation (Stuffed Mamba; METHODS.md §5): inside the block, every state a mixer
+    """State normalisation (Stuffed Mamba; docs/methods.md §5): inside the block, every state a mixer
     carries to the next chunk is rescaled per batch row, layer and head, ``h ← h·τ/‖h‖`` when
     ``‖h‖ > τ`` (see the module docstring for what "state" and "head" are per architecture).
 
@@ -270,7 +270,7 @@ def _forget_hooks(model, b_scale: float, c: float) -> list[tuple[str, Callable]]
 @applies_to(lambda model: raises_not_applicable(lambda: _forget_hooks(model, 1.0, 1.0)))
 @contextlib.contextmanager
 def forget_more(model, b_scale: float = 1.0, decay_scale: float = 1.0):
-    """"Forget more, remember less" (Stuffed Mamba; METHODS.md §5): inside the block the state
+    """"Forget more, remember less" (Stuffed Mamba; docs/methods.md §5): inside the block the state
     write is scaled by ``b_scale`` and every decay ``a`` becomes ``a^decay_scale`` (log decay ×
     ``decay_scale``), through the per-architecture hooks listed in the module docstring. Acts on
     every token and every entry point (forward, step, stream)."""
@@ -293,7 +293,7 @@ class _Window:
 @applies_to(_linear_or_cache)
 @contextlib.contextmanager
 def state_window(model, window: int):
-    """Sliding window by state difference (METHODS.md §5): inside the block, the state each mixer
+    """Sliding window by state difference (docs/methods.md §5): inside the block, the state each mixer
     carries to the next chunk holds only the last ``window`` tokens (rounded up to whole chunks),
     ``h_(t−r,t] = h_t − (∏ a) h_{t−r}``; exact for linear recurrences (see the module docstring).
     Attention: the KV cache keeps its last ``window`` entries. LSTM: NotImplementedError."""

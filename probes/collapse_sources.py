@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from seqlens.text import encode, is_byte_level
 from seqlens.probes.collapse_result import DEFAULT_TOKENS, NEWLINE_ID, REPEAT_PERIOD, REPEAT_TEXT, SOURCES
 
 # ----------------------------------------------------------------------------- validation
@@ -44,15 +45,8 @@ def train_length(model, train_len: int | None = None) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- token sources
 
 
-def _byte_level(model) -> bool:
-    return model.cfg.vocab_size == 256
-
-
 def _text_ids(model, text: str) -> list[int]:
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "encode"):
-        return list(tok.encode(text))
-    return list(text.encode("utf-8"))
+    return encode(text, getattr(model, "tokenizer", None))  # no BOS: the text is repeated
 
 
 class _Generated:
@@ -67,7 +61,7 @@ class _Generated:
             self.nl = nl if nl < V else 0
             self.description = f"token {self.nl} ('\\n' in byte vocabularies) repeated"
         elif source == "repeat":
-            if _byte_level(model) or getattr(model, "tokenizer", None) is not None:
+            if is_byte_level(model) or getattr(model, "tokenizer", None) is not None:
                 period = torch.tensor(_text_ids(model, REPEAT_TEXT), dtype=torch.long)
                 self.description = f"{REPEAT_TEXT!r} repeated ({len(period)} tokens)"
             else:

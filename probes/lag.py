@@ -1,4 +1,4 @@
-"""Lag decoding (METHODS.md §5; Stuffed Mamba, Chen et al. 2024): how far back a model's state
+"""Lag decoding (docs/methods.md §5; Stuffed Mamba, Chen et al. 2024): how far back a model's state
 remembers the tokens it read.
 
 **Lag decoding** (:func:`lag_decoding`). A memory curve: for every lag k, a logistic-regression

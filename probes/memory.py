@@ -1,4 +1,4 @@
-"""Verbatim short-term memory: repeat surprisal (Armeni, Honey & Linzen 2022; METHODS.md §9).
+"""Verbatim short-term memory: repeat surprisal (Armeni, Honey & Linzen 2022; docs/methods.md §9).
 
 The paradigm: an intro, list 1 of ``k`` nouns, intervening text, a cue, list 2 — list 1 again
 (``"repeat"``), its nouns in a new order (``"permute"``) or new nouns (``"novel"``). A model that
@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from seqlens import tasks
+from seqlens.text import encode, is_byte_level
 from seqlens.result import Result
 
 CONDITIONS = tasks.NOUN_CONDITIONS  # ("repeat", "permute", "novel")
@@ -97,12 +98,12 @@ def _resolve_mode(model, mode: str | None) -> str:
         return "tokenizer"
     recipe = getattr(model, "recipe", None)
     if recipe is None:
-        return "bytes" if model.cfg.vocab_size == 256 else "tokens"
+        return "bytes" if is_byte_level(model) else "tokens"
     return "bytes" if _recipe_vocab(recipe).byte_level else "tokens"
 
 
 def _recipe_vocab(recipe) -> tasks.TaskVocab:
-    from seqlens.models.train import task_vocab
+    from seqlens.tasks import task_vocab
 
     return task_vocab(recipe)
 
@@ -118,9 +119,8 @@ def _text_cell(tokenizer, set_size: int, condition: str, intervening: Sequence[i
     """``noun_lists`` prompts with the filler cut to each length in ``intervening``."""
     longest = max(intervening)
     batch = tasks.noun_lists(n_trials, set_size, condition, longest, seed=seed, tokenizer=tokenizer)
-    # noun_lists' own (private) encoder: list 1's closing "." is encoded as its own piece
-    encoder = tasks._Encoder(tokenizer)
-    n_dot, n_fill = len(encoder(".")), int(batch.meta["intervening_tokens"])
+    # noun_lists encodes list 1's closing "." as its own piece, with the same encode()
+    n_dot, n_fill = len(encode(".", tokenizer)), int(batch.meta["intervening_tokens"])
     bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
     rows = batch.meta["list2_spans"][:, -1, 1] + n_dot  # each row ends with list 2 and "."
     out = []

@@ -1,4 +1,4 @@
-"""Outlier channels of linear-layer inputs (Mamba-PTQ; METHODS.md §10).
+"""Outlier channels of linear-layer inputs (Mamba-PTQ; docs/methods.md §10).
 
 For every ``nn.Linear`` of a model (named by its module path) and every input channel ``c``,
 
@@ -42,6 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlens.result import Result
+from seqlens.text import is_byte_level
+from seqlens.validate import positive_int
 
 DEFAULT_BATCH = 16
 DEFAULT_SEQ_LEN = 128
@@ -51,23 +53,16 @@ DEFAULT_SEQ_LEN = 128
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
+    return positive_int(name, value, minimum)
 
 
-def is_byte_model(model) -> bool:
-    """A byte-level model: its tokenizer is a ByteTokenizer, or it has none and 256 tokens."""
-    from seqlens.corpus import ByteTokenizer
-
-    tok = getattr(model, "tokenizer", None)
-    return isinstance(tok, ByteTokenizer) or (tok is None and model.cfg.vocab_size == 256)
+is_byte_model = is_byte_level  # the library's one byte-level test (seqlens.text), under this module's name
 
 
 def lm_batch(tokens: Tensor):
-    """A :class:`~seqlens.models.train.Batch` scoring ``tokens [B, L]`` as a language model:
+    """A :class:`~seqlens.tasks.TaskBatch` scoring ``tokens [B, L]`` as a language model:
     targets ``tokens[:, t + 1]``, the last position masked out."""
-    from seqlens.models.train import Batch
+    from seqlens.tasks import Batch
 
     targets = torch.zeros_like(tokens)
     targets[:, :-1] = tokens[:, 1:]
@@ -100,7 +95,7 @@ def default_batch(model, tokens: Tensor | None = None, batch: int = DEFAULT_BATC
     batch = _positive_int("batch", batch)
     recipe = getattr(model, "recipe", None)
     if recipe is not None:
-        from seqlens.models.train import get_batch
+        from seqlens.tasks import get_batch
 
         b = get_batch(recipe, 0, split="eval")
         return b, {"data": f"recipe:{recipe.name}:eval[0]", "batch": b.tokens.shape[0], "seq_len": b.tokens.shape[1]}
@@ -109,7 +104,7 @@ def default_batch(model, tokens: Tensor | None = None, batch: int = DEFAULT_BATC
         from seqlens.corpus import StdlibCorpus
 
         w = StdlibCorpus().eval_windows(seq_len, "val", max_windows=batch)
-        from seqlens.models.train import Batch
+        from seqlens.tasks import Batch
 
         b = Batch(w[:, :-1], w[:, 1:], torch.ones(w.shape[0], seq_len, dtype=torch.bool))
         return b, {"data": "stdlib:val (evenly spaced windows)", "batch": w.shape[0], "seq_len": seq_len}
@@ -209,7 +204,7 @@ def find_outliers(m: Tensor, n_sigma: float) -> tuple[list[int], float, float]:
 
 @torch.no_grad()
 def _loss_acc(model, batch) -> tuple[float, float]:
-    from seqlens.models.train import masked_loss
+    from seqlens.tasks import masked_loss
 
     toks = batch.tokens.to(model.device)
     logits = model(toks).float().cpu()

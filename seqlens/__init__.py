@@ -10,10 +10,8 @@ Public API (notebook use)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from seqlens.models import ModelConfig, ModelState, SeqModel, build
-from seqlens.models.io import load
+from seqlens.models import ModelConfig, ModelState, SeqModel, build, load
+from seqlens.version import __version__
 
 
 def from_hf(path_or_model, **kwargs):

@@ -24,6 +24,13 @@ from typing import Any, Sequence
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own status for bad arguments; we use it for bad models / inputs too
+# `hooks` caches every activation and `demo` steps token by token: inputs beyond these are refused
+MAX_TOKENS = 2**16
+MAX_DEMO_TOKENS = 4096
+MAX_PATTERN = 2**27  # values of the attention pattern `hooks` caches (512 MiB in float32)
+# exceptions that mean bad input (arguments, files, models), reported as one line with exit 2;
+# SEQLENS_DEBUG=1 shows the traceback instead
+INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, NotImplementedError, MemoryError)
 
 # distributions reported by `seqlens info` (display name, distribution name)
 REPORTED_PACKAGES = (
@@ -62,18 +69,25 @@ def load_model(name: str):
 
     try:
         return seqlens.load(name)
-    except (FileNotFoundError, KeyError, ValueError, NotImplementedError) as e:
+    except (FileNotFoundError, KeyError, ValueError, TypeError, NotImplementedError, OSError) as e:
         raise CLIError(error_text(e)) from None
 
 
-def random_tokens(model, batch: int, seq_len: int, seed: int):
-    """Seeded uniform token ids ``[batch, seq_len]`` on the model's device."""
+def random_tokens(model, batch: int, seq_len: int, seed: int, max_tokens: int | None = None):
+    """Seeded uniform token ids ``[batch, seq_len]`` on the model's device; sizes are bounded
+    (``max_tokens``, default :data:`MAX_TOKENS`) so a typo cannot exhaust memory."""
     import torch
 
     if batch <= 0:
         raise CLIError(f"--batch: expected a positive integer, got {batch}")
     if seq_len <= 0:
         raise CLIError(f"--seq-len: expected a positive integer, got {seq_len}")
+    if not 0 <= seed < 2**63:
+        raise CLIError(f"--seed: expected an integer in [0, 2**63), got {seed}")
+    limit = MAX_TOKENS if max_tokens is None else max_tokens
+    if batch * seq_len > limit:
+        raise CLIError(f"--batch / --seq-len: {batch} x {seq_len} = {batch * seq_len:,} tokens exceeds this "
+                       f"command's limit of {limit:,}")
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=gen)
     return tokens.to(model.device)
@@ -184,6 +198,10 @@ def parse_taps(text: str | None, seq_len: int) -> list[int]:
 def cmd_hooks(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     tokens = random_tokens(model, args.batch, args.seq_len, args.seed)
+    pattern = args.batch * model.cfg.n_heads * args.seq_len**2  # the cached [B, H, L, L] of attention
+    if not model.cfg.is_recurrent and pattern > MAX_PATTERN:
+        raise CLIError(f"--batch / --seq-len: the cached attention pattern would hold {pattern:,} values, "
+                       f"above this command's limit of {MAX_PATTERN:,}; use a shorter --seq-len")
     if args.taps is not None and not supports_taps(model):
         raise CLIError(f"--taps: arch {model.cfg.arch!r} has no fixed-size recurrent state to tap "
                        "(its state is the KV cache)")
@@ -232,7 +250,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - t0
-    tokens = random_tokens(model, 1, args.seq_len, args.seed)
+    if not 0 <= args.tol < float("inf"):
+        raise CLIError(f"--tol: expected a finite non-negative number, got {args.tol}")
+    tokens = random_tokens(model, 1, args.seq_len, args.seed, max_tokens=MAX_DEMO_TOKENS)
     chunk = max(1, args.seq_len // 3)
     try:
         diffs = agreement(model, tokens, chunk)
@@ -280,8 +300,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             print("\npresets (untrained): " + ", ".join(sorted(zoo.PRESETS)))
         return EXIT_OK
     try:
-        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart)
-    except KeyError as e:
+        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart, force=args.force)
+    except (KeyError, ValueError, TypeError, OSError) as e:
         raise CLIError(error_text(e)) from None
     print(json.dumps(metrics, indent=2))
     return EXIT_OK
@@ -296,16 +316,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.recipe in zoo.organisms():
         recipe = zoo.organisms()[args.recipe].recipe
     elif Path(args.recipe).is_file():
+        from seqlens.models.io import CheckpointError, read_json_object
+
         try:
-            recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text()))
+            recipe = Recipe.from_dict(read_json_object(Path(args.recipe), "RECIPE"))
+        except CheckpointError as e:  # already names the file
+            raise CLIError(error_text(e)) from None
         except (ValueError, TypeError, KeyError) as e:
             raise CLIError(f"RECIPE: {args.recipe} is not a valid recipe file: {error_text(e)}") from None
     else:
         raise CLIError(f"RECIPE: {args.recipe!r} is neither an organism ({sorted(zoo.organisms())}) nor a "
                        "recipe JSON file")
     if args.steps is not None:
+        if args.steps <= 0:
+            raise CLIError(f"--steps: expected a positive integer, got {args.steps}")
         recipe = recipe.replace(steps=args.steps)
-    result = train(recipe, args.out, resume=not args.restart)
+    try:  # the output folder and the model size are checked before training starts
+        result = train(recipe, args.out, resume=not args.restart, force=args.force)
+    except (ValueError, TypeError, OSError) as e:
+        raise CLIError(error_text(e)) from None
     print(json.dumps({"metrics": result.metrics, "train_seconds": round(result.train_seconds, 1),
                       "out": str(args.out)}, indent=2))
     return EXIT_OK
@@ -464,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("name", metavar="NAME", help="organism name (see `seqlens zoo list`)")
     z.add_argument("--out", default=None, help="output directory (default: the shipped folder)")
     z.add_argument("--restart", action="store_true", help="ignore an interrupted run's resume point")
+    z.add_argument("--force", action="store_true", help="write into a non-empty folder that is not this "
+                   "organism's own output (its config.json and model.safetensors are overwritten)")
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("train", help="train a recipe (organism name or recipe JSON file)")
@@ -471,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run's resume point")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder that is not this "
+                   "recipe's own output (its config.json and model.safetensors are overwritten)")
     p.set_defaults(func=cmd_train)
 
     # prefix_chars="+": every argument, options included, is forwarded to `streamlit run`
@@ -495,8 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args)
+    except SystemExit as e:  # a benchmark's own argument parser: return its status, do not exit
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     except CLIError as e:
         print(f"seqlens {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except INPUT_ERRORS as e:  # the one-line promise also holds for errors no command anticipated
+        if os.environ.get("SEQLENS_DEBUG"):
+            raise
+        print(f"seqlens {args.command}: error: {type(e).__name__}: {error_text(e)}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -41,7 +41,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from seqlens.tasks import SeedLike, make_generator
+from seqlens.tasks.base import SeedLike, make_generator
+from seqlens.validate import check_int, positive_int
 
 Split = Literal["train", "val"]
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -270,10 +271,7 @@ def _random_windows(data: torch.Tensor, batch: int, seq_len: int, gen: torch.Gen
         step += 1
 
 
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
+_positive = positive_int  # the shared validator (seqlens.validate)
 
 
 # ----------------------------------------------------------------------------- functions
@@ -284,9 +282,7 @@ def stdlib_corpus(split: Split = "train", max_bytes: int | None = None) -> bytes
     text = StdlibCorpus().text(split)
     if max_bytes is None:
         return text
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        raise ValueError(f"max_bytes: expected a non-negative integer, got {max_bytes!r}")
-    return text[:max_bytes]
+    return text[:check_int("max_bytes", max_bytes, low=0)]
 
 
 def corpus_stats(root: str | os.PathLike[str] | None = None) -> dict[str, int | str]:

@@ -1,4 +1,4 @@
-"""`Result`: the base class of every analysis output (DESIGN.md "Results").
+"""`Result`: the base class of every analysis output (docs/design.md "Results").
 
 A Result is a small dataclass holding the numbers an analysis computed together with the settings
 that produced them (model, hook names, seed, kernel backend, ...). It offers three views:

@@ -1,4 +1,4 @@
-"""Packaging: the repo folders map into the one `seqlens.*` namespace (DESIGN.md, Layout), the
+"""Packaging: the repo folders map into the one `seqlens.*` namespace (docs/design.md, Layout), the
 wheel ships exactly that namespace, and the `seqlens` console script is declared."""
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def copy_source(dst: Path) -> Path:
     return Path(shutil.copytree(ROOT, dst, ignore=ignore))
 
 
+@pytest.mark.slow  # builds a wheel with pip
 def test_wheel_contents(tmp_path):
     src = copy_source(tmp_path / "src")
     out = tmp_path / "wheels"

@@ -341,3 +341,29 @@ def test_noun_lists_spans_mask_and_text():
         T.noun_lists(2, 3, "shuffle")
     with pytest.raises(ValueError, match="list_len"):
         T.noun_lists(2, len(T.NOUNS))
+
+
+# ----------------------------------------------------------------------------- one data layer
+
+
+def test_trainer_batch_is_the_task_batch_and_recipe_data_lives_in_tasks():
+    from seqlens.models import ModelConfig
+    from seqlens.models import train as trainer
+
+    assert trainer.Batch is T.TaskBatch is T.Batch
+    for name in ("get_batch", "task_vocab", "masked_loss", "evaluate", "step_seed", "METRICS"):
+        assert getattr(trainer, name) is getattr(T, name), name
+    cfg = ModelConfig(arch="transformer", vocab_size=16, d_model=8, n_layers=1, n_heads=1)
+    recipe = trainer.Recipe("r", cfg, "task:induction", {"seq_len": 12, "vocab_size": 16}, batch_size=3,
+                            train_on="all")
+    train = T.get_batch(recipe, 0)
+    evalb = T.get_batch(recipe, 0, split="eval")
+    assert isinstance(train, T.TaskBatch) and train.source is train and train.task == "induction"
+    assert train.loss_mask[:, :-1].all() and not train.loss_mask[:, -1].any()  # train_on="all"
+    assert torch.equal(evalb.loss_mask, T.induction(3, 12, 16, seed=T.step_seed(0, 0, "eval")).loss_mask)
+    assert T.task_vocab(recipe).specials == {"bos": 0}
+    corpus = T.get_batch(recipe.replace(data="corpus:stdlib", data_kwargs={"seq_len": 9}), 0)
+    assert isinstance(corpus, T.TaskBatch) and corpus.tokens.shape == (3, 9) and corpus.vocab.byte_level
+    assert corpus.meta == {} and torch.equal(corpus.targets[:, :-1], corpus.tokens[:, 1:])
+    plain = T.TaskBatch(corpus.tokens, corpus.targets, corpus.loss_mask)  # the trainer's Batch(x, y, mask)
+    assert plain.vocab is None and plain.meta == {}

@@ -6,7 +6,7 @@ For query ``i`` of head ``(b, h)`` the attention logits ("scaled scores") over k
 
 where the bracket is present only for forgetting attention (FoX, Lin et al. 2025, eq. 4; the bias
 is not scaled, as in ``models/transformer.py``), and ``p_ij = softmax_j(s_ij)``. Returned per
-``[B, H, L]`` query (METHODS.md §2, retrieval heads: the argmax key; §4, attention sinks: the mass
+``[B, H, L]`` query (docs/methods.md §2, retrieval heads: the argmax key; §4, attention sinks: the mass
 on the first keys):
 
 * ``out``: ``Σ_j p_ij v_j``, the ordinary attention output ``[B, H, L, d_v]`` in q's dtype;
@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from seqlens.validate import check_int, positive_int
 
 from .dispatch import resolve_backend
 
@@ -113,9 +115,7 @@ def _validate_qkv(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None) ->
 
 def _validate_sink_k(sink_k: int) -> int:
     """``sink_k`` as a non-negative int (it may exceed L: then every key is a sink)."""
-    if isinstance(sink_k, bool) or not isinstance(sink_k, int) or sink_k < 0:
-        raise ValueError(f"sink_k: expected an int ≥ 0, got {sink_k!r}")
-    return sink_k
+    return check_int("sink_k", sink_k, low=0)
 
 
 def _validate_span(span: tuple[int, int] | Tensor | None, batch: int, seq_len: int,
@@ -244,8 +244,7 @@ def attention_stats_chunked(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor 
     :func:`attention_stats_ref` with O(block · L) working memory. Arguments and return as
     :func:`attention_stats`."""
     query_block = DEFAULT_QUERY_BLOCK if query_block is None else query_block
-    if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
-        raise ValueError(f"query_block: expected a positive int, got {query_block!r}")
+    positive_int("query_block", query_block)
     c, spans, scale = _prepare(q, k, v, log_forget, sink_k, span, scale)
     L, dtype = q.shape[2], _work_dtype(q, k)
     qw, kw, vw = q.to(dtype), k.to(dtype), v.to(dtype)

@@ -20,23 +20,17 @@ Layout (flash-linear-attention's): ``q, k, g [B, T, H, d_k]``, ``v [B, T, H, d_v
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .dispatch import resolve_backend
-from .selective_scan import _validate_tap_positions
+from .common import GLAResult
+from .common import validate_tap_positions as _validate_tap_positions
 
 __all__ = ["GLAResult", "gated_linear_attention", "gla_chunked", "gla_recurrent_ref", "segment_decay",
            "suffix_log_decay"]
-
-
-class GLAResult(NamedTuple):
-    o: Tensor  # [B, T, H, d_v]
-    final_state: Tensor  # [B, H, d_k, d_v]
-    taps: Tensor | None  # [B, n_taps, H, d_k, d_v], states right after the tapped positions
 
 
 # ----------------------------------------------------------------------------- reference

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .linear_attention import GLAResult
+from .common import GLAResult
 
 BT = 64  #: chunk length (positions per sequential state step)
 BC = 16  #: sub-chunk length (tl.dot needs ≥ 16 per dimension)

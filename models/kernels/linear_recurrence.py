@@ -34,7 +34,11 @@ import torch
 from torch import Tensor
 
 from .dispatch import resolve_backend
-from .selective_scan import TapPositions, _check_shape, _validate_tap_positions
+from seqlens.validate import positive_int
+
+from .common import TapPositions
+from .common import check_shape as _check_shape
+from .common import validate_tap_positions as _validate_tap_positions
 
 __all__ = [
     "SCAN_CHUNK",
@@ -280,8 +284,7 @@ def linear_recurrence_chunked(
     per log-space chunk."""
     dtype = _validate(a, b, h0)
     taps_at = _validate_tap_positions(tap_positions, a.shape[1])
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     h = mingru_scan(a, b, h0, chunk_size).to(dtype)
     return _package(h, h0, taps_at)
 

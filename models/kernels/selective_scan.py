@@ -3,9 +3,10 @@
 This module provides three entry points sharing the argument layout of
 mamba-ssm's ``selective_scan_fn``:
 
-* :func:`selective_scan_ref` -- the plain twin: a Python loop over time in
-  float32 (float64 if the inputs are float64).  Obviously correct, slow, and
-  the specification the fast paths are tested against.
+* :func:`selective_scan_ref` -- the plain twin (in ``selective_scan_ref.py``,
+  re-exported here): a Python loop over time in float32 (float64 if the inputs
+  are float64).  Obviously correct, slow, and the specification the fast paths
+  are tested against.
 * :func:`selective_scan_chunked` -- the fast CPU path.  It walks the sequence
   in chunks of ``chunk_size`` steps and never allocates a ``[batch, d_inner,
   seq_len, d_state]`` tensor: working memory is ``O(batch * d_inner * d_state
@@ -56,15 +57,20 @@ contiguous.  Call ``y.contiguous()`` if ``[Bt, Dn, L]`` memory is required.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from seqlens.validate import positive_int
+
+from .common import ScanOutput, TapPositions
+from .common import compute_dtype as _compute_dtype
+from .common import package_scan as _package
+from .common import validate_scan_inputs as _validate_inputs
+from .common import validate_tap_positions as _validate_tap_positions
 from .dispatch import resolve_backend
+from .selective_scan_ref import finish_output as _finish_output
+from .selective_scan_ref import prepare_delta as _prepare_delta
+from .selective_scan_ref import selective_scan_ref
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -81,245 +87,6 @@ __all__ = [
 #: buffers outgrow the caches).  32 is the smallest chunk at full speed; its
 #: two buffers take 2 x 3 MiB at that size.
 DEFAULT_CHUNK_SIZE = 32
-
-TapPositions = Tensor | Sequence[int]
-
-
-class ScanOutput(NamedTuple):
-    """Result of a scan when the final state and/or tapped states are requested.
-
-    Attributes:
-        y: Output ``[batch, d_inner, seq_len]`` in the dtype of ``u``.
-        final_state: State after the last step, ``[batch, d_inner, d_state]``,
-            or ``None`` if ``return_final_state`` was false.
-        taps: States after the steps in ``tap_positions``,
-            ``[batch, n_taps, d_inner, d_state]``, or ``None`` if no
-            ``tap_positions`` were given.
-    """
-
-    y: Tensor
-    final_state: Tensor | None
-    taps: Tensor | None
-
-
-# --------------------------------------------------------------------------- #
-# Validation helpers
-# --------------------------------------------------------------------------- #
-
-
-def _check_shape(name: str, tensor: Tensor, dims: Sequence[str], expected: Sequence[int]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``tensor`` has shape ``expected``."""
-    if tuple(tensor.shape) != tuple(expected):
-        raise ValueError(
-            f"{name}: expected shape [{', '.join(dims)}] = {list(expected)}, got {list(tensor.shape)}"
-        )
-
-
-def _validate_inputs(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None,
-    z: Tensor | None,
-    delta_bias: Tensor | None,
-    initial_state: Tensor | None,
-) -> tuple[int, int, int, int]:
-    """Check all shapes and dtypes; return ``(batch, d_inner, seq_len, d_state)``."""
-    if u.dim() != 3:
-        raise ValueError(f"u: expected shape [batch, d_inner, seq_len], got {list(u.shape)}")
-    if A.dim() != 2:
-        raise ValueError(f"A: expected shape [d_inner, d_state], got {list(A.shape)}")
-    batch, d_inner, seq_len = u.shape
-    d_state = A.shape[1]
-    bdl = ("batch", "d_inner", "seq_len")
-    _check_shape("delta", delta, bdl, (batch, d_inner, seq_len))
-    _check_shape("A", A, ("d_inner", "d_state"), (d_inner, d_state))
-    _check_shape("B", B, ("batch", "d_state", "seq_len"), (batch, d_state, seq_len))
-    _check_shape("C", C, ("batch", "d_state", "seq_len"), (batch, d_state, seq_len))
-    if D is not None:
-        _check_shape("D", D, ("d_inner",), (d_inner,))
-    if z is not None:
-        _check_shape("z", z, bdl, (batch, d_inner, seq_len))
-    if delta_bias is not None:
-        _check_shape("delta_bias", delta_bias, ("d_inner",), (d_inner,))
-    if initial_state is not None:
-        _check_shape(
-            "initial_state", initial_state, ("batch", "d_inner", "d_state"), (batch, d_inner, d_state)
-        )
-    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
-             "delta_bias": delta_bias, "initial_state": initial_state}
-    for name, tensor in named.items():
-        if tensor is not None and (not tensor.is_floating_point()):
-            raise TypeError(f"{name}: expected a real floating point tensor, got dtype {tensor.dtype}")
-    return batch, d_inner, seq_len, d_state
-
-
-def _validate_tap_positions(tap_positions: TapPositions | None, seq_len: int) -> list[int] | None:
-    """Turn ``tap_positions`` into a sorted list of unique ints in ``[0, seq_len)``.
-
-    Raises:
-        ValueError: if the positions are not 1-D integers, are out of range,
-            unsorted or contain duplicates.
-    """
-    if tap_positions is None:
-        return None
-    if isinstance(tap_positions, Tensor):
-        if tap_positions.dim() != 1:
-            raise ValueError(
-                f"tap_positions: expected a 1-D tensor, got shape {list(tap_positions.shape)}"
-            )
-        if tap_positions.is_floating_point() or tap_positions.is_complex() or tap_positions.dtype == torch.bool:
-            raise ValueError(f"tap_positions: expected an integer tensor, got dtype {tap_positions.dtype}")
-        positions = [int(p) for p in tap_positions.tolist()]
-    else:
-        positions = []
-        for p in tap_positions:
-            try:
-                if isinstance(p, bool):
-                    raise TypeError
-                positions.append(operator.index(p))  # ints, numpy ints, 0-d int tensors
-            except TypeError:
-                raise ValueError(f"tap_positions: expected integers, got {p!r}") from None
-    for p in positions:
-        if not 0 <= p < seq_len:
-            raise ValueError(f"tap_positions: position {p} is out of range [0, {seq_len})")
-    for prev, cur in zip(positions, positions[1:]):
-        if cur <= prev:
-            raise ValueError(
-                f"tap_positions: must be sorted and unique, got {prev} followed by {cur}"
-            )
-    return positions
-
-
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """float64 if any input is float64, float32 otherwise (half inputs are upcast)."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
-
-
-def _prepare_delta(
-    delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype
-) -> Tensor:
-    """Apply ``delta_bias`` and the optional softplus to ``delta`` ([B, D, L]), in ``dtype``."""
-    delta = delta.to(dtype)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    return delta
-
-
-def _finish_output(
-    y: Tensor,
-    u: Tensor,
-    D: Tensor | None,
-    z: Tensor | None,
-    out_dtype: torch.dtype,
-) -> Tensor:
-    """Add the ``D * u`` skip, apply the ``silu(z)`` gate and cast ``y`` to ``out_dtype``.
-
-    ``y``, ``u`` and ``z`` share one shape, either ``[batch, d_inner, seq_len]``
-    or ``[batch, seq_len, d_inner]``; ``D`` must already be shaped to
-    broadcast against it (``[d_inner, 1]`` or ``[d_inner]`` respectively).
-    """
-    if D is not None:
-        y = torch.addcmul(y, u.to(y.dtype), D.to(y.dtype))
-    if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y.to(out_dtype)
-
-
-def _package(
-    y: Tensor,
-    final_state: Tensor,
-    taps: Tensor | None,
-    return_final_state: bool,
-) -> Tensor | ScanOutput:
-    """Apply the module's return convention (see the module docstring)."""
-    if not return_final_state and taps is None:
-        return y
-    return ScanOutput(y, final_state if return_final_state else None, taps)
-
-
-# --------------------------------------------------------------------------- #
-# Reference
-# --------------------------------------------------------------------------- #
-
-
-def selective_scan_ref(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    initial_state: Tensor | None = None,
-    return_final_state: bool = False,
-    tap_positions: TapPositions | None = None,
-) -> Tensor | ScanOutput:
-    """Reference selective scan: one Python iteration per time step.
-
-    This is the specification.  :func:`selective_scan_chunked` must return the
-    same ``y``, ``final_state`` and ``taps`` up to float rounding (the tests
-    use ``atol=1e-5`` in float32), for every combination of the optional
-    arguments.  Arithmetic is done in float32 (float64 if any input is
-    float64); gradients flow through it with ordinary autograd.
-
-    Args:
-        u: SSM input ``[batch, d_inner, seq_len]``.
-        delta: Step sizes ``[batch, d_inner, seq_len]``.
-        A: State matrix ``[d_inner, d_state]`` (real).
-        B: Input projection ``[batch, d_state, seq_len]``.
-        C: Output projection ``[batch, d_state, seq_len]``.
-        D: Optional skip ``[d_inner]``: ``y += D * u``.
-        z: Optional gate ``[batch, d_inner, seq_len]``: ``y *= silu(z)``.
-        delta_bias: Optional ``[d_inner]`` added to ``delta``.
-        delta_softplus: Apply softplus to ``delta`` (after ``delta_bias``).
-        initial_state: State before step 0, ``[batch, d_inner, d_state]``;
-            zeros when ``None``.
-        return_final_state: Also return the state after the last step.
-        tap_positions: Sorted unique time indices in ``[0, seq_len)`` whose
-            states (after processing that step) are returned.
-
-    Returns:
-        ``y`` alone, or a :class:`ScanOutput` if ``return_final_state`` or
-        ``tap_positions`` is given (see the module docstring).
-    """
-    batch, d_inner, seq_len, d_state = _validate_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    taps_at = _validate_tap_positions(tap_positions, seq_len)
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-
-    u_c = u.to(dtype)
-    dt_all = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    A_c, B_c, C_c = A.to(dtype), B.to(dtype), C.to(dtype)
-    if initial_state is None:
-        h = u.new_zeros((batch, d_inner, d_state), dtype=dtype)
-    else:
-        h = initial_state.to(dtype)
-
-    wanted = set(taps_at or ())
-    tapped: list[Tensor] = []
-    ys: list[Tensor] = []
-    for t in range(seq_len):
-        dt = dt_all[:, :, t, None]  # [batch, d_inner, 1]
-        h = torch.exp(dt * A_c) * h + dt * B_c[:, None, :, t] * u_c[:, :, t, None]
-        ys.append((h * C_c[:, None, :, t]).sum(-1))
-        if t in wanted:
-            tapped.append(h)
-
-    y = torch.stack(ys, dim=-1) if ys else u_c.new_zeros((batch, d_inner, 0))
-    y = _finish_output(y, u_c, None if D is None else D[:, None], z, u.dtype)
-    taps = None
-    if taps_at is not None:
-        taps = torch.stack(tapped, dim=1) if tapped else h.new_zeros((batch, 0, d_inner, d_state))
-    return _package(y, h, taps, return_final_state)
-
 
 # --------------------------------------------------------------------------- #
 # Chunked fast path
@@ -568,8 +335,7 @@ def selective_scan_chunked(
         ``y`` alone, or a :class:`ScanOutput` if ``return_final_state`` or
         ``tap_positions`` is given (see the module docstring).
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     batch, d_inner, seq_len, d_state = _validate_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     taps_at = _validate_tap_positions(tap_positions, seq_len)
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)

@@ -49,15 +49,12 @@ import triton.language as tl
 from torch import Tensor
 
 from .dispatch import resolve_backend
-from .selective_scan import (
-    ScanOutput,
-    TapPositions,
-    _compute_dtype,
-    _package,
-    _validate_inputs,
-    _validate_tap_positions,
-    selective_scan_ref,
-)
+from .common import ScanOutput, TapPositions
+from .common import compute_dtype as _compute_dtype
+from .common import package_scan as _package
+from .common import validate_scan_inputs as _validate_inputs
+from .common import validate_tap_positions as _validate_tap_positions
+from .selective_scan_ref import selective_scan_ref
 
 __all__ = ["BLOCK_D", "CHECKPOINT_EVERY", "selective_scan_triton"]
 

@@ -1,6 +1,6 @@
 """Head ablation (circuits/ablation.py): equivalences with weight edits, the definition of each mode
 on every architecture, hook hygiene, step / stream, the planted induction circuit, and the causal
-check (METHODS.md §2) on the induction-attn2 organism."""
+check (docs/methods.md §2) on the induction-attn2 organism."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tiny_models as tm
-from planted import DH, V, planted_model
+from seqlens.testing import tiny as tm
+from seqlens.testing.planted import DH, V, planted_model
 from seqlens.circuits.ablation import CausalCheck, ablate_heads, all_heads, causal_check, causal_mean, n_heads
 from seqlens.models.lstm import HOOK as LSTM_HOOK
 from seqlens.circuits.task_metric import TaskMetric
@@ -436,6 +436,7 @@ def test_causal_check_result_on_planted(planted_io):
 # ----------------------------------------------------------------------------- zoo organism
 
 
+@pytest.mark.slow  # 21 ablated evaluations of a shipped checkpoint
 def test_causal_check_on_induction_organism():
     """induction-attn2: ablating its three best induction heads (induction_scores on the default
     data, which starts with the task's BOS) removes most of induction_loss_drop; as many random

@@ -13,7 +13,7 @@ import torch
 from seqlens.circuits import ablate_heads, calibrate_sinks
 from seqlens.models.hooks import attached_hooks
 from seqlens.probes import collapse
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 
 class Boom(Exception):

@@ -1,4 +1,4 @@
-"""n-gram heads (METHODS.md §1, Akyürek et al. 2024): the template against brute force, planted
+"""n-gram heads (docs/methods.md §1, Akyürek et al. 2024): the template against brute force, planted
 ground truth, the default DFA data, every architecture."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tiny_models
-from planted import PLANTED, planted_model
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted import PLANTED, planted_model
 from seqlens.circuits.ngram import dfa_tokens, ngram_labels, ngram_scores, ngram_template
 from seqlens.circuits.token_heads import prefix_score
 

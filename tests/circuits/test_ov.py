@@ -1,4 +1,4 @@
-"""OV circuits, effective embedding and copying scores (METHODS.md §1, §3): planted ground truth,
+"""OV circuits, effective embedding and copying scores (docs/methods.md §1, §3): planted ground truth,
 agreement with an independent V×V eigendecomposition and TransformerLens' FactoredMatrix, OV
 matrices rebuilding the heads' actual outputs, every architecture, zoo organisms, bad input."""
 
@@ -9,8 +9,8 @@ import torch
 from transformer_lens import FactoredMatrix
 
 import seqlens
-import tiny_models
-from planted_ov import ANTI, COPYING, RANDOM, SUCCESSOR, planted_ov_model
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted_ov import ANTI, COPYING, RANDOM, SUCCESSOR, planted_ov_model
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.ov import copying_scores, effective_embedding, norm_linear, ov_factors, ov_matrices
 

@@ -12,7 +12,7 @@ from seqlens.circuits import (CalibrationMetric, CalibrationPatterns, Patterns, 
                               search_calibration_heads)
 from seqlens.circuits.sinks import received_attention
 from seqlens.models.hooks import attached_hooks
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 
 @pytest.mark.parametrize("arch, normalisation", [("attn_only", "auto"), ("mamba", "auto"), ("mamba", "none")])

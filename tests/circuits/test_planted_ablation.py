@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planted_ov import CHAINS, planted_ov_model
-from planted_retrieval import RETRIEVAL_HEAD, planted_retrieval_model
-from planted_sinks import planted_sink_model, planted_tokens, task_loss
+from seqlens.testing.planted_ov import CHAINS, planted_ov_model
+from seqlens.testing.planted_retrieval import RETRIEVAL_HEAD, planted_retrieval_model
+from seqlens.testing.planted_sinks import planted_sink_model, planted_tokens, task_loss
 from seqlens.circuits import ablate_heads, causal_check, needle_accuracy, needle_prompts, sink_scores
 
 

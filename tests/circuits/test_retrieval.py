@@ -1,4 +1,4 @@
-"""Retrieval heads (METHODS.md §2, Wu et al. 2024): planted ground truth, the counting rule, the
+"""Retrieval heads (docs/methods.md §2, Wu et al. 2024): planted ground truth, the counting rule, the
 one-forward shortcut, every architecture, the passkey organism and input validation."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-import tiny_models
-from planted_retrieval import KEY, RETRIEVAL_HEAD, V, planted_retrieval_model
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted_retrieval import KEY, RETRIEVAL_HEAD, V, planted_retrieval_model
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.retrieval import (NeedlePrompt, answer_recall, copy_hits, greedy_decode, needle_accuracy,
                                         needle_prompts, retrieval_scores)

@@ -1,4 +1,4 @@
-"""Attention sinks and ACT calibration (METHODS.md §4): planted ground truth, the stats route
+"""Attention sinks and ACT calibration (docs/methods.md §4): planted ground truth, the stats route
 against the pattern route, calibration invariants, the head search, every architecture, a zoo
 organism, the Result API and bad input."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tiny_models
-from planted_sinks import (DELIM_POS, KEY_POS, PLANTED, T, V, planted_sink_model, planted_tokens,
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted_sinks import (DELIM_POS, KEY_POS, PLANTED, T, V, planted_sink_model, planted_tokens,
                            task_loss)
 from seqlens.circuits.sinks import (CalibrationSearch, SinkScores, calibrate_pattern, calibrate_sinks,
                                     received_attention, search_calibration_heads, sink_mask, sink_scores)

@@ -1,4 +1,4 @@
-"""Successor heads (METHODS.md §3, Gould et al. 2023): planted ground truth, ordinal sets for
+"""Successor heads (docs/methods.md §3, Gould et al. 2023): planted ground truth, ordinal sets for
 tokenizers, byte-level models and zoo organisms, every architecture, bad input."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import seqlens
-import tiny_models
-from planted_ov import ANTI, COPYING, SUCCESSOR, planted_ov_model
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted_ov import ANTI, COPYING, SUCCESSOR, planted_ov_model
 from seqlens.circuits.heads import HeadScores
 from seqlens.circuits.successor import BYTE_SETS, ordinal_sets, successor_scores
 

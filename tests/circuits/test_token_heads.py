@@ -1,4 +1,4 @@
-"""Token-pattern head finders (METHODS.md §1): planted ground truth, agreement with
+"""Token-pattern head finders (docs/methods.md §1): planted ground truth, agreement with
 TransformerLens' head_detector, every architecture, and the Result API."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformer_lens import head_detector as tl
 
-import tiny_models
-from planted import PLANTED, V, planted_model
+from seqlens.testing import tiny as tiny_models
+from seqlens.testing.planted import PLANTED, V, planted_model
 from seqlens.circuits import (HeadScores, duplicate_token_scores, induction_scores, layer_patterns,
                               previous_token_scores, repeated_random_tokens, template_score)
 from seqlens.circuits.token_heads import (duplicate_token_template, induction_template,

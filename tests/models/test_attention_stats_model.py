@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 ATTENTION = ["gpt2", "llama", "neox", "fox"]
 

@@ -9,7 +9,7 @@ import torch
 
 import seqlens
 from seqlens.models import ModelState, build
-from tiny_models import CONFIGS, FOUNDATION, RECURRENT, V, make, tokens
+from seqlens.testing.tiny import CONFIGS, FOUNDATION, RECURRENT, V, make, tokens
 
 ARCHS = list(CONFIGS)
 

@@ -1,5 +1,5 @@
-"""GLA and RetNet (models/gla.py): the chunked form equals its step-loop twin, states continue,
-implicit attention rebuilds the mixer, hooks have their documented shapes, head ablations stay
+"""GLA and RetNet mixers (models/gla.py; the kernels are tested in test_kernel_gla.py): implicit
+attention rebuilds the mixer, hooks have their documented shapes, head ablations stay
 in their head, RetNet decays follow the paper, and open gates give plain linear attention."""
 
 from __future__ import annotations
@@ -8,94 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqlens.models.gla import (GatedLinearAttention, Retention, gla_attention_matrix, gla_chunked,
-                                gla_recurrent_ref)
-from tiny_models import CONFIGS, make, tokens
-
-B, H, DK, DV = 2, 3, 8, 5
-
-
-def inputs(T: int, dtype=torch.float32, strength: float = 1.0, seed: int = 0):
-    """Random ``q, k, log_g [B, T, H, DK]``, ``v [B, T, H, DV]``, initial state; ``strength``
-    scales the gate logits (large: strong, varied decays)."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    q, k, v = r(B, T, H, DK), r(B, T, H, DK), r(B, T, H, DV)
-    log_g = F.logsigmoid(strength * r(B, T, H, DK) + 1.0)
-    S0 = r(B, H, DK, DV)
-    return [t.to(dtype) for t in (q, k, v, log_g, S0)]
-
-
-# ----------------------------------------------------------------------------- kernels
-
-
-@pytest.mark.parametrize("T,chunk", [(1, 64), (37, 8), (64, 16), (65, 64), (100, 64), (23, 5)])
-def test_chunked_equals_recurrent_ref(T, chunk):
-    taps = torch.tensor(sorted({0, T // 3, T // 2, T - 1}))
-    for dtype, atol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
-        q, k, v, log_g, S0 = inputs(T, dtype)
-        for init in (None, S0):
-            ref = gla_recurrent_ref(q, k, v, log_g, init, taps=taps)
-            got = gla_chunked(q, k, v, log_g, init, taps=taps, chunk_size=chunk)
-            assert got.o.dtype == dtype
-            for name, a, b in zip(("o", "final_state", "taps"), got, ref):
-                msg = f"{name} {dtype} init={init is not None}"
-                torch.testing.assert_close(a, b, atol=atol, rtol=atol, msg=msg)
-
-
-def test_chunked_is_stable_under_strong_decay():
-    # log g down to about -40 per step: within a 64-chunk the factorised form e^{b_t}·e^{-b_s}
-    # would overflow; the masked differences must not
-    q, k, v, log_g, S0 = inputs(130, strength=40.0)
-    got = gla_chunked(q, k, v, log_g, S0, chunk_size=64)
-    ref = gla_recurrent_ref(q, k, v, log_g, S0)
-    assert torch.isfinite(got.o).all() and log_g.min() < -30
-    torch.testing.assert_close(got.o, ref.o, atol=1e-5, rtol=1e-5)
-
-
-def test_chunked_gradients_equal_reference():
-    q, k, v, log_g, S0 = (t.requires_grad_() for t in inputs(19, torch.float64))
-    leaves = {"q": q, "k": k, "v": v, "log_g": log_g, "initial_state": S0}
-    w = torch.randn(B, 19, H, DV, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    grads = []
-    for res in (gla_recurrent_ref(q, k, v, log_g, S0), gla_chunked(q, k, v, log_g, S0, chunk_size=4)):
-        loss = (res.o * w).sum() + res.final_state.sum()
-        grads.append(torch.autograd.grad(loss, list(leaves.values())))
-    for name, a, b in zip(leaves, *grads):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=name)
-
-
-@pytest.mark.parametrize("split", [1, 7, 16, 40])
-def test_state_continuation_equals_one_pass(split):
-    q, k, v, log_g, S0 = inputs(41)
-    full = gla_chunked(q, k, v, log_g, S0, chunk_size=8)
-    first = gla_chunked(q[:, :split], k[:, :split], v[:, :split], log_g[:, :split], S0, chunk_size=8)
-    tail = (t[:, split:] for t in (q, k, v, log_g))
-    rest = gla_chunked(*tail, first.final_state, chunk_size=8)
-    torch.testing.assert_close(torch.cat([first.o, rest.o], 1), full.o, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(rest.final_state, full.final_state, atol=1e-5, rtol=1e-5)
-
-
-def test_attention_matrix_rebuilds_output_and_is_causal():
-    q, k, v, log_g, _ = inputs(30, torch.float64, strength=3.0)
-    alpha = gla_attention_matrix(q, k, log_g)
-    assert alpha.shape == (B, H, 30, 30) and alpha.triu(1).abs().max() == 0
-    rebuilt = torch.einsum("bhts,bshd->bthd", alpha, v)
-    torch.testing.assert_close(rebuilt, gla_recurrent_ref(q, k, v, log_g).o, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(gla_attention_matrix(q, k, log_g, budget=1), alpha, atol=0, rtol=0)
-
-
-def test_bad_shapes_raise():
-    q, k, v, log_g, S0 = inputs(5)
-    with pytest.raises(ValueError, match="q, k, log_g"):
-        gla_chunked(q, k[:, :4], v, log_g)
-    with pytest.raises(ValueError, match="initial_state"):
-        gla_chunked(q, k, v, log_g, S0[:, :1])
-    with pytest.raises(ValueError, match="chunk_size"):
-        gla_chunked(q, k, v, log_g, chunk_size=0)
-    empty = gla_chunked(q[:, :0], k[:, :0], v[:, :0], log_g[:, :0], S0)
-    assert empty.o.shape == (B, 0, H, DV) and torch.equal(empty.final_state, S0)
-
+from seqlens.models.gla import GatedLinearAttention, Retention, gla_recurrent_ref
+from seqlens.testing.tiny import CONFIGS, make, tokens
 
 # ----------------------------------------------------------------------------- mixers in models
 

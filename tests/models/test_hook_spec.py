@@ -12,7 +12,7 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 from seqlens.models.hookdoc import expected_shapes, hook_table, markdown
-from tiny_models import CONFIGS, make, tokens
+from seqlens.testing.tiny import CONFIGS, make, tokens
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from seqlens.models.hooks import attached_hooks, default_taps, list_hooks, random_tokens, record_hooks
-from tiny_models import CONFIGS, make
+from seqlens.testing.tiny import CONFIGS, make
 
 
 @pytest.mark.parametrize("name", ["gpt2", "mamba"])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlens.testing.backends import backends  # noqa: E402
 from seqlens.models.kernels.attention_stats import AttentionStats, attention_stats
 
 # the module itself (the package attribute of the same name is the function)
@@ -63,7 +64,7 @@ def assert_stats_close(got: AttentionStats, want: AttentionStats, rtol=1e-4, ato
 @pytest.mark.parametrize("forget", [False, True], ids=["softmax", "fox"])
 @pytest.mark.parametrize("d", [16, 32])
 @pytest.mark.parametrize("L", [1, 33, 77])
-@pytest.mark.parametrize("backend", ["triton", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked"))
 def test_backend_equals_reference(backend, L, d, forget, small_blocks):
     q, k, v, log_f, spans = qkv(L, d, d_v=d + 8, seed=L + d)
     args = dict(log_forget=log_f if forget else None, sink_k=4, span=spans)
@@ -74,7 +75,7 @@ def test_backend_equals_reference(backend, L, d, forget, small_blocks):
 
 @pytest.mark.parametrize("span", ["tuple", "tensor", "none"])
 @pytest.mark.parametrize("sink_k", [0, 1, 4])
-@pytest.mark.parametrize("backend", ["triton", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked"))
 def test_sinks_and_spans(backend, sink_k, span, small_blocks):
     q, k, v, log_f, spans = qkv(33, 16, seed=sink_k)
     span_arg = {"tuple": (5, 21), "tensor": spans, "none": None}[span]
@@ -88,7 +89,7 @@ def test_sinks_and_spans(backend, sink_k, span, small_blocks):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["triton", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked"))
 def test_half_inputs(backend, dtype, small_blocks):
     """Half inputs are computed in fp32: stats fp32, out in the input dtype."""
     q, k, v, log_f, spans = qkv(33, 16, dtype=dtype, seed=2)
@@ -99,7 +100,7 @@ def test_half_inputs(backend, dtype, small_blocks):
     torch.testing.assert_close(got.entropy, want.entropy, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["triton", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked"))
 def test_strided_inputs_and_custom_scale(backend, small_blocks):
     """q/k/v as the [B, H, L, d] views of [B, L, H, d] projections (what attention mixers hold)."""
     q, k, v, log_f, _ = qkv(33, 16, seed=3)
@@ -156,7 +157,7 @@ def test_reference_equals_softmax_of_scores(L, forget):
 # ----------------------------------------------------------------------------- planted answers
 
 
-@pytest.mark.parametrize("backend", ["triton", "chunked", "ref"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked", "ref"))
 def test_uniform_scores(backend, small_blocks):
     """q = 0: every visible key has score 0, so row i is uniform over i + 1 keys: entropy and
     lse = log(i + 1), max_prob = 1/(i + 1), argmax = 0 (ties go to the smallest index, also
@@ -175,7 +176,7 @@ def test_uniform_scores(backend, small_blocks):
     assert torch.equal(res.argmax, torch.zeros_like(res.argmax))
 
 
-@pytest.mark.parametrize("backend", ["triton", "chunked", "ref"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked", "ref"))
 def test_dominant_key(backend, small_blocks):
     """Key 21 aligned with every query and 30× longer: each row from 21 on puts all its mass
     there (max_prob ≈ 1, argmax 21, entropy ≈ 0, span [21, 22) mass ≈ 1); duplicating it at 29
@@ -196,7 +197,7 @@ def test_dominant_key(backend, small_blocks):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["triton", "chunked", "ref"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked", "ref"))
 def test_forget_gates_decay_geometrically(backend, small_blocks):
     """q = 0 and a constant forget gate f: p_ij ∝ f^{i−j}, so the newest key wins (argmax = i)
     with max_prob = 1 / Σ_{m ≤ i} f^m."""
@@ -221,7 +222,7 @@ def test_results_carry_no_gradient():
         assert not res.out.requires_grad and not res.entropy.requires_grad
 
 
-@pytest.mark.parametrize("backend", ["triton", "chunked", "ref"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked", "ref"))
 def test_errors_name_the_argument(backend):
     q, k, v, log_f, spans = qkv(9, 16, seed=9)
     cases = [
@@ -230,8 +231,8 @@ def test_errors_name_the_argument(backend):
         ("v: expected shape", (q, k, v[:, :, :5]), {}),
         ("log_forget: expected shape", (q, k, v, log_f[..., :5]), {}),
         ("log_forget: expected finite", (q, k, v, log_f.masked_fill(log_f < 0, float("-inf"))), {}),
-        ("sink_k: expected an int ≥ 0", (q, k, v), {"sink_k": -1}),
-        ("sink_k: expected an int ≥ 0", (q, k, v), {"sink_k": True}),
+        ("sink_k: expected an integer >= 0", (q, k, v), {"sink_k": -1}),
+        ("sink_k: expected an integer >= 0", (q, k, v), {"sink_k": True}),
         ("span: expected 0 ≤ start ≤ end ≤ seq_len = 9", (q, k, v), {"span": (3, 10)}),
         ("span: expected 0 ≤ start ≤ end", (q, k, v), {"span": (5, 4)}),
         ("span: expected 0 ≤ start ≤ end", (q, k, v), {"span": torch.tensor([[0, 3], [-1, 2]])}),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import seqlens.models.mingru as mingru
+from seqlens.testing.backends import backends  # noqa: E402
 from seqlens.models.kernels.linear_recurrence import (
     RecurrenceOutput,
     linear_recurrence,
@@ -17,7 +18,7 @@ from seqlens.models.kernels.linear_recurrence import (
     mingru_scan,
     mingru_scan_ref,
 )
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 triton_lr = pytest.importorskip("seqlens.models.kernels.linear_recurrence_triton")
 
@@ -74,7 +75,7 @@ def tap_list(L: int) -> list[int]:
 
 @pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "no_h0"])
 @pytest.mark.parametrize("L", [1, 37, 100])
-@pytest.mark.parametrize("backend", ["triton", "loop", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "loop", "chunked"))
 def test_backend_equals_reference(backend, L, with_h0, monkeypatch):
     monkeypatch.setattr(triton_lr, "MAX_BLOCK_D", 16)  # three channel blocks, the last ragged
     a, b, h0 = inputs(L, seed=L)
@@ -95,7 +96,7 @@ def test_triton_negative_decays(L):
         linear_recurrence(a, b, h0, backend="chunked")
 
 
-@pytest.mark.parametrize("backend", ["triton", "loop", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "loop", "chunked"))
 def test_half_inputs(backend):
     """fp16 inputs run in fp32 and return fp32 states; gradients come back in fp16."""
     a, b, h0 = inputs(37, dtype=torch.float16, seed=4)
@@ -104,7 +105,7 @@ def test_half_inputs(backend):
     assert_same(got, want)
 
 
-@pytest.mark.parametrize("backend", ["triton", "loop", "chunked"])
+@pytest.mark.parametrize("backend", backends("triton", "loop", "chunked"))
 def test_float64_is_exact(backend):
     a, b, h0 = inputs(37, dtype=torch.float64, seed=5)
     got, want = run(backend, a, b, h0, None), run("ref", a, b, h0, None)
@@ -122,7 +123,7 @@ def test_triton_strided_inputs():
     assert_same(run("triton", a_t, b_s, h0_s, [3]), run("ref", a, b, h0, [3]))
 
 
-@pytest.mark.parametrize("backend", ["triton", "loop", "chunked", "ref"])
+@pytest.mark.parametrize("backend", backends("triton", "loop", "chunked", "ref"))
 def test_empty_sequence(backend):
     a, b, h0 = inputs(0, seed=7)
     out = linear_recurrence(a, b, h0, backend=backend)
@@ -139,7 +140,7 @@ def test_auto_is_the_loop_on_cpu_and_equals_the_reference():
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("backend", ["triton", "loop", "chunked", "ref"])
+@pytest.mark.parametrize("backend", backends("triton", "loop", "chunked", "ref"))
 def test_errors_name_the_argument(backend):
     a, b, h0 = inputs(10, seed=9)
     cases = [

@@ -7,7 +7,7 @@ import torch
 
 from seqlens.models import build
 from seqlens.models.lstm import HOOK, LSTMMixer
-from tiny_models import CONFIGS, make, tokens
+from seqlens.testing.tiny import CONFIGS, make, tokens
 
 D = CONFIGS["lstm"].hidden_dim
 

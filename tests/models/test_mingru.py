@@ -15,7 +15,7 @@ from seqlens.models.mingru import (
     mingru_scan_ref,
     positive_activation,
 )
-from tiny_models import CONFIGS, make, tokens
+from seqlens.testing.tiny import CONFIGS, make, tokens
 
 MIN_RNNS = ["mingru", "minlstm"]
 

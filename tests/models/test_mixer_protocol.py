@@ -8,7 +8,7 @@ import torch
 
 from seqlens.models import NotApplicableError
 from seqlens.models.mixer import AblationSite
-from tiny_models import CONFIGS, make, tokens
+from seqlens.testing.tiny import CONFIGS, make, tokens
 
 NAMES = list(CONFIGS)
 

@@ -135,6 +135,7 @@ def test_unbuilt_organism_load_error(monkeypatch, tmp_path):
 TOLERANCE = {"accuracy": 0.05, "legal_next_accuracy": 0.05, "sequence_accuracy": 0.08, "bits_per_byte": 0.15, "induction_loss_drop": 0.25}
 
 
+@pytest.mark.slow  # a checkpoint reproduction per shipped organism
 @pytest.mark.parametrize("name", [n for n in sorted(zoo.organisms()) if zoo.is_built(n)])
 def test_shipped_organism_metric_reproduces(name):
     org = zoo.organisms()[name]

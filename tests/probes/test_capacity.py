@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import CONFIGS, RECURRENT, make
+from seqlens.testing.tiny import CONFIGS, RECURRENT, make
 
 from seqlens.models import ModelConfig, zoo
 from seqlens.models.base import Mixer, SeqModel
@@ -106,8 +106,12 @@ def test_lag_decoding_recovers_planted_span():
 @pytest.mark.parametrize("name", RECURRENT)
 def test_lag_decoding_runs_on_every_recurrent_arch(name):
     model = make(name)
-    curve = lag_decoding(model, lags=[0, 1, 3], n_seqs=200, seq_len=16, n_positions=4, progress=False)
+    # 8 symbols, 64 state features, 100 L-BFGS steps: ~2x cheaper than the defaults, and the
+    # current token still decodes far above chance on every architecture (margin >= 0.45 measured)
+    curve = lag_decoding(model, lags=[0, 1, 3], n_seqs=120, seq_len=16, n_positions=4, symbols=8,
+                         max_features=64, max_iter=100, progress=False)
     assert curve.source == "state" and curve.layers == list(range(CONFIGS[name].n_layers))
+    assert curve.n_classes == 8
     assert curve.accuracy.shape == (CONFIGS[name].n_layers, 3)
     assert ((curve.accuracy >= 0) & (curve.accuracy <= 1)).all()
     assert curve.best[0] > curve.chance[0] + 0.15  # the current token is in the state (random weights)

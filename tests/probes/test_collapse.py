@@ -20,7 +20,7 @@ from seqlens.memory import TensorMemoryTracker
 from seqlens.models import ModelConfig, build
 from seqlens.probes.collapse import (DECAY_NAMES, STAT_NAMES, CollapseComparison, CollapseResult, compare,
                                      forget_more, head_view, normalize_states, state_collapse, state_window)
-from tiny_models import CONFIGS, RECURRENT, make, tokens
+from seqlens.testing.tiny import CONFIGS, RECURRENT, make, tokens
 
 NL, OTHER, L = 10, 1, 64
 LINEAR = ["mamba", "gla", "retnet", "mingru", "minlstm"]
@@ -339,7 +339,7 @@ def test_bad_input_names_the_argument(kwargs, name):
 
 
 def test_million_token_study_runs_small(tmp_path, capsys):
-    """studies/collapse_million.py end to end on a short stream (the 1M run is in the README)."""
+    """studies/collapse_million.py end to end on a short stream (the 1M run is in docs/findings.md)."""
     import json
 
     from seqlens.studies.collapse_million import main

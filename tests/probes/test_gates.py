@@ -9,7 +9,7 @@ import tokenize
 
 import pytest
 import torch
-from tiny_models import CONFIGS, RECURRENT, make, tokens
+from seqlens.testing.tiny import CONFIGS, RECURRENT, make, tokens
 
 from seqlens.models import build
 from seqlens.probes.gates import (

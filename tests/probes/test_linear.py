@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import make, tokens
+from seqlens.testing.tiny import make, tokens
 
 from seqlens.probes.linear import (
     ProbeResult,

@@ -30,7 +30,7 @@ def zero_mixers(model: torch.nn.Module) -> torch.nn.Module:
 def bigram_tokens_model() -> torch.nn.Module:
     """Attention-only transformer (vocab 97, no positions) with zeroed attention output; no
     recipe and no tokenizer, so the memory probe picks its synthetic-token prompts."""
-    from tiny_models import CONFIGS, make
+    from seqlens.testing.tiny import CONFIGS, make
 
     assert CONFIGS["attn_only"].positions == "none" and CONFIGS["attn_only"].attn_only
     return zero_mixers(make("attn_only"))
@@ -138,7 +138,7 @@ def test_model_without_context_shows_no_memory_bytes():
 
 
 def test_byte_surprisal_is_the_sum_over_a_nouns_bytes():
-    from tiny_models import randomize
+    from seqlens.testing.tiny import randomize
 
     cfg = ModelConfig(arch="transformer", vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_ctx=512)
     model = randomize(build(cfg, seed=3), 3).eval()  # uses its context: nothing cancels by symmetry

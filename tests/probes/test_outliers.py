@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import CONFIGS, randomize, tokens
+from seqlens.testing.tiny import CONFIGS, randomize, tokens
 
 from seqlens.models import build
 from seqlens.probes.outliers import (

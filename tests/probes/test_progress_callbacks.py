@@ -8,7 +8,7 @@ import pytest
 from seqlens.probes.capacity import lag_decoding, passkey_sweep
 from seqlens.probes.collapse import state_collapse
 from seqlens.progress import CallbackBar, progress_bar
-from tiny_models import make
+from seqlens.testing.tiny import make
 
 
 def recorder():

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from planted import blank_model
+from seqlens.testing.planted import blank_model
 from seqlens.circuits.task_metric import TaskMetric
 from seqlens.models import ModelConfig
 

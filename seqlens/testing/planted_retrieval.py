@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from planted import DH, N, SCALE, V, blank_model, plant_layer0
+from seqlens.testing.planted import DH, N, SCALE, V, blank_model, plant_layer0
 from seqlens.models import ModelConfig
 KEY = V - 1
 RETRIEVAL_HEAD = (1, 1)
