@@ -1,4 +1,4 @@
-"""seqlens.circuits.lrp: layer-wise relevance propagation on every architecture (METHODS.md §6).
+"""seqlens.circuits.lrp: layer-wise relevance propagation on every architecture (docs/methods.md §6).
 
 ``attribute(model, tokens, target=None, position=-1, method="auto")`` -> :class:`Attribution`.
 Rule sets ("attnlrp", "cp-lrp", "mambalrp", "lrp") run as a modified forward whose gradient ×

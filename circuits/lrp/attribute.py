@@ -1,4 +1,4 @@
-"""``attribute``: the relevance of every input token for one logit (METHODS.md §6).
+"""``attribute``: the relevance of every input token for one logit (docs/methods.md §6).
 
 LRP rule sets ("attnlrp", "cp-lrp", "mambalrp", "lrp"; "auto" = what the mixers declare) run as a
 modified forward (:mod:`.rules`) and one backward: the relevance of token ``s`` is
@@ -6,7 +6,7 @@ modified forward (:mod:`.rules`) and one backward: the relevance of token ``s`` 
 embeddings enter after the hook and are not counted). Baselines: "gxi" (the same product under
 the plain forward), "ig" (integrated gradients from the zero embedding), "smoothgrad" (gradients
 averaged over Gaussian embedding noise, times the input) and "rollout" (attention rollout; the
-implicit attention of recurrent mixers, METHODS.md §7).
+implicit attention of recurrent mixers, docs/methods.md §7).
 """
 
 from __future__ import annotations

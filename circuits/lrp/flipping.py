@@ -1,4 +1,4 @@
-"""Token flipping (MambaLRP's faithfulness evaluation, METHODS.md §6 [P]): replace input tokens in
+"""Token flipping (MambaLRP's faithfulness evaluation, docs/methods.md §6 [P]): replace input tokens in
 the order an attribution ranks them and watch the explained logit.
 
 For each sequence the target is the model's prediction at ``position`` on the intact input. Each

@@ -12,10 +12,7 @@ from seqlens.circuits.lrp.rules import lrp_rules
 from seqlens.models import ModelConfig, build
 from seqlens.models.mixer import NotApplicableError
 
-try:  # the planted circuits moved to seqlens.testing on main
-    from seqlens.testing.planted import DH, V, planted_model
-except ImportError:  # pragma: no cover - before the merge
-    from planted import DH, V, planted_model
+from seqlens.testing.planted import DH, V, planted_model
 
 LLAMA = dict(mlp="gated", norm="rmsnorm", positions="rotary", act="silu")
 CONSERVATIVE = {  # arch -> (config extras, the rule set that must conserve)
