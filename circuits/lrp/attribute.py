@@ -20,6 +20,7 @@ from torch import Tensor
 
 from seqlens.circuits.lrp.rules import LRP_METHODS, auto_method, lrp_rules
 from seqlens.result import Result
+from seqlens.validate import check_int
 
 BASELINES = ("gxi", "ig", "smoothgrad", "rollout")
 METHODS = ("auto",) + LRP_METHODS + BASELINES
@@ -205,8 +206,7 @@ def integrated_gradients(model, tokens: Tensor, position: Tensor, target: Tensor
                          rows: int = 256) -> dict:
     """IG from the zero embedding: ``x · mean_k ∂f(α_k x)`` over the midpoints ``α_k = (k+½)/steps``;
     the path points run batched, at most ``rows`` sequences per forward."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    steps = check_int("steps", steps, low=1)
     full = _grads(model, tokens, position, target)
     B = tokens.shape[0]
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
@@ -224,8 +224,10 @@ def smoothgrad(model, tokens: Tensor, position: Tensor, target: Tensor | None, s
                noise: float, seed: int, rows: int = 256) -> dict:
     """SmoothGrad × input: ``x · mean_k ∂f(x + ε_k)``, ``ε ~ N(0, (noise · std(x))²)`` drawn from
     ``seed`` (on the CPU, so the same on every device); samples batched, ``rows`` per forward."""
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples: expected a positive integer, got {samples!r}")
+    samples = check_int("samples", samples, low=1)
+    seed = check_int("seed", seed)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"noise: expected a non-negative number (noise std / std of the embeddings), got {noise!r}")
     full = _grads(model, tokens, position, target)
     B = tokens.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)

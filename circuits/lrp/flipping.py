@@ -21,6 +21,7 @@ from torch import Tensor
 from seqlens.circuits.lrp.attribute import METHODS, attribute, check_position, check_tokens
 from seqlens.progress import Progress, progress_bar
 from seqlens.result import Result
+from seqlens.validate import check_int
 
 ORDERS = ("morf", "lerf", "both")
 
@@ -104,10 +105,9 @@ def token_flipping(model, data: Any, methods: Sequence[str] = ("auto", "gxi", "r
     bad = [m for m in methods if m not in METHODS + ("random",)]
     if bad or not methods:
         raise ValueError(f"methods: expected names from {list(METHODS) + ['random']}, got {list(methods)}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-    if not 0 <= replacement < model.cfg.vocab_size:
-        raise ValueError(f"replacement: expected a token id in [0, {model.cfg.vocab_size}), got {replacement}")
+    steps = check_int("steps", steps, low=1)
+    replacement = check_int("replacement", replacement, low=0, high=model.cfg.vocab_size - 1)
+    seed = check_int("seed", seed)
     if "ig_steps" in kwargs:
         kwargs["steps"] = kwargs.pop("ig_steps")
     fractions = torch.linspace(0, 1, steps + 1)

@@ -401,6 +401,12 @@ def test_bad_arguments_name_the_argument():
         lrp.attribute(model, tokens(), hooks=["blocks.9.nothing"])
     with pytest.raises(ValueError, match="hooks"):
         lrp.attribute(model, tokens(), method="ig", hooks=["blocks.0.hook_resid_pre"])
+    with pytest.raises(ValueError, match="steps"):
+        lrp.attribute(model, tokens(), method="ig", steps=0)
+    with pytest.raises(TypeError, match="samples"):
+        lrp.attribute(model, tokens(), method="smoothgrad", samples=2.5)
+    with pytest.raises(ValueError, match="replacement"):
+        lrp.token_flipping(model, tokens(), replacement=64, progress=False)
 
 
 # ----------------------------------------------------------------------------- token flipping
