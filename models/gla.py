@@ -108,9 +108,11 @@ class LinearAttentionMixer(Mixer):
     state_spec = StateSpec("S", "[B, H, d_k, d_v]", "S [B, H, d_k, d_v], the mixer's heads", linear=True)
     decay_hooks = ("hook_log_decay",)
     memory_hook = "hook_z"
-    lrp = LRPRules(detach=("hook_log_decay", "hook_out_gate", "g_norm.hook_scale"),
-                   uniform=("q_t · (k_s v_s)",), note="linear attention as AttnLRP without the softmax; "
-                   "decays and the group norm's scale detached, gate product uniform")
+    lrp = LRPRules(detach=("hook_log_decay", "g_norm.hook_scale"),
+                   uniform=("hook_q / 4, hook_k / 4, hook_v / 2: (q·k)·v", "g_norm.hook_out * hook_out_gate"),
+                   note="linear attention as AttnLRP without the softmax; decays and the group norm's scale "
+                   "detached, SiLU output gate by the identity rule and its product uniform (as MambaLRP)",
+                   method="lrp", family="linear_attention")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

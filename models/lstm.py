@@ -88,8 +88,8 @@ class LSTMMixer(Mixer):
     decay_hooks = ("hook_decay",)
     memory_hook = "hook_c"
     lrp = LRPRules(detach=("hook_input_gate", "hook_decay", "hook_out_gate"),
-                   uniform=("hook_input_gate * hook_candidate", "hook_out_gate * tanh(hook_c)"),
-                   note="LSTM gate rule (Arras et al. 2017): gates detached, products pass relevance to the signal")
+                   note="LSTM gate rule (Arras et al. 2017): gates detached, so i⊙g and o⊙tanh(c) pass all "
+                   "relevance to the signal; tanh by the identity rule", method="lrp", family="lstm")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -64,9 +64,9 @@ class MambaMixer(Mixer):
                            "channel groups of d_inner", linear=True)
     decay_hooks = ("hook_delta",)
     memory_hook = "hook_z"
-    lrp = LRPRules(detach=("hook_delta", "hook_B", "hook_C", "hook_out_gate"),
-                   uniform=("hook_z * hook_out_gate",),
-                   note="selective scan linear in u given Δ, B, C (detached, as gates); gate product uniform")
+    lrp = LRPRules(detach=("hook_delta", "hook_B", "hook_C"), uniform=("hook_z * hook_out_gate",),
+                   note="MambaLRP (Jafari et al. 2024): scan linear in u given Δ, B, C (detached); SiLU by the "
+                   "identity rule; gate product uniform", method="mambalrp", family="mamba")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -117,8 +117,9 @@ class MinRNNMixer(Mixer):
     state_spec = StateSpec("h", "[B, D_h]", "h [B, D_h], heads = cfg.pattern_heads channel groups", linear=True)
     decay_hooks = ("hook_decay",)
     memory_hook = "hook_z"
-    lrp = LRPRules(detach=("hook_decay", "hook_input_gate"), uniform=("hook_input_gate * hook_candidate",),
-                   note="gated linear recurrence: gates detached (the gate rule), products uniform")
+    lrp = LRPRules(detach=("hook_decay", "hook_input_gate"),
+                   note="gated linear recurrence: gates detached (the gate rule: w⊙h̃ passes all relevance to "
+                   "h̃), candidate activation by the identity rule", method="lrp", family="minrnn")
     n_gates = 1
 
     def __init__(self, cfg: ModelConfig):

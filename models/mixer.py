@@ -16,7 +16,7 @@ A mixer (softmax / FoX attention, Mamba, GLA / RetNet, minGRU / minLSTM, LSTM) s
 - ``ov_factors()``: the value -> output path as :class:`OVFactors`;
 - ``pattern(x)`` / ``implicit_attention(x)``: (implicit) attention; ``supports_state_taps``;
 - ``backend``: the kernel backend ("auto" or one of ``BACKENDS``), set the same way on every mixer;
-- ``lrp``: the :class:`LRPRules` the relevance-propagation issue will implement.
+- ``lrp``: its :class:`LRPRules` (rule set and family), implemented by :mod:`seqlens.circuits.lrp`.
 
 An analysis that does not apply raises :class:`NotApplicableError` and offers ``applies_to(model)``.
 """
@@ -177,11 +177,16 @@ class LRPRules:
     """Declarative relevance-propagation rules of a mixer (the LRP issue implements them):
     ``detach``: factors treated as constants (gates, decays, softmax patterns: AttnLRP / the
     "gate rule"); ``uniform``: products whose relevance is split evenly between factors (the
-    uniform rule of AttnLRP for multiplicative interactions); ``note``: where this comes from."""
+    uniform rule of AttnLRP for multiplicative interactions); ``note``: where this comes from;
+    ``method``: the rule set ``seqlens.circuits.lrp.attribute(method="auto")`` runs on this mixer
+    ("attnlrp", "mambalrp", "lrp"); ``family``: which rule builder of ``seqlens.circuits.lrp.rules``
+    implements it ("attention", "fox", "mamba", "linear_attention", "minrnn", "lstm")."""
 
     detach: tuple[str, ...] = ()
     uniform: tuple[str, ...] = ()
     note: str = ""
+    method: str = "lrp"
+    family: str = ""
 
 
 # ----------------------------------------------------------------------------- ablation sites

@@ -82,8 +82,9 @@ class Attention(Mixer):
     is_softmax = True
     state_spec = StateSpec(None, "k, v [B, H_kv, S, d_head] (KV cache)",
                            "the keys and values each chunk wrote to the KV cache, per query head")
-    lrp = LRPRules(detach=("hook_pattern",), uniform=("hook_z = pattern @ v",),
-                   note="AttnLRP (Achtibat et al. 2024): softmax detached, q·k products uniform")
+    lrp = LRPRules(uniform=("hook_q / 4, hook_k / 4, hook_v / 2: softmax(q·k)·v",),
+                   note="AttnLRP (Achtibat et al. 2024, lxt's efficient rules); cp-lrp detaches hook_q, hook_k",
+                   method="attnlrp", family="attention")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -248,8 +249,9 @@ class ForgettingAttention(Attention):
     HOOKS = Attention.HOOKS[:5] + (HookSpec("hook_log_decay", "[B, L, H]", "log forget gate log f_t (log decay)"),
                                    ) + Attention.HOOKS[5:]
     decay_hooks = ("hook_log_decay",)
-    lrp = LRPRules(detach=("hook_pattern", "hook_log_decay"), uniform=("hook_z = pattern @ v",),
-                   note="AttnLRP; the forget bias enters the logits and is detached with them")
+    lrp = LRPRules(uniform=("hook_q / 4, hook_k / 4, hook_v / 2: softmax(q·k + forget bias)·v",),
+                   note="AttnLRP; the forget bias enters the logits like q·k (identity rule on logsigmoid); "
+                   "cp-lrp detaches it with hook_q, hook_k", method="attnlrp", family="fox")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
