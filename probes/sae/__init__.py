@@ -1,4 +1,4 @@
-"""Sparse autoencoders on every architecture (METHODS.md §8), SAELens-compatible.
+"""Sparse autoencoders on every architecture (docs/methods.md §8), SAELens-compatible.
 
 ::
 

@@ -1,4 +1,4 @@
-"""The five SAE architectures, with SAELens 6's inference semantics (METHODS.md §8).
+"""The five SAE architectures, with SAELens 6's inference semantics (docs/methods.md §8).
 
 Every SAE maps ``x [..., d_in]`` to codes ``f [..., d_sae]`` and back: ``x̂ = f W_dec + b_dec``.
 Parameters carry SAELens' names and shapes: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,

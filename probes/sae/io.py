@@ -1,5 +1,5 @@
 """SAELens 6's on-disk format, both ways: a directory with ``cfg.json`` and
-``sae_weights.safetensors`` (METHODS.md §8).
+``sae_weights.safetensors`` (docs/methods.md §8).
 
 ``save`` writes what SAELens' ``save_inference_model`` writes: the inference config of the
 architecture (BatchTopK SAEs as ``"jumprelu"``, matching pursuit without ``W_enc`` / ``b_enc``,

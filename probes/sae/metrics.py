@@ -1,4 +1,4 @@
-"""How well an SAE reconstructs its hook (METHODS.md §8): ``evaluate`` and ``splice``.
+"""How well an SAE reconstructs its hook (docs/methods.md §8): ``evaluate`` and ``splice``.
 
 Reconstruction metrics over N samples (x̂ = sae(x), f = sae.encode(x)):
 L0 = mean #{f_i > 0}; L1 = mean Σ|f_i|; FVU = Σ_d Var_n(x − x̂) / Σ_d Var_n(x) (population

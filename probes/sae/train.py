@@ -1,4 +1,4 @@
-"""Training SAEs of every architecture (METHODS.md §8), deterministic for a seed and resumable.
+"""Training SAEs of every architecture (docs/methods.md §8), deterministic for a seed and resumable.
 
 Losses (x̂ = decode(f), batch means; ``‖·‖²`` summed over the d_in dimensions):
 

@@ -10,6 +10,7 @@ be attached to the shared model or to either session's copy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import numpy as np
@@ -26,6 +27,7 @@ class Gate:
 
     def __init__(self, original):
         self.original, self.armed = original, False
+        functools.update_wrapper(self, original)  # keeps applies_to / needs: the app asks them first
         self.inside, self.release = threading.Event(), threading.Event()
 
     def arm(self) -> None:

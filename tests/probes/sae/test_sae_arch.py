@@ -64,7 +64,7 @@ def test_jumprelu_passes_exactly_the_preactivations_above_threshold():
 
 
 def _mp_loop(x, D, steps):
-    """Matching pursuit written out sample by sample (METHODS.md §8)."""
+    """Matching pursuit written out sample by sample (docs/methods.md §8)."""
     codes = torch.zeros(x.shape[0], D.shape[0])
     for n in range(x.shape[0]):
         r = x[n].clone()
