@@ -59,8 +59,9 @@ else:
 
 # ----------------------------------------------------------------------------- token flipping
 st.subheader("Token flipping")
-st.caption("Flip the tokens each method ranks most (MoRF) or least (LeRF) relevant to token 0 and follow the "
-           "predicted token's logit; ΔA^F = AUC_LeRF − AUC_MoRF, larger is more faithful. Runs on request.")
+st.caption("Replace (by token 0) the tokens each method ranks most (MoRF) or least (LeRF) relevant for the "
+           "prediction at the last position and follow that token's logit; ΔA^F = AUC_LeRF − AUC_MoRF, larger is "
+           "more faithful. Runs on request.")
 sources = ([TASK] if model.recipe is not None else []) + [PROMPT]
 f1, f2, f3 = st.columns([1, 2, 1])
 source = f1.radio("Data", sources, key=state.persistent("lrp_flip_source", sources[0], sources))
