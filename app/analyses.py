@@ -289,3 +289,34 @@ def interpretable_cells(model_key: str, text: str | int, top_k: int = 5):
 
     body = gates.default_text(text) if isinstance(text, int) else text
     return gates.interpretable_cells(load_model(model_key), text=body, top_k=top_k)
+
+
+# ----------------------------------------------------------------------------- attribution (LRP)
+
+
+@st.cache_data(show_spinner="Propagating relevance ...", max_entries=64)
+def attribution(model_key: str, ids: tuple[int, ...], method: str, target: int | None = None):
+    """``circuits.lrp.attribute(model, ids, target, method=method, hooks=[blocks.{l}.hook_resid_post ...])``:
+    an Attribution Result explaining the logit of ``target`` (None: the model's prediction) at the
+    last position, with each layer's relevance map."""
+    from seqlens.circuits import lrp
+
+    model = load_model(model_key)
+    hooks = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)] if method in ATTRIBUTION_HOOKED else None
+    return lrp.attribute(model, as_tensor(ids), target=target, method=method, hooks=hooks)
+
+
+ATTRIBUTION_HOOKED = ("auto", "attnlrp", "cp-lrp", "mambalrp", "lrp", "gxi")  # methods that record per-hook maps
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def token_flipping(model_key: str, rows: tuple[tuple[int, ...], ...], methods: tuple[str, ...], steps: int,
+                   seed: int = 0):
+    """``circuits.lrp.token_flipping(model, rows, methods, steps=steps, seed=seed)``: FlippingCurves
+    (MoRF / LeRF, ΔA^F per method). Draws its progress (one step per method)."""
+    from seqlens.circuits import lrp
+
+    model = load_model(model_key)
+    with _library_progress(f"token flipping on {model_key.partition(':')[2]}", "methods") as progress:
+        return lrp.token_flipping(model, as_tensor(rows), methods=list(methods), steps=steps, seed=seed,
+                                  progress=progress)

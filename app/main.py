@@ -21,6 +21,7 @@ PAGES = [
     st.Page(HERE / "views" / "heads.py", title="Heads", icon=":material/target:", url_path="heads"),
     st.Page(HERE / "views" / "sinks.py", title="Sinks", icon=":material/vertical_align_bottom:", url_path="sinks"),
     st.Page(HERE / "views" / "states.py", title="States", icon=":material/timeline:", url_path="states"),
+    st.Page(HERE / "views" / "attribution.py", title="Attribution", icon=":material/highlight:", url_path="attribution"),
 ]
 
 page = st.navigation(PAGES)

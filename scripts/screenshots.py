@@ -6,7 +6,7 @@
 Starts ``streamlit run app/main.py --server.headless true --server.port PORT``, waits until the
 server answers its health check, then starts ``chromium --headless --no-sandbox --disable-gpu
 --window-size=1400,1000`` and, for each page (addressed by its URL path: ``/``, ``/attention``,
-``/heads``, ``/sinks``, ``/states``), loads it, waits until Streamlit has finished running the page (no
+``/heads``, ``/sinks``, ``/states``, ``/attribution``), loads it, waits until Streamlit has finished running the page (no
 "Running" status, no skeletons, plotly charts drawn, the page unchanged for a moment), presses
 "Run finders" on the Heads page (finders run on request) and waits again, and saves
 ``OUT/<page>.png``; then stops the browser and the server.
@@ -40,7 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app" / "main.py"
-PAGES = {"model": "", "attention": "attention", "heads": "heads", "sinks": "sinks", "states": "states"}  # file stem -> URL path
+PAGES = {"model": "", "attention": "attention", "heads": "heads", "sinks": "sinks", "states": "states",
+         "attribution": "attribution"}  # file stem -> URL path
 CLICK = {"heads": "Run finders"}  # buttons pressed before the screenshot (finders run on request)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

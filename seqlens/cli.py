@@ -343,7 +343,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 
 # benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
-BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae"}
+BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae", "lrp": "bench_lrp"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def medians(fns: dict, device: str, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def reference_loop(X: torch.Tensor, arch: str, d_sae: int, k: int, steps: int, batch_size: int, lr: float,
+def reference_loop(X: torch.Tensor, sae_type: str, d_sae: int, k: int, steps: int, batch_size: int, lr: float,
                    device: str) -> None:
     """The minimal PyTorch SAE loop the trainer is compared with."""
     gen = torch.Generator().manual_seed(0)
@@ -65,13 +65,13 @@ def reference_loop(X: torch.Tensor, arch: str, d_sae: int, k: int, steps: int, b
     for step in range(steps):
         x = X[torch.randint(0, X.shape[0], (batch_size,), generator=gen)].to(device)
         z = (x - b_dec) @ W_enc + b_enc
-        if arch == "topk":
+        if sae_type == "topk":
             v, i = z.topk(k, dim=-1)
             f = torch.zeros_like(z).scatter(-1, i, v.relu())
         else:
             f = z.relu()
         loss = (f @ W_dec + b_dec - x).pow(2).sum(-1).mean()
-        if arch == "standard":
+        if sae_type == "standard":
             loss = loss + 1e-3 * f.sum(-1).mean()
         opt.zero_grad()
         loss.backward()
@@ -80,16 +80,16 @@ def reference_loop(X: torch.Tensor, arch: str, d_sae: int, k: int, steps: int, b
 
 def bench_training(X: torch.Tensor, args) -> list[dict]:
     rows = []
-    for arch in ("topk", "standard"):
-        kw = dict(architecture=arch, d_sae=args.d_sae, steps=args.steps, batch_size=args.batch_size, lr=1e-3,
+    for sae_type in ("topk", "standard"):
+        kw = dict(architecture=sae_type, d_sae=args.d_sae, steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                   progress=False, device=args.device)
-        if arch == "topk":
+        if sae_type == "topk":
             kw["k"] = args.k
         t = medians({"ours": lambda: S.train_sae(X, **kw),
-                     "ref": lambda: reference_loop(X, arch, args.d_sae, args.k, args.steps, args.batch_size, 1e-3,
+                     "ref": lambda: reference_loop(X, sae_type, args.d_sae, args.k, args.steps, args.batch_size, 1e-3,
                                                    args.device)}, args.device, args.repeats)
         n = args.steps * args.batch_size
-        rows.append({"bench": f"train {arch}", "seqlens_tok_s": n / t["ours"], "baseline": "minimal PyTorch loop",
+        rows.append({"bench": f"train {sae_type}", "seqlens_tok_s": n / t["ours"], "baseline": "minimal PyTorch loop",
                      "baseline_tok_s": n / t["ref"], "ratio": t["ref"] / t["ours"]})
     return rows
 

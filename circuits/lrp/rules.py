@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqlens.models.base import Norm
 from seqlens.models.mixer import NotApplicableError
 
 HookList = list[tuple[str, Callable]]
@@ -90,8 +89,8 @@ def capture_hook(store: dict, key: str) -> Callable:
 
 def norm_hooks(model) -> HookList:
     """Every norm's ``1/std`` a constant (``hook_scale`` detached): the norm is linear."""
-    return [(f"{name}.hook_scale", detach_hook) for name, m in model.named_modules()
-            if isinstance(m, Norm) and name]
+    return [(f"{name}.hook_scale", detach_hook) for name, m in model.norm_modules().items()
+            if name and hasattr(m, "hook_scale")]
 
 
 def mlp_hooks(prefix: str, mlp, method: str) -> HookList:

@@ -203,9 +203,9 @@ class Trainer:
 
     def __init__(self, s: TrainSettings, d_in: int, sample: Tensor):
         self.s = s
-        arch = "jumprelu" if s.architecture == "batchtopk" else s.architecture
-        cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=s.d_sae, k=s.k if arch == "topk" else None,
-                        max_iterations=s.k if arch == "matching_pursuit" else None)
+        saved_as = "jumprelu" if s.architecture == "batchtopk" else s.architecture
+        cfg = SAEConfig(architecture=saved_as, d_in=d_in, d_sae=s.d_sae, k=s.k if saved_as == "topk" else None,
+                        max_iterations=s.k if saved_as == "matching_pursuit" else None)
         self.sae = make_sae(cfg).to(s.device)
         self._init(sample.to(s.device))
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=s.lr)
