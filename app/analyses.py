@@ -309,6 +309,13 @@ def shipped_saes(model_key: str) -> list[str]:
     return [n for n in sae.list_shipped() if n.split("/", 1)[0] == name]
 
 
+def all_shipped_saes() -> list[str]:
+    """``sae.list_shipped()``: every SAE shipped with the zoo."""
+    from seqlens.probes import sae
+
+    return sae.list_shipped()
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _shipped_sae(name: str):
     from seqlens.probes import sae

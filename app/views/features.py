@@ -91,3 +91,27 @@ with state.errors_shown("Feature report", c2):
 if report is not None:
     c2.markdown(report.html(), unsafe_allow_html=True)
     st.plotly_chart(report.figure(), key="features_report", use_container_width=True)
+
+# ----------------------------------------------------------------------------- side by side
+st.subheader("Side by side")
+st.caption("The same analysis on two shipped SAEs, e.g. an attention model's residual stream beside a recurrent "
+           "model's: held-out metrics and each SAE's most frequent feature.")
+all_shipped = []
+with state.errors_shown("Shipped SAEs"):
+    all_shipped = analyses.all_shipped_saes()
+pair_defaults = ["text-transformer/resid-l1", "text-mamba/resid-l1"]
+if len(all_shipped) >= 2:
+    left, right = st.columns(2)
+    picks = [col.selectbox(side, all_shipped, key=f"w_features_cmp_{side.lower()}",
+                           index=all_shipped.index(d) if d in all_shipped else i)
+             for i, (col, side, d) in enumerate(zip((left, right), ("Left", "Right"), pair_defaults))]
+    if st.button("Compare", key="features_compare"):
+        for col, name in zip((left, right), picks):
+            with state.errors_shown(name, col):
+                other_key = f"zoo:{name.split('/', 1)[0]}"
+                m = analyses.sae_metrics(other_key, f"shipped:{name}", int(n_seqs))
+                col.dataframe(m.to_frame(), hide_index=True)
+                top = max(range(len(m.feature_frequency)), key=lambda i: float(m.feature_frequency[i]))
+                rep = analyses.feature_report(other_key, f"shipped:{name}", top, int(n_seqs))
+                col.markdown(rep.html(), unsafe_allow_html=True)
+                col.plotly_chart(rep.figure(), key=f"features_cmp_{name}", use_container_width=True)

@@ -47,3 +47,16 @@ def test_training_a_tiny_sae_on_the_page():
     key = at.selectbox(key="w_features_sae").value
     assert key.startswith("trained:zoo:induction-attn2|") and "|topk|16|2|5|" in key
     assert {m.label for m in at.metric} >= {"FVU", "L0", "Dead"}
+
+
+def test_side_by_side_attention_and_recurrent_saes():
+    at = open_app("features", model="text-mamba")
+    at.number_input(key="w_features_n_seqs").set_value(2).run()
+    assert at.selectbox(key="w_features_cmp_left").value == "text-transformer/resid-l1"
+    assert at.selectbox(key="w_features_cmp_right").value == "text-mamba/resid-l1"
+    at.button(key="features_compare").click().run()
+    no_problem(at)
+    charts = keyed_charts(at)
+    assert {"features_cmp_text-transformer/resid-l1", "features_cmp_text-mamba/resid-l1"} <= set(charts)
+    fvus = [f["value"][list(f["metric"]).index("fvu")] for f in (d.value for d in at.dataframe) if "metric" in f]
+    assert len(fvus) == 2 and all(v < 0.5 for v in fvus)
