@@ -320,3 +320,108 @@ def token_flipping(model_key: str, rows: tuple[tuple[int, ...], ...], methods: t
     with _library_progress(f"token flipping on {model_key.partition(':')[2]}", "methods") as progress:
         return lrp.token_flipping(model, as_tensor(rows), methods=list(methods), steps=steps, seed=seed,
                                   progress=progress)
+
+
+# ----------------------------------------------------------------------------- features (SAEs)
+#
+# SAEs are not hashable either: the page names one by a key, "shipped:<org>/<name>" (a zoo SAE,
+# seqlens.probes.sae.load) or "trained:<model key>|<hook>|<arch>|<d_sae>|<k>|<steps>" (trained here
+# by train_feature_sae, deterministic for its settings, kept in this module's registry).
+
+_TRAINED: dict[str, Any] = {}
+FEATURE_SEQ_LEN = 128  # text windows of the page
+
+
+def shipped_saes(model_key: str) -> list[str]:
+    """Names of the shipped SAEs (``sae.list_shipped()``) trained on this model."""
+    from seqlens.probes import sae
+
+    name = load_model(model_key).name
+    return [n for n in sae.list_shipped() if n.split("/", 1)[0] == name]
+
+
+def all_shipped_saes() -> list[str]:
+    """``sae.list_shipped()``: every SAE shipped with the zoo."""
+    from seqlens.probes import sae
+
+    return sae.list_shipped()
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _shipped_sae(name: str):
+    from seqlens.probes import sae
+
+    return sae.load(name)
+
+
+def get_sae(sae_key: str):
+    """The SAE named by ``sae_key`` (see above)."""
+    kind, _, value = sae_key.partition(":")
+    if kind == "shipped":
+        return _shipped_sae(value)
+    if sae_key in _TRAINED:
+        return _TRAINED[sae_key]
+    raise KeyError(f"SAE {sae_key!r}: not trained in this process (train it again)")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def feature_text(model_key: str, n_seqs: int, seed: int = 0, split: str = "val") -> tuple[tuple[int, ...], ...]:
+    """``n_seqs`` windows of stdlib text (``StdlibCorpus().batches(..., split=split)``) for
+    byte-level models, else ``hooks.random_tokens`` (a model with its own tokenizer)."""
+    from seqlens.corpus import StdlibCorpus
+    from seqlens.models import hooks
+
+    model = load_model(model_key)
+    L = min(FEATURE_SEQ_LEN, model.cfg.n_ctx)
+    if model.cfg.vocab_size == 256:
+        t = next(iter(StdlibCorpus().batches(n_seqs, L, seed=seed, split=split, steps=1)))[:, :-1]
+    else:
+        t = hooks.random_tokens(model, n_seqs, L, seed)
+    return tuple(tuple(r) for r in t.tolist())
+
+
+def _positions(s) -> list[int] | None:
+    pos = s.cfg.metadata.get("positions")
+    return [p for p in pos if p < FEATURE_SEQ_LEN] if pos else None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def sae_metrics(model_key: str, sae_key: str, n_seqs: int):
+    """``sae.evaluate(s, tokens, model=model)`` on ``n_seqs`` validation windows: an SAEMetrics
+    (with ``feature_frequency``, the browser's sort key). Draws its progress."""
+    from seqlens.probes import sae
+
+    s = get_sae(sae_key)
+    tokens = as_tensor(feature_text(model_key, n_seqs))
+    with _library_progress("evaluating the SAE", "seq") as progress:
+        return sae.evaluate(s, tokens, model=load_model(model_key),
+                            positions=_positions(s), progress=progress)
+
+
+@st.cache_data(show_spinner="Collecting the feature's top contexts ...", max_entries=64)
+def feature_report(model_key: str, sae_key: str, feature: int, n_seqs: int):
+    """``sae.feature_report(model, s, feature, tokens)`` on ``n_seqs`` validation windows."""
+    from seqlens.probes import sae
+
+    s = get_sae(sae_key)
+    tokens = as_tensor(feature_text(model_key, n_seqs))
+    return sae.feature_report(load_model(model_key), s, feature, tokens, positions=_positions(s))
+
+
+def train_feature_sae(model_key: str, hook: str, architecture: str, d_sae: int, k: int, steps: int,
+                      n_seqs: int) -> str:
+    """``sae.harvest`` on ``n_seqs`` training-split windows, then ``sae.train_sae(..., seed=0)``;
+    both draw progress. Returns the new SAE's key (already trained: returned at once)."""
+    from seqlens.probes import sae
+
+    key = f"trained:{model_key}|{hook}|{architecture}|{d_sae}|{k}|{steps}|{n_seqs}"
+    if key not in _TRAINED:
+        model = load_model(model_key)
+        tokens = as_tensor(feature_text(model_key, n_seqs, split="train"))
+        with _library_progress(f"harvesting {hook}", "seq") as progress:
+            store = sae.harvest(model, hook, tokens, progress=progress)
+        with _library_progress(f"training a {architecture} SAE", "steps") as progress:
+            _TRAINED[key] = sae.train_sae(store, architecture=architecture, d_sae=d_sae, k=k, steps=steps,
+                                          batch_size=min(256, len(store)), seed=0, progress=progress,
+                                          log_every=max(1, steps // 50))
+    return key

@@ -2,7 +2,7 @@
 
 Routes with ``st.navigation`` to one thin view per analysis (``views/``); the sidebar holds the
 model choice, shared by every page through ``st.session_state``. Each page is addressable by URL
-(``/``, ``/attention``, ``/heads``, ``/sinks``, ``/states``).
+(``/``, ``/attention``, ``/heads``, ``/sinks``, ``/states``, ``/features``).
 """
 
 from pathlib import Path
@@ -22,6 +22,7 @@ PAGES = [
     st.Page(HERE / "views" / "sinks.py", title="Sinks", icon=":material/vertical_align_bottom:", url_path="sinks"),
     st.Page(HERE / "views" / "states.py", title="States", icon=":material/timeline:", url_path="states"),
     st.Page(HERE / "views" / "attribution.py", title="Attribution", icon=":material/highlight:", url_path="attribution"),
+    st.Page(HERE / "views" / "features.py", title="Features", icon=":material/scatter_plot:", url_path="features"),
 ]
 
 page = st.navigation(PAGES)

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app" / "main.py"
 PAGES = {"model": "", "attention": "attention", "heads": "heads", "sinks": "sinks", "states": "states",
-         "attribution": "attribution"}  # file stem -> URL path
+         "features": "features", "attribution": "attribution"}  # file stem -> URL path
 CLICK = {"heads": "Run finders"}  # buttons pressed before the screenshot (finders run on request)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

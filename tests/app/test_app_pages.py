@@ -36,8 +36,8 @@ def test_model_page_is_default_and_shows_summary():
 def test_every_page_is_registered_with_a_url_path():
     at = open_app()
     paths = {info.get("url_pathname") for info in at._registered_pages.values()}
-    assert {"attention", "heads", "sinks", "states", "attribution"} <= paths
-    for page in ("attention", "heads", "sinks", "states", "attribution", "model"):
+    assert {"attention", "heads", "sinks", "states", "features", "attribution"} <= paths
+    for page in ("attention", "heads", "sinks", "states", "features", "attribution", "model"):
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
 

@@ -31,7 +31,7 @@ def test_screenshots_of_every_page(tmp_path):
     res = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    for page in ("model", "attention", "heads", "sinks", "states", "attribution"):
+    for page in ("model", "attention", "heads", "sinks", "states", "features", "attribution"):
         png = tmp_path / f"{page}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 20_000  # a drawn page, not an empty one
