@@ -32,9 +32,14 @@ METHODS = ("auto", "gxi")
 
 
 def bdln_bytes(model, batch: int, seq_len: int) -> int | None:
-    """Bytes of one float32 ``[B, D, L, N]`` tensor for a Mamba model (None for other mixers)."""
-    cfg = model.cfg
-    return batch * cfg.d_inner * seq_len * cfg.d_state * 4 if cfg.arch == "mamba" else None
+    """Bytes of one float32 tensor holding layer 0's recurrent state at every step, ``[B, L, *state]``
+    (for Mamba the ``[B, D, L, N]`` tensor a naive scan builds); None for a KV cache."""
+    mixer = model.blocks[0].mixer
+    spec = mixer.state_spec
+    if spec is None or not spec.fixed_size:
+        return None
+    state = mixer.init_state(1, model.device, torch.float32)[spec.key]
+    return batch * seq_len * state[0].numel() * 4
 
 
 def memory(model, tokens: torch.Tensor, method: str) -> dict:
