@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -264,14 +264,17 @@ class TrainResult:
 
 
 def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool = True,
-          progress: bool = True, save_every: int | None = None, force: bool = False) -> TrainResult:
+          progress: bool = True, save_every: int | None = None, force: bool = False,
+          on_eval: Callable[[int, SeqModel], Any] | None = None) -> TrainResult:
     """Train ``recipe``'s model; write the checkpoint to ``out_dir`` when given.
 
     Deterministic on CPU: weights come from ``build(cfg, seed)``, every batch from
     ``(seed, step)``. With ``resume=True`` an existing ``out_dir/resume`` of the same recipe
     continues the run (saved every ``save_every`` steps, default every evaluation); one of another
     recipe is an error. ``out_dir`` must be empty, new, or this recipe's own earlier output unless
-    ``force``; it is checked (writable, not a file) before training starts.
+    ``force``; it is checked (writable, not a file) before training starts. ``on_eval(step, model)``
+    is called after every evaluation (the model in eval mode, under no_grad): a training
+    trajectory for studies such as the induction phase change, without saving checkpoints.
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe: expected a Recipe, got {type(recipe).__name__}")
@@ -283,7 +286,7 @@ def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool
     directory = Path(out_dir) if out_dir is not None else None
     do_resume = prepare_output(directory, recipe, resume, force) if directory is not None else False
     with torch.enable_grad():  # robust to a caller's no_grad / set_grad_enabled(False)
-        return _train(recipe, directory, do_resume, progress, save_every)
+        return _train(recipe, directory, do_resume, progress, save_every, on_eval)
 
 
 MAX_BATCH_TOKENS = 2**22  # tokens in one training / evaluation batch a recipe may ask for
@@ -311,7 +314,7 @@ def check_data(recipe: Recipe) -> None:
 
 
 def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,
-           save_every: int | None) -> TrainResult:
+           save_every: int | None, on_eval: Callable[[int, SeqModel], Any] | None = None) -> TrainResult:
     from tqdm.auto import tqdm
 
     from .registry import build
@@ -340,6 +343,11 @@ def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,
         if done % recipe.eval_every == 0 or done == recipe.steps:
             history.append({"step": done, "train_loss": loss.item(), **evaluate(model, recipe)})
             bar.set_postfix(loss=f"{loss.item():.3f}", **{recipe.metric: f"{history[-1][recipe.metric]:.3f}"})
+            if on_eval is not None:
+                model.eval()
+                with torch.no_grad():
+                    on_eval(done, model)
+                model.train()
         if directory is not None and (done % save_every == 0) and done < recipe.steps:
             _save_resume(directory, model, opt, done, history, time.perf_counter() - t0, recipe)
     seconds = time.perf_counter() - t0
