@@ -77,3 +77,22 @@ def get(name: str) -> StudyInfo:
     if name not in STUDIES:
         raise KeyError(f"NAME: unknown study {name!r}; studies: {sorted(STUDIES)}")
     return STUDIES[name]
+
+
+def read_run(folder, name: str) -> tuple[dict | None, "Path | None"]:
+    """``(metrics, report path)`` of study ``name``'s run under ``folder/name/`` (each None when
+    that file is missing; a metrics.json that is not a JSON object raises a ValueError naming it)."""
+    import json
+    from pathlib import Path
+
+    d = Path(folder) / name
+    metrics_file, report = d / "metrics.json", d / "report.html"
+    metrics = None
+    if metrics_file.is_file():
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{metrics_file}: not valid JSON ({e})") from None
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{metrics_file}: expected a JSON object")
+    return metrics, (report if report.is_file() else None)
