@@ -27,6 +27,15 @@ INFO = STUDIES["fox_forgetting"]
 PAIRS = [("text-fox", "text-transformer"), ("passkey-fox", "passkey-transformer")]
 
 
+def pairs() -> list[tuple[str, str]]:
+    """The FoX / Transformer pairs: the two above, and every built ``X-fox`` with an ``X-transformer``."""
+    from seqlens.models import zoo
+
+    built = set(zoo.names())
+    found = [(n, n[:-3] + "transformer") for n in sorted(built) if n.endswith("-fox") and n[:-3] + "transformer" in built]
+    return PAIRS + [p for p in found if p not in PAIRS]
+
+
 def stand_in_fox(steps: int):
     """A FoX trained here on the text-transformer recipe (same data, width, depth and context)."""
     from seqlens.models import ModelConfig, zoo
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         a.factor, a.steps = 2, 4
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for fox_name, ref_name in PAIRS:
+    for fox_name, ref_name in pairs():
         fox, ref = study.organism(fox_name), study.organism(ref_name)
         if fox is None and fox_name == "text-fox" and ref is not None:
             study.note(f"organism missing: {fox_name}; a FoX trained here for {a.steps} steps on the text-transformer "

@@ -78,6 +78,12 @@ def judge(coll: dict, fits: dict, d_state: dict) -> dict[str, bool | None]:
     return {"collapse_with_large_state": c1, "mitigations_remove_collapse": c2, "capacity_grows": c3}
 
 
+def overall(claims: dict[str, bool | None]) -> bool | None:
+    """False if any claim failed, True if every claim held, None (not measured) otherwise."""
+    values = list(claims.values())
+    return False if False in values else (True if all(v is True for v in values) else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("stuffed_mamba", __doc__)
     p.add_argument("--tokens", type=int, default=4096, help="stream length of the collapse probe")
@@ -113,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 "d_state": d_state}
     verdict = "; ".join(f"{k}: {'not testable' if v is None else ('yes' if v else 'no')}" for k, v in claims.items())
     verdict += "; T_max " + ", ".join(f"{n} {s.longest_perfect}" for n, s in sweeps.items())
-    tested = [v for v in claims.values() if v is not None]
-    study.finish(measured, (all(tested) if len(tested) == len(claims) else (False if False in tested else None)),
-                 verdict)
+    study.finish(measured, overall(claims), verdict)
     return 0
 
 
