@@ -31,7 +31,7 @@ def pairs() -> list[tuple[str, str]]:
     """The FoX / Transformer pairs: the two above, and every built ``X-fox`` with an ``X-transformer``."""
     from seqlens.models import zoo
 
-    built = set(zoo.names())
+    built = {n for n in zoo.organisms() if zoo.is_built(n)}  # trained organisms, not the untrained presets
     found = [(n, n[:-3] + "transformer") for n in sorted(built) if n.endswith("-fox") and n[:-3] + "transformer" in built]
     return PAIRS + [p for p in found if p not in PAIRS]
 
