@@ -46,6 +46,12 @@ def _mqar_models() -> dict[str, ModelConfig]:
     }
 
 
+# induction-attn2 as a trajectory organism (issue #16, the phase change): a checkpoint and the
+# prefix score at every evaluation. Evaluation does not touch the training data or weights, so the
+# weights at step 600 are those of the v1 organism (eval_every 100, no checkpoints)
+INDUCTION_EVAL_EVERY, INDUCTION_PROBES, INDUCTION_TRAJECTORY = 50, ("induction_prefix",), True
+
+
 def _organisms() -> dict[str, Organism]:
     orgs: dict[str, Organism] = {}
     orgs["induction-attn2"] = Organism(Recipe(
@@ -54,10 +60,11 @@ def _organisms() -> dict[str, Organism]:
         model=ModelConfig(arch="transformer", vocab_size=64, d_model=64, n_layers=2, n_heads=4,
                           n_ctx=128, attn_only=True, norm="rmsnorm", positions="rotary"),
         data="task:induction", data_kwargs={"seq_len": 128, "vocab_size": 64, "min_prefix": 8},
-        steps=600, batch_size=32, lr=3e-3, warmup=50, eval_every=100, metric="induction_loss_drop",
+        steps=600, batch_size=32, lr=3e-3, warmup=50, eval_every=INDUCTION_EVAL_EVERY,
+        metric="induction_loss_drop",
         # LM loss everywhere: the 1st-occurrence loss is calibrated (ln 63). Per-row periods
         # (min_prefix): with one fixed period the rotary heads learned "attend to i − 31", not induction
-        train_on="all"), "induction")
+        train_on="all"), "induction", probes=INDUCTION_PROBES, trajectory=INDUCTION_TRAJECTORY)
     for arch, cfg in _mqar_models().items():
         if arch in MQAR_CURRICULUM_ARCHS:
             orgs[f"mqar-{arch}"] = _mqar_curriculum(f"mqar-{arch}", cfg, f"{arch}")
@@ -147,7 +154,7 @@ def _text_models(n_ctx: int, v2: bool = True) -> dict[str, ModelConfig]:
 # Zoo v2 text data (issue #16): windows of 256 bytes, half of them with a planted repeated span
 # (8-96 bytes copied from earlier in the window; half of those spans random bytes), so in-context
 # copying pays. Evaluation (bits/byte) is on plain validation text, comparable with v1.
-TEXT_V2 = {"seq_len": 256, "repeat_share": 0.5, "repeat_min": 8, "repeat_max": 96, "repeat_random": 0.5}
+TEXT_V2 = {"seq_len": 256, "repeat_share": 0.9, "repeat_min": 16, "repeat_max": 128, "repeat_random": 0.5}
 TEXT_V2_EVAL = {"repeat_share": 0.0}
 # architectures whose shipped text organism is v2; the others keep their v1 recipe and checkpoint
 # (context 128, plain text) until retrained, see docs/zoo.md
@@ -193,16 +200,40 @@ def _text_organisms() -> dict[str, Organism]:
 PASSKEY = {"seq_len": 64, "depth": None, "key_len": 5, "style": "compact"}
 
 
-def _probe_organisms() -> dict[str, Organism]:
+# Stuffed Mamba (issue #16): four state sizes at two training lengths, so the capacity fit has four
+# points per length; at 128 a larger budget (d_state 16 was at 0.33 after 1500 steps at 128, v1)
+PASSKEY_STATES = (2, 4, 8, 16)
+PASSKEY_LENGTHS = {64: 1500, 128: 3000}  # training length -> steps
+
+
+def _passkey(name: str, model: ModelConfig, what: str, seq_len: int, steps: int) -> Organism:
+    return Organism(Recipe(
+        name=name, description=f"{what} on byte-level passkey retrieval, compact prompt (' key K.' in "
+        f"filler, then ' key K'), length {seq_len}, random depth; metric: accuracy on the 5 key digits",
+        model=model, data="task:passkey", data_kwargs={**PASSKEY, "seq_len": seq_len}, steps=steps,
+        batch_size=16, lr=3e-3, warmup=100, eval_every=250, metric="accuracy"), "passkey",
+        extra_evals={"accuracy_4x": {"seq_len": 4 * seq_len}})
+
+
+def _passkey_organisms() -> dict[str, Organism]:
+    """Passkey Mambas (state size x training length; the length-64 ones keep their v1 names) and a
+    FoX and a Transformer on the same data (FoX's length extrapolation claims)."""
     orgs = {}
-    for n in (4, 16):  # two state sizes for the capacity / collapse probes (Stuffed Mamba)
-        orgs[f"passkey-mamba-n{n}"] = Organism(Recipe(
-            name=f"passkey-mamba-n{n}", description=f"Mamba (d_state {n}) on byte-level passkey retrieval, "
-            "compact prompt (' key K.' in filler, then ' key K'), length 64, random depth; metric: "
-            "accuracy on the 5 key digits", model=ModelConfig(arch="mamba", vocab_size=256, d_model=64,
-                                                             n_layers=3, d_state=n, norm="rmsnorm"),
-            data="task:passkey", data_kwargs=PASSKEY, steps=1500, batch_size=16, lr=3e-3, warmup=100,
-            eval_every=250, metric="accuracy"), "passkey", extra_evals={"accuracy_4x": {"seq_len": 256}})
+    for seq_len, steps in PASSKEY_LENGTHS.items():
+        for n in PASSKEY_STATES:
+            name = f"passkey-mamba-n{n}" + ("" if seq_len == 64 else f"-t{seq_len}")
+            model = ModelConfig(arch="mamba", vocab_size=256, d_model=64, n_layers=3, d_state=n, norm="rmsnorm")
+            orgs[name] = _passkey(name, model, f"Mamba (d_state {n})", seq_len, steps)
+    attention = dict(vocab_size=256, d_model=64, n_layers=3, n_heads=4, d_mlp=128, n_ctx=1024)
+    orgs["passkey-transformer"] = _passkey("passkey-transformer", ModelConfig(
+        arch="transformer", **attention, **LLAMA), "Transformer (rotary)", 64, 1500)
+    orgs["passkey-fox"] = _passkey("passkey-fox", ModelConfig(
+        arch="fox", **attention, positions="none", **RECURRENT), "FoX (no positions)", 64, 1500)
+    return orgs
+
+
+def _probe_organisms() -> dict[str, Organism]:
+    orgs = _passkey_organisms()
     orgs["successor-transformer"] = Organism(Recipe(
         name="successor-transformer", description="transformer on ordinal sequences (numbers, weekdays, "
         "months, letters, ...) in templates; metric: accuracy on the successor's tokens",
