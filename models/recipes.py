@@ -48,7 +48,8 @@ def _mqar_models() -> dict[str, ModelConfig]:
 
 # induction-attn2 as a trajectory organism (issue #16, the phase change): a checkpoint and the
 # prefix score at every evaluation. Evaluation does not touch the training data or weights, so the
-# weights at step 600 are those of the v1 organism (eval_every 100, no checkpoints)
+# weights at step 600 are those of the v1 organism (eval_every 100, no checkpoints) up to float
+# rounding (retrained with 1 thread instead of 2: max |difference| 9e-7, metrics equal to 3 decimals)
 INDUCTION_EVAL_EVERY, INDUCTION_PROBES, INDUCTION_TRAJECTORY = 50, ("induction_prefix",), True
 
 

@@ -144,3 +144,21 @@ ZOO_BUDGET = 48 * 2**20  # issue #16: everything shipped under models/organisms
 def test_the_zoo_fits_its_size_budget():
     total = sum(p.stat().st_size for p in Path(zoo.ORGANISM_DIR).rglob("*") if p.is_file())
     assert total <= ZOO_BUDGET, f"{total / 2**20:.1f} MB shipped"
+
+
+def test_every_shipped_checkpoint_was_trained_by_its_current_recipe():
+    """A recipe changed without retraining would make `zoo list` and the docs describe a model that
+    is not the one shipped."""
+    stale = [n for n in zoo.organisms() if zoo.is_built(n) and
+             T.recipe_hash(T.Recipe.from_dict(zoo.record(n)["recipe"])) != T.recipe_hash(zoo.organisms()[n].recipe)]
+    assert stale == []
+
+
+def test_induction_attn2_trajectory_has_eight_checkpoints_ending_at_the_shipped_weights():
+    steps = zoo.trajectory("induction-attn2")
+    assert len(steps) >= 8 and steps[-1][0] == zoo.organisms()["induction-attn2"].recipe.steps
+    final = seqlens.load(steps[-1][1]).state_dict()
+    shipped = seqlens.load("induction-attn2").state_dict()
+    assert all(torch.equal(final[k], shipped[k]) for k in shipped)
+    scores = [json.loads((d / "config.json").read_text())["metrics"]["induction_prefix"] for _, d in steps]
+    assert scores[0] < 0.3 < scores[-1]  # the phase change happens inside the trajectory
