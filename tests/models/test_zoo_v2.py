@@ -127,8 +127,6 @@ def test_text_transformer_targets_hold_on_fresh_data():
     random bytes) and has verbatim memory (repeat surprisal well below 100 %)."""
     from seqlens.zoo_probes import PROBES
 
-    if zoo.organisms()["text-transformer"].recipe.data_kwargs.get("repeat_share", 0) == 0:
-        pytest.skip("text-transformer is still the v1 organism")
     model = seqlens.load("text-transformer").eval()
     assert PROBES["induction_prefix"][0](model, 2) >= 0.3
     assert PROBES["repeat_surprisal"][0](model, 2) <= 60.0
