@@ -164,7 +164,7 @@ TEXT_INDUCTION_WARMUP = [{"until": 800, "repeat_share": 1.0, "repeat_random": 1.
                           "repeat_max": 128}]
 # architectures whose text organism is v2; the others keep their v1 recipe and checkpoint (context
 # 128, plain text) until retrained, see docs/zoo.md. The Transformer is not among them: two v2 runs
-# (2400 steps with the warm-up below; 1600 of the plain mix) formed no induction heads (best prefix
+# (2000 steps with the warm-up below; 1600 of the plain mix) formed no induction heads (best prefix
 # score 0.015, repeat surprisal ~100 %), so the shipped text-transformer stays v1. Add "transformer"
 # here to rebuild it as v2 (2 layers, warm-up, early stop on TEXT_STOP) with a larger budget
 TEXT_V2_ARCHS = ("fox", "gla", "retnet", "minlstm")

@@ -123,7 +123,7 @@ def test_shipped_probe_metrics_reproduce_on_fresh_data(name):
 
 
 @pytest.mark.xfail(strict=True, reason="issue #16 target not met on CPU this session: no text organism has "
-                   "formed induction heads (best prefix score 0.015 after 2400 v2 steps); see docs/zoo.md")
+                   "formed induction heads (best prefix score 0.015 after 2000 v2 steps); see docs/zoo.md")
 def test_text_transformer_targets_hold_on_fresh_data():
     """Issue #16: the text Transformer forms induction heads (best prefix score >= 0.3 on repeated
     random bytes) and has verbatim memory (repeat surprisal well below 100 %). Strict xfail: it
