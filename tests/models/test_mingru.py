@@ -174,7 +174,7 @@ def test_implicit_attention_rebuilds_hidden(name):
         assert rel < 1e-3, f"layer {layer}: relative rebuild error {rel:.2e}"
         torch.testing.assert_close(block.mixer.implicit_attention(x, slice(8, 20)), alpha[:, 8:20])
         pattern = model.mixer_pattern(toks, layer)
-        grouped = alpha.view(2, model.cfg.pattern_heads, -1, 40, 40).mean(2)
+        grouped = alpha.view(2, model.cfg.n_groups, -1, 40, 40).mean(2)
         torch.testing.assert_close(pattern, grouped.float(), atol=1e-6, rtol=1e-5)
         assert pattern.triu(1).abs().max() == 0
         torch.testing.assert_close(block.mixer.pattern(x, budget=1), pattern, atol=1e-7, rtol=1e-6)
