@@ -26,7 +26,6 @@ from typing import Any
 from seqlens.validate import ArgumentTypeError
 
 ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
-RECURRENT_ARCHS = ("mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
 POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTS = ("gelu_new", "gelu", "silu", "relu")
@@ -405,8 +404,8 @@ class ModelConfig:
 
     @property
     def is_recurrent(self) -> bool:
-        """True when the mixer carries a fixed-size state (no context limit)."""
-        return self.arch in RECURRENT_ARCHS
+        """True when the mixer carries a fixed-size state (no context limit): every mixer but attention."""
+        return not isinstance(self.mixer, AttentionConfig)
 
     # (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
