@@ -17,8 +17,8 @@ from typing import Any
 
 from seqlens.validate import ArgumentTypeError
 
-ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
-RECURRENT_ARCHS = ("mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
+ARCHS = ("transformer", "fox", "mamba", "mamba2", "gla", "retnet", "mingru", "minlstm", "lstm")
+RECURRENT_ARCHS = ("mamba", "mamba2", "gla", "retnet", "mingru", "minlstm", "lstm")
 POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTS = ("gelu_new", "gelu", "silu", "relu")
@@ -116,6 +116,10 @@ class ModelConfig:
     (default ceil(d_model / 16)), ``conv_bias``, ``proj_bias``, ``pattern_heads`` (channel groups
     that :meth:`SeqModel.mixer_pattern` averages implicit attention over; must divide d_inner).
 
+    Mamba-2: ``n_heads`` heads of ``ssd_head_dim = d_inner / n_heads`` channels, each with one
+    scalar decay; ``n_bc_groups`` groups of heads sharing B and C; ``chunk_size`` of the CPU SSD
+    scan; ``d_state``, ``d_conv``, ``expand``, ``conv_bias``, ``proj_bias`` as for Mamba.
+
     GLA / RetNet: ``n_heads``, ``d_key`` / ``d_value`` (summed over heads; default d_model),
     ``gate_low_rank`` (rank of GLA's gate projection), ``gate_normalizer`` (GLA divides the gate
     logit by it). minGRU / minLSTM / LSTM: ``d_hidden`` (default d_model); ``pattern_heads``
@@ -161,6 +165,10 @@ class ModelConfig:
     gate_normalizer: float = 16.0
     # minGRU / minLSTM / LSTM
     d_hidden: int | None = None
+    # --- added by mamba2 (Mamba-2 / SSD: n_heads heads of d_inner / n_heads channels; d_state,
+    # d_conv, expand, conv_bias, proj_bias shared with Mamba)
+    n_bc_groups: int = 1  # groups sharing B and C (HF n_groups); also the gated RMSNorm's groups
+    chunk_size: int = 64  # positions per chunk of the CPU SSD scan (does not change results)
     # free-form provenance (e.g. {"source": "hf:gpt2"}); not used by the model
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -188,17 +196,26 @@ class ModelConfig:
             if self.rot_dim > self.head_dim:
                 raise ValueError(f"ModelConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim}")
         for name in ("d_key", "d_value", "d_hidden", "gate_low_rank", "norm_eps", "rotary_base",
-                     "gate_normalizer"):
+                     "gate_normalizer", "n_bc_groups", "chunk_size"):
             _check_positive(name, getattr(self, name))
         if self.arch == "mamba" and self.d_inner % self.pattern_heads:
             raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
                              f"d_inner={self.d_inner}")
+        if self.arch == "mamba2":
+            self._check_mamba2()
         if self.arch in ("gla", "retnet") and (self.key_dim % self.n_heads or self.value_dim % self.n_heads):
             raise ValueError(f"ModelConfig.n_heads: {self.n_heads} must divide d_key={self.key_dim} and "
                              f"d_value={self.value_dim}")
         if self.arch in ("mingru", "minlstm", "lstm") and self.hidden_dim % self.pattern_heads:
             raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
                              f"d_hidden={self.hidden_dim}")
+
+    def _check_mamba2(self) -> None:
+        if self.d_inner % self.n_heads:
+            raise ValueError(f"ModelConfig.n_heads: {self.n_heads} must divide d_inner={self.d_inner} "
+                             "(Mamba-2 heads)")
+        if self.n_heads % self.n_bc_groups:
+            raise ValueError(f"ModelConfig.n_bc_groups: {self.n_bc_groups} must divide n_heads={self.n_heads}")
 
     # derived sizes -----------------------------------------------------------------------
     @property
@@ -220,6 +237,11 @@ class ModelConfig:
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
+
+    @property
+    def ssd_head_dim(self) -> int:
+        """Mamba-2's per-head value width P = d_inner / n_heads."""
+        return self.d_inner // self.n_heads
 
     @property
     def dt_rank_(self) -> int:
