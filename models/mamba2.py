@@ -19,8 +19,10 @@ SSM input x = SiLU(conv), the value written), ``hook_delta [B, L, H]`` (Δ), ``h
 ``hook_out_gate [B, L, D]`` (SiLU(z)), ``norm.hook_scale [B, L, G, 1]`` (the gated norm's rms),
 ``hook_out``; inside ``SeqModel.tap_states``, ``hook_state [B, T, H, P, N]``.
 
-Protocol: the groups are the heads (per-group output ``hook_z``). "uniform" ablation replaces α by
-uniform causal weights, ``z[t, h] = mean_{s≤t} x_s[h] + D_h x_t[h]``. The decay is ``exp(Δ_t A_h)``
+Protocol: the groups are the heads (per-group output ``hook_z``). Ablations edit ``hook_z`` with
+the gated norm's rms held at its clean value (so a head's edit does not leak into the other heads
+of its norm group, and zeroing a head equals zeroing its ``out_proj`` columns); "uniform" replaces
+α by uniform causal weights, ``z[t, h] = mean_{s≤t} x_s[h] + D_h x_t[h]``. The decay is ``exp(Δ_t A_h)``
 per head; ``forget_more`` scales Δ by c and B by b_scale / c. Implicit attention (docs/methods.md
 §7) ``α[h, t, s] = (C_t·B_s) exp(Σ_{k=s+1..t} Δ_k A_h) Δ_s``, so ``hook_z[t, h] = Σ_s α[h, t, s]
 x_s[h] + D_h x_t[h]``. The OV path is linearised as Mamba's: x rows of ``in_proj`` of head h, the
@@ -70,9 +72,9 @@ class Mamba2Mixer(Mixer):
         HookSpec("hook_delta", "[B, L, H]", "step size Δ after softplus (decay exp(Δ A_h) per head)"),
         HookSpec("hook_B", "[B, L, G, N]", "input matrix B_t per group of heads (write)"),
         HookSpec("hook_C", "[B, L, G, N]", "output matrix C_t per group of heads (read)"),
+        HookSpec("hook_out_gate", "[B, L, D]", "output gate SiLU(z branch)"),
         HookSpec("hook_state", "[B, T, H, P, N]", "SSM state after the tapped positions", "tap_states"),
         HookSpec("hook_z", "[B, L, H, P]", "scan output incl. the D skip, before gate and norm (per-head output)"),
-        HookSpec("hook_out_gate", "[B, L, D]", "output gate SiLU(z branch)"),
         HookSpec("norm.hook_scale", "[B, L, G, 1]", "gated RMSNorm: rms of each group of hook_z ⊙ gate"),
         HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
     )
@@ -176,14 +178,27 @@ class Mamba2Mixer(Mixer):
         return Groups(self.n_heads, self.n_heads, "head")
 
     def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
-        if mode != "uniform":
-            return [("hook_z", site.constant_edit(mode))]
+        """Edit the heads' ``hook_z`` (zero / mean / uniform, module docstring) with the gated
+        norm's per-group rms held at its clean value: the norm mixes the heads of a group, and
+        with its scale fixed the edit reaches the output only through the heads' own ``out_proj``
+        columns (zero ablation equals zeroing those columns) and leaves the other heads alone."""
+        edit = site.constant_edit(mode) if mode != "uniform" else None
 
-        def uniform(z: Tensor, hook) -> Tensor:
+        def ablate(z: Tensor, hook) -> Tensor:
+            site.capture("z", z)
+            if edit is not None:
+                return edit(z, hook)
             u = site.take(site.seen["u"]).float()  # [B, L, h, P]
-            skip = self.D[site.units].float()[:, None] * u
-            return site.put(z, causal_mean(u) + skip)
-        return [("hook_conv", lambda u, hook: site.capture("u", u)), ("hook_z", uniform)]
+            return site.put(z, causal_mean(u) + self.D[site.units].float()[:, None] * u)
+
+        def clean_scale(scale: Tensor, hook) -> Tensor:
+            y = (site.seen["z"].flatten(-2) * site.seen["gate"]).float().unflatten(-1, (self.n_bc_groups, -1))
+            return (y.pow(2).mean(-1, keepdim=True) + self.norm.eps).sqrt()
+        hooks = [("hook_out_gate", lambda g, hook: site.capture("gate", g)), ("hook_z", ablate),
+                 ("norm.hook_scale", clean_scale)]
+        if mode == "uniform":
+            hooks.insert(0, ("hook_conv", lambda u, hook: site.capture("u", u)))
+        return hooks
 
     def decay(self, seen: dict[str, Tensor]) -> Tensor:
         return torch.exp(seen["hook_delta"].float() * self.A)  # [B, T, H]
