@@ -97,15 +97,27 @@ def test_scan_errors_name_the_argument():
         ssd_scan(x, dt, A, B, C, backend="loop")
 
 
-@pytest.mark.parametrize("backend", ["ref", "chunked"])
+@pytest.mark.parametrize("backend", ["ref", "chunked", "triton"])
 def test_model_backends_agree(backend):
+    if backend == "triton" and "triton" not in seqlens.models.kernels.available_backends(
+            torch.cuda.is_available())["ssd"]:
+        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
     model = make("mamba2")
-    toks = tokens(2, 19)
+    toks = tokens(2, 13)
     with torch.no_grad():
-        base = model(toks)
+        base = model.set_backend("ref")(toks)
         model.set_backend(backend)
         torch.testing.assert_close(model(toks), base, atol=1e-5, rtol=1e-4)
-    model.set_backend("auto")
+        with model.tap_states([3, 12]):  # taps and the carried state through this backend
+            _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_state"))
+        st = model.stream(toks, chunk_size=5).state
+    model.set_backend("ref")
+    with torch.no_grad(), model.tap_states([3, 12]):
+        _, want = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_state"))
+    for k in want:
+        torch.testing.assert_close(cache[k], want[k], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(st.layers[1]["ssm"], model.stream(toks, chunk_size=5).state.layers[1]["ssm"],
+                               atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- transformers parity
