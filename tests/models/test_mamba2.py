@@ -242,7 +242,7 @@ def test_implicit_attention_brute_force_from_hooks():
     delta, Bm, Cm = (cache[f"blocks.1.mixer.hook_{k}"][0].double() for k in ("delta", "B", "C"))
     A = mixer.A.double()
     per_group = cfg.n_heads // cfg.n_bc_groups
-    for h in (0, 3, 7):
+    for h in (0, 1, 3):
         g = h // per_group
         for t in range(9):
             for s in range(9):
