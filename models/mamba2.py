@@ -39,7 +39,6 @@ from transformer_lens.hook_points import HookPoint
 
 from .base import Mixer, SeqModel
 from .config import ModelConfig
-from .kernels.linear_attention import segment_decay
 from .kernels.ssd import ssd_scan
 from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors, StateSpec,
                     causal_mean, head_columns, head_rows, scale_hook)
@@ -229,24 +228,38 @@ class Mamba2Mixer(Mixer):
         """``α[b, h, t, s] = (C_t·B_s) exp(Σ_{k=s+1..t} Δ_k A_h) Δ_s`` (0 for s > t), ``[B, H, L,
         L]``, with B, C of head h's group: ``hook_z[t, h] = Σ_s α[h, t, s] x_s[h] + D_h x_t[h]``
         (``x`` = ``hook_conv``) from an empty state. The D skip, gate and norm lie outside α."""
-        p = self.ssm_inputs(x, None)
-        return ssd_attention_matrix(p["delta"], self.A, p["B"], p["C"])
+        return self.pattern(x)
 
+    @torch.no_grad()
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
-        """Implicit attention per head, ``[B, H, L, L]`` (:meth:`implicit_attention`)."""
-        return self.implicit_attention(x)
+        """Implicit attention per head, ``[B, H, L, L]`` (:meth:`implicit_attention`); query rows
+        in blocks of at most ``budget`` elements."""
+        p = self.ssm_inputs(x, None)
+        return ssd_attention_matrix(p["delta"], self.A, p["B"], p["C"], budget)
 
 
-def ssd_attention_matrix(delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-    """``α[b, h, t, s] = (C_t·B_s) exp(Σ_{k=s+1..t} Δ_k A_h) Δ_s`` from ``delta [B, L, H]``,
-    ``A [H]``, ``B, C [B, L, G, N]`` (head h reads group ``h // (H / G)``), in float32 or wider;
-    the decay exponent is summed directly (no cancellation), masked before ``exp``."""
-    H = delta.shape[-1]
+def ssd_attention_matrix(delta: Tensor, A: Tensor, B: Tensor, C: Tensor, budget: int = 2**25) -> Tensor:
+    """``α[b, h, t, s] = (C_t·B_s) exp(Σ_{k=s+1..t} Δ_k A_h) Δ_s`` (0 for s > t), ``[B, H, L, L]``
+    in float32 or wider, from ``delta [B, L, H]``, ``A [H]``, ``B, C [B, L, G, N]`` (head h reads
+    group ``h // (H / G)``). The cumulative log decays are summed in float64, so ``c_t − c_s``
+    loses nothing over long sequences (masked before ``exp``); query rows go in blocks of at most
+    ``budget`` elements."""
+    Bt, L, H = delta.shape
     dtype = torch.promote_types(delta.dtype, torch.float32)
     rep = H // B.shape[2]
-    cb = torch.einsum("btgn,bsgn->bgts", C.to(dtype), B.to(dtype)).repeat_interleave(rep, dim=1)
-    log_a = (delta.to(dtype) * A.to(dtype)).transpose(1, 2)[..., None]  # [B, H, L, 1]
-    return cb * segment_decay(log_a)[..., 0] * delta.to(dtype).transpose(1, 2)[:, :, None, :]
+    Cg, Bg = C.to(dtype), B.to(dtype)
+    c = (delta.double() * A.double()).cumsum(1).transpose(1, 2)  # [B, H, L]
+    dts = delta.to(dtype).transpose(1, 2)[:, :, None, :]  # Δ_s  [B, H, 1, L]
+    pos = torch.arange(L, device=delta.device)
+    out = torch.zeros(Bt, H, L, L, dtype=dtype, device=delta.device)
+    rows = max(1, budget // max(1, Bt * H * L))
+    for t0 in range(0, L, rows):
+        t1 = min(L, t0 + rows)
+        causal = pos[t0:t1, None] >= pos[None, :]
+        seg = (c[:, :, t0:t1, None] - c[:, :, None, :]).masked_fill(~causal, float("-inf"))
+        cb = torch.einsum("btgn,bsgn->bgts", Cg[:, t0:t1], Bg).repeat_interleave(rep, dim=1)
+        out[:, :, t0:t1] = cb * seg.exp().to(dtype) * dts
+    return out
 
 
 class Mamba2(SeqModel):

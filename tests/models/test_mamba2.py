@@ -232,6 +232,13 @@ def test_implicit_attention_rebuilds_scan_output():
         torch.testing.assert_close(rebuilt, cache[f"blocks.{layer}.mixer.hook_z"], atol=1e-5, rtol=1e-4)
 
 
+def test_pattern_small_budget_same_result():
+    model = make("mamba2")
+    x = model.mixer_input(tokens(2, 13), 1)
+    torch.testing.assert_close(model.blocks[1].mixer.pattern(x, budget=1), model.blocks[1].mixer.pattern(x),
+                               atol=1e-7, rtol=1e-6)
+
+
 def test_implicit_attention_brute_force_from_hooks():
     """α_{t,s} = (C_t·B_s)·exp(Σ_{k=s+1..t} Δ_k A_h)·Δ_s computed entry by entry from the hooks."""
     model = make("mamba2")
