@@ -247,7 +247,7 @@ def test_implicit_attention_brute_force_from_hooks():
     mixer, cfg = model.blocks[1].mixer, model.cfg
     alpha = model.mixer_pattern(toks, 1)[0]
     delta, Bm, Cm = (cache[f"blocks.1.mixer.hook_{k}"][0].double() for k in ("delta", "B", "C"))
-    A = mixer.A.double()
+    A = mixer.A.detach().double()
     per_group = cfg.n_heads // cfg.n_bc_groups
     for h in (0, 1, 3):
         g = h // per_group
