@@ -28,10 +28,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import TapPositions
+from .common import SSDResult, TapPositions, validate_ssd_inputs
 from .common import validate_tap_positions as _validate_tap_positions
 from .dispatch import resolve_backend
-from .ssd import SSDResult, ssd_chunked, validate_ssd_inputs
+from .ssd_ref import ssd_chunked
 
 __all__ = ["MAX_BLOCK_P", "ssd_triton"]
 
