@@ -24,6 +24,6 @@ from seqlens.probes.sae.train import TrainingLog, train_sae
 
 __all__ = [
     "ARCHITECTURES", "ActivationStore", "FeatureReport", "FeatureTable", "JumpReLUSAE", "MatchingPursuitSAE", "SAE",
-    "SAEConfig", "SAEMetrics", "StandardSAE", "TopKSAE", "TrainingLog", "evaluate", "feature_report", "feature_table", "harvest",
-    "list_shipped", "load", "make_sae", "matching_pursuit", "save", "splice", "train_sae",
+    "SAEConfig", "SAEMetrics", "StandardSAE", "TopKSAE", "TrainingLog", "evaluate", "feature_report", "feature_table",
+    "harvest", "list_shipped", "load", "make_sae", "matching_pursuit", "save", "splice", "train_sae",
 ]
