@@ -153,7 +153,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="text-mamba, two settings per architecture, tiny budget")
     a = p.parse_args(argv)
     if a.smoke:
-        a.d_sae, a.steps, a.batch_size, a.train_seqs, a.eval_seqs, a.seq_len = 64, 20, 64, 8, 4, 32
+        a.d_sae, a.steps, a.batch_size, a.train_seqs, a.eval_seqs, a.seq_len = 32, 10, 32, 4, 2, 32
     a.models = a.models or (SMOKE_MODELS if a.smoke else DEFAULT_MODELS)
     sweeps = SMOKE_SWEEPS if a.smoke else SWEEPS
     a.sweeps = {arch: sweeps[arch] for arch in (a.archs or sweeps)}
