@@ -537,3 +537,18 @@ def test_batches_on_models_converted_from_hugging_face():
                 assert torch.allclose(both.position_relevance[b], one.position_relevance[0], atol=1e-5, rtol=1e-4)
         assert both.method == ("mambalrp" if name == "mamba" else "attnlrp")
         assert (both.position_relevance is not None) == (name == "gpt2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_identity_rule_passes_relevance_and_stays_finite_at_zero(dtype):
+    """The identity rule: pre·∂pre = f(pre)·∂out element-wise; an exact zero pre-activation (where
+    the guard against 0/0 acts, 1e-12 being 0 in float16) gives finite gradients in every dtype."""
+    from seqlens.circuits.lrp.rules import identity_rule
+
+    pre = torch.tensor([-2.0, -0.5, 0.0, 0.25, 3.0], dtype=dtype, requires_grad=True)
+    out = identity_rule(torch.nn.functional.silu, pre)
+    upstream = torch.tensor([1.0, -2.0, 3.0, 0.5, 2.0], dtype=dtype)
+    (g,) = torch.autograd.grad((out * upstream).sum(), pre)
+    assert torch.isfinite(g).all(), g
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert torch.allclose((pre * g).float(), (out * upstream).float().detach(), atol=tol, rtol=tol)
