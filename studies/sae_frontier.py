@@ -11,7 +11,8 @@ evaluated on held-out windows of the validation split: L0, FVU and CE loss recov
 Pareto-optimal points (no other point of it has both lower L0 and lower FVU).
 
     python -m seqlens.studies.sae_frontier [--models text-transformer text-mamba] [--hook HOOK]
-        [--archs topk ...] [--d-sae 512] [--steps 200] [--train-seqs 200] [--eval-seqs 32] [--seq-len 128] [--seed 0]
+        [--archs topk ...] [--d-sae 512] [--steps 200] [--train-seqs 200] [--eval-seqs 32] [--seq-len 128]
+        [--seed 0] [--device cpu|cuda]
         [--out DIR] [--smoke]
 
 Prints one line per SAE and a table. With ``--out`` it writes ``metrics.json`` (every point and
@@ -62,7 +63,7 @@ def train_point(store, arch: str, knob: str, value: float, a: argparse.Namespace
     """One SAE of ``arch`` with its sparsity knob at ``value`` (everything else shared)."""
     options: dict[str, Any] = {knob: int(value)} if knob == "k" else {"k": None, knob: float(value)}
     return sae.train_sae(store, architecture=arch, d_sae=a.d_sae, steps=a.steps, batch_size=a.batch_size,
-                         seed=a.seed, progress=False, log_every=max(1, a.steps // 10), **options)
+                         seed=a.seed, device=a.device, progress=False, log_every=max(1, a.steps // 10), **options)
 
 
 def point_metrics(m: sae.SAEMetrics) -> dict[str, float | None]:
@@ -79,7 +80,7 @@ def frontier(points: list[dict]) -> list[int]:
 
 def run_model(name: str, a: argparse.Namespace) -> dict:
     """Every architecture's points on organism ``name``: ``{arch, hook, points: {sae arch: [...]}}``."""
-    model = seqlens.load(name).eval()
+    model = seqlens.load(name).eval().to(a.device)  # the SAEs train on the same device
     train = windows("train", a.train_seqs, a.seq_len, a.seed)
     held_out = windows("val", a.eval_seqs, a.seq_len, a.seed + 1)  # another seed than training
     store = sae.harvest(model, a.hook, train, progress=False)
@@ -149,6 +150,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-seqs", type=int, default=32, help="held-out validation windows")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="text-mamba, two settings per architecture, tiny budget")
     a = p.parse_args(argv)
