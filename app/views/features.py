@@ -1,7 +1,8 @@
 """Features page: a sparse autoencoder on the current model (a shipped one, or one trained here
-with progress), its metrics on held-out stdlib text, and a feature browser (text search over every feature's
-top tokens and contexts, sorted by firing frequency or max activation) with each feature's top contexts, activation histogram and logit effects / state reads.
-Every number shown is returned by seqlens.probes.sae (through app/analyses.py)."""
+with progress), its metrics on held-out stdlib text, and a feature browser (text search over every
+feature's top tokens and contexts, sorted by firing frequency or max activation) with each feature's
+top contexts, activation histogram and logit effects / state reads. Every number shown is returned
+by seqlens.probes.sae (through app/analyses.py)."""
 
 import streamlit as st
 
