@@ -11,7 +11,7 @@ evaluated on held-out windows of the validation split: L0, FVU and CE loss recov
 Pareto-optimal points (no other point of it has both lower L0 and lower FVU).
 
     python -m seqlens.studies.sae_frontier [--models text-transformer text-mamba] [--hook HOOK]
-        [--archs topk ...] [--d-sae 512] [--steps 200] [--train-seqs 200] [--eval-seqs 32] [--seq-len 128]
+        [--archs topk ...] [--settings 4] [--d-sae 512] [--steps 200] [--train-seqs 200] [--eval-seqs 32] [--seq-len 128]
         [--seed 0] [--device cpu|cuda]
         [--out DIR] [--smoke]
 
@@ -138,6 +138,16 @@ def write_report(path: Path, figures: list, text: str) -> None:
                     f"<h1>SAE frontier</h1><p>{QUESTION}</p><pre>{text}</pre>" + "\n".join(parts) + "</body></html>")
 
 
+def spread(knob: str, values: list[float], n: int | None) -> tuple[str, list[float]]:
+    """``n`` of ``values`` evenly spread from the first to the last (all of them for None)."""
+    if n is None or n >= len(values):
+        return knob, values
+    if n < 1:
+        raise ValueError(f"settings: expected a positive integer, got {n}")
+    picks = sorted({round(i * (len(values) - 1) / max(n - 1, 1)) for i in range(n)})
+    return knob, [values[i] for i in picks]
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m seqlens.studies.sae_frontier", description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=None)
@@ -149,6 +159,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-seqs", type=int, default=200, help="training windows (x seq-len activation rows)")
     p.add_argument("--eval-seqs", type=int, default=32, help="held-out validation windows")
     p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--settings", type=int, default=None,
+                   help="sparsity settings per architecture, spread over its grid (default all four)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", type=Path, default=None)
@@ -158,7 +170,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         a.d_sae, a.steps, a.batch_size, a.train_seqs, a.eval_seqs, a.seq_len = 32, 10, 32, 4, 2, 32
     a.models = a.models or (SMOKE_MODELS if a.smoke else DEFAULT_MODELS)
     sweeps = SMOKE_SWEEPS if a.smoke else SWEEPS
-    a.sweeps = {arch: sweeps[arch] for arch in (a.archs or sweeps)}
+    a.sweeps = {arch: spread(*sweeps[arch], a.settings) for arch in (a.archs or sweeps)}
     return a
 
 
