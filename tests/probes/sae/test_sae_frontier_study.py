@@ -8,13 +8,21 @@ import math
 
 import pytest
 
-from seqlens.studies.sae_frontier import SMOKE_SWEEPS, frontier, main
+from seqlens.studies.sae_frontier import SMOKE_SWEEPS, frontier, main, spread
 
 
 def test_frontier_keeps_the_pareto_optimal_points():
     pts = [{"l0": 1, "fvu": 0.5}, {"l0": 2, "fvu": 0.6}, {"l0": 3, "fvu": 0.2}, {"l0": 3, "fvu": 0.3},
            {"l0": 0.5, "fvu": 0.9}]
     assert frontier(pts) == [4, 0, 2]  # by L0; (2, 0.6) and (3, 0.3) are dominated
+
+
+def test_spread_keeps_both_ends_of_the_grid():
+    assert spread("k", [4, 8, 16, 32], 3) == ("k", [4, 16, 32])
+    assert spread("k", [4, 8, 16, 32], 2) == ("k", [4, 32])
+    assert spread("k", [4, 8, 16, 32], None) == ("k", [4, 8, 16, 32])
+    with pytest.raises(ValueError, match="settings"):
+        spread("k", [4, 8], 0)
 
 
 @pytest.mark.slow  # ~30 s of CPU: eleven tiny SAEs trained and evaluated with the model
