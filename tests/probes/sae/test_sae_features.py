@@ -72,6 +72,9 @@ def test_report_of_a_state_sae_names_the_state_entries_it_reads():
         assert w[tuple(r["index"])].item() == pytest.approx(r["weight"])
     assert abs(rep.state_reads[0]["weight"]) == pytest.approx(w.abs().max().item())
     assert all(c["pos"] in (7, 15) for c in rep.contexts)
+    table = S.feature_table(model, sae, TOKENS, positions=[7, 15])  # the browser's table on a state hook
+    assert torch.allclose(table.frequency, S.evaluate(sae, X).feature_frequency)
+    assert table.top_context[f] and table.order("frequency")[0] == int(table.frequency.argmax())
 
 
 def test_feature_report_errors():
