@@ -299,8 +299,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         if not args.json:
             print("\npresets (untrained): " + ", ".join(sorted(zoo.PRESETS)))
         return EXIT_OK
+    from seqlens.zoo_probes import PROBES
+
     try:
-        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart, force=args.force)
+        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart, force=args.force,
+                                     probes=PROBES)
     except (KeyError, ValueError, TypeError, OSError) as e:
         raise CLIError(error_text(e)) from None
     print(json.dumps(metrics, indent=2))
