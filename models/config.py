@@ -23,6 +23,7 @@ POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTS = ("gelu_new", "gelu", "silu", "relu")
 MLPS = ("plain", "gated")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def _check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -161,6 +162,21 @@ class ModelConfig:
     gate_normalizer: float = 16.0
     # minGRU / minLSTM / LSTM
     d_hidden: int | None = None
+    # --- added by hfload (issue 19: Hugging Face families); flat fields, the lead moves them at merge
+    # attention: transformers' rope parameters besides rope_theta ({"rope_type": "llama3", "factor": 8, ...};
+    # None = plain RoPE), see models/rope.py
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
+    sliding_window: int | None = None  # keys a query reads on sliding layers, itself included
+    # per layer "full_attention" | "sliding_attention"; None: every layer slides when sliding_window is set
+    layer_types: list[str] | None = field(default=None, hash=False)
+    qk_norm: bool = False  # Qwen3: RMSNorm over d_head on queries and keys before rotary
+    norm_offset: float = 0.0  # Gemma: norms multiply by (norm_offset + weight)
+    embed_scale: bool = False  # Gemma: token embeddings times sqrt(d_model)
+    attn_scale: float | None = None  # logit scale; None = 1/sqrt(d_head) (Gemma 2: query_pre_attn_scalar^-1/2)
+    attn_softcap: float | None = None  # Gemma 2: logits -> cap * tanh(logits / cap) before the mask
+    final_softcap: float | None = None  # Gemma 2: the same on the output logits
+    sandwich_norms: bool = False  # Gemma 2: norms on the mixer's and the MLP's outputs too
+    # --- end of hfload fields
     # free-form provenance (e.g. {"source": "hf:gpt2"}); not used by the model
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -183,13 +199,14 @@ class ModelConfig:
             if self.n_heads % self.kv_heads:
                 raise ValueError(f"ModelConfig.n_kv_heads: {self.kv_heads} must divide "
                                  f"n_heads={self.n_heads}")
-            if self.positions == "rotary" and self.rot_dim % 2:
-                raise ValueError(f"ModelConfig.rotary_dim: expected an even number, got {self.rot_dim}")
-            if self.rot_dim > self.head_dim:
-                raise ValueError(f"ModelConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim}")
+            # an odd rotary_dim r rotates r + 1 features (ceil(r / 2) frequencies), as transformers does
+            if self.rot_dim + self.rot_dim % 2 > self.head_dim:
+                raise ValueError(f"ModelConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim} "
+                                 "(an odd rotary_dim rotates rotary_dim + 1 features)")
         for name in ("d_key", "d_value", "d_hidden", "gate_low_rank", "norm_eps", "rotary_base",
                      "gate_normalizer"):
             _check_positive(name, getattr(self, name))
+        self._check_hf_fields()
         if self.arch == "mamba" and self.d_inner % self.pattern_heads:
             raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
                              f"d_inner={self.d_inner}")
@@ -199,6 +216,27 @@ class ModelConfig:
         if self.arch in ("mingru", "minlstm", "lstm") and self.hidden_dim % self.pattern_heads:
             raise ValueError(f"ModelConfig.pattern_heads: {self.pattern_heads} must divide "
                              f"d_hidden={self.hidden_dim}")
+
+    def _check_hf_fields(self) -> None:
+        """The hfload block: positive sizes, one known type per layer, a known rope type."""
+        for name in ("sliding_window", "attn_scale", "attn_softcap", "final_softcap"):
+            _check_positive(name, getattr(self, name))
+        if self.layer_types is not None:
+            bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+            if bad or len(self.layer_types) != self.n_layers:
+                raise ValueError(f"ModelConfig.layer_types: expected {self.n_layers} entries from "
+                                 f"{list(LAYER_TYPES)}, got {self.layer_types!r}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("ModelConfig.layer_types: sliding layers need sliding_window")
+        if self.rope_scaling is not None:
+            from .rope import check_rope_scaling  # the rope module knows its parameters
+            check_rope_scaling(self.rope_scaling)
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window size of layer ``layer`` (None: full causal attention)."""
+        if self.layer_types is None or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
 
     # derived sizes -----------------------------------------------------------------------
     @property

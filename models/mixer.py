@@ -270,6 +270,9 @@ class Mixer(nn.Module):
     memory_hook: ClassVar[str | None] = None  # units that carry memory (interpretable cells)
     whole_sequence_modes: ClassVar[tuple[str, ...]] = ("uniform",)  # ablations needing position 0
     is_softmax: ClassVar[bool] = False  # rows of pattern() are softmax distributions
+    # reads SeqModel's left-padding mask (``self.padding``: pad keys masked, positions per row); a mixer
+    # without it refuses left padding (right padding needs nothing: a causal mixer never reads later pads)
+    handles_padding: ClassVar[bool] = False
     d_state: int | None = None  # state size per channel (Mamba's N); None where there is none
     lrp: ClassVar[LRPRules] = LRPRules()
 
@@ -375,7 +378,8 @@ def hook_exists(when: str, cfg: Any) -> bool:
     if not when or when == "tap_states":
         return True
     conds = {"rotary": cfg.positions == "rotary", "learned": cfg.positions == "learned",
-             "gated_mlp": cfg.mlp == "gated"}
+             "gated_mlp": cfg.mlp == "gated", "qk_norm": getattr(cfg, "qk_norm", False),
+             "sandwich_norms": getattr(cfg, "sandwich_norms", False)}
     if when in conds:
         return conds[when]
     return cfg.arch in when.split("|")
