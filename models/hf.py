@@ -42,6 +42,7 @@ from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
 from .config import ModelConfig
 from .checkpoint import CheckpointError, load_safetensors, load_state_into, read_config
 from .registry import model_class
+from . import rope
 
 ARG = "path_or_model"
 INDEX_FILE = "model.safetensors.index.json"
@@ -246,19 +247,31 @@ def _act(hf: dict[str, Any], key: str, default: str, label: str) -> str:
 
 def _rope(hf: dict[str, Any], legacy_theta_key: str, label: str) -> dict[str, Any]:
     """RoPE parameters from a v5 config (``rope_parameters``) or a v4 one (``rope_theta`` /
-    ``rotary_emb_base`` and ``rope_scaling``), with ``rope_theta`` always set. Only plain RoPE
-    (``rope_type == "default"``) is implemented."""
+    ``rotary_emb_base`` and ``rope_scaling``), with ``rope_theta`` always set and ``rope_type``
+    normalised (v4's ``type``). Types other than :data:`~seqlens.models.rope.ROPE_TYPES` raise."""
     for key in ("rope_scaling", "rope_parameters"):
         if not isinstance(hf.get(key) or {}, dict):
             raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE}'s {key!r} must be an object, got {hf[key]!r}")
     params = dict(hf.get("rope_scaling") or {})
     params.update(hf.get("rope_parameters") or {})
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
-        raise NotImplementedError(f"{ARG}: {label}: RoPE type {kind!r} (rope scaling) is not implemented; "
-                                  "seqlens supports plain RoPE (rope_type 'default') only")
+    kind = rope.rope_type(params)
+    if kind not in rope.ROPE_TYPES:
+        raise NotImplementedError(f"{ARG}: {label}: RoPE type {kind!r} is not implemented; seqlens implements "
+                                  f"{list(rope.ROPE_TYPES)}")
+    params.pop("type", None)
+    params["rope_type"] = kind
     params.setdefault("rope_theta", hf.get(legacy_theta_key, 10000.0))
     return params
+
+
+def _rope_fields(hf: dict[str, Any], head_dim: int, label: str) -> dict[str, Any]:
+    """``ModelConfig`` fields of a Llama-family rotary embedding: base, rotary width (a partial
+    rotary factor where the config has one) and the scaling parameters (None for plain RoPE)."""
+    params = _rope(hf, "rope_theta", label)
+    base, factor = float(params.pop("rope_theta")), params.pop("partial_rotary_factor", None)
+    scaling = None if params["rope_type"] == "default" else params
+    return dict(positions="rotary", rotary_base=base, rope_scaling=scaling,
+                rotary_dim=None if factor is None else int(head_dim * factor))
 
 
 def _make_config(label: str, **fields: Any) -> ModelConfig:
@@ -371,14 +384,16 @@ def _gpt2_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
 
 def _neox_config(hf: dict[str, Any], label: str) -> ModelConfig:
     d, n_heads = _required(hf, "hidden_size", label), _required(hf, "num_attention_heads", label)
-    rope = _rope(hf, "rotary_emb_base", label)
-    factor = rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))
+    params = _rope(hf, "rotary_emb_base", label)
+    factor = params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
     bias = hf.get("attention_bias", True)
     return _make_config(
         label, arch="transformer", vocab_size=_required(hf, "vocab_size", label), d_model=d,
         n_layers=_required(hf, "num_hidden_layers", label), n_heads=n_heads,
         n_ctx=hf.get("max_position_embeddings", 2048), positions="rotary",
-        rotary_dim=int(d // n_heads * factor), rotary_base=float(rope["rope_theta"]), norm="layernorm",
+        rotary_dim=int(d // n_heads * factor), rotary_base=float(params["rope_theta"]),
+        rope_scaling=None if params["rope_type"] == "default" else scaling, norm="layernorm",
         norm_eps=hf.get("layer_norm_eps", 1e-5), tied_embeddings=hf.get("tie_word_embeddings", False),
         attn_bias=bias, attn_out_bias=bias, mlp="plain", d_mlp=_required(hf, "intermediate_size", label),
         act=_act(hf, "hidden_act", "gelu", label), mlp_bias=True,
@@ -409,44 +424,108 @@ def _neox_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
     return state
 
 
-# ----------------------------------------------------------------------------- Llama / Mistral
+# ----------------------------------------------------------------------------- Llama-like families
+
+# model types that are Llama (RMSNorm, rotary, GQA, gated MLP) plus the differences below
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+
+
+def _gemma_act(hf: dict[str, Any], key: str, label: str) -> str:
+    """Gemma's MLP activation: ``hidden_activation`` (Gemma 2) or ``hidden_act`` (Gemma); the legacy
+    value "gelu" means the tanh approximation (transformers rewrites it the same way)."""
+    name = hf.get(key) or "gelu_pytorch_tanh"
+    return "gelu_new" if name == "gelu" else _act({key: name}, key, "gelu_pytorch_tanh", label)
+
+
+def _family_fields(hf: dict[str, Any], kind: str, label: str) -> dict[str, Any]:
+    """What each Llama-like family changes (transformers' modeling_<family>.py)."""
+    if kind == "qwen2":  # biases on q, k, v (not o)
+        return dict(attn_bias=True, attn_out_bias=False)
+    if kind == "qwen3":  # RMSNorm over d_head on queries and keys
+        return dict(qk_norm=True)
+    if kind not in ("gemma", "gemma2"):
+        return {}
+    fields = dict(norm_offset=1.0, embed_scale=True, tied_embeddings=hf.get("tie_word_embeddings", True))
+    if kind == "gemma":
+        return dict(fields, act=_gemma_act(hf, "hidden_act", label))
+    scalar = _required(hf, "query_pre_attn_scalar", label)
+    return dict(fields, act=_gemma_act(hf, "hidden_activation", label), sandwich_norms=True,
+                attn_scale=float(scalar) ** -0.5, attn_softcap=hf.get("attn_logit_softcapping"),
+                final_softcap=hf.get("final_logit_softcapping"))
+
+
+def _window_fields(hf: dict[str, Any], kind: str, n_layers: int) -> dict[str, Any]:
+    """Sliding-window attention: the window and which layers use it (transformers' defaults: Mistral
+    4096 on every layer, Qwen only with use_sliding_window and from layer max_window_layers on,
+    Gemma 2 4096 on even layers)."""
+    if kind == "mistral":
+        window = hf.get("sliding_window", 4096)
+    elif kind in ("qwen2", "qwen3"):
+        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+    elif kind == "gemma2":
+        window = hf.get("sliding_window", 4096)
+    else:
+        window = None
+    if window is None:
+        return {}
+    types = hf.get("layer_types")
+    if types is None and kind in ("qwen2", "qwen3"):
+        first = hf.get("max_window_layers", 28)
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    elif types is None and kind == "gemma2":
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    return dict(sliding_window=window, layer_types=types)
 
 
 def _llama_config(hf: dict[str, Any], label: str) -> ModelConfig:
-    mistral = hf.get("model_type") == "mistral"
-    window = hf.get("sliding_window", 4096 if mistral else None)
-    if mistral and window is not None:
-        raise NotImplementedError(f"{ARG}: {label}: Mistral sliding-window attention (sliding_window="
-                                  f"{window}) is not implemented; only sliding_window=null converts")
+    kind = hf["model_type"]
     d, n_heads = _required(hf, "hidden_size", label), _required(hf, "num_attention_heads", label)
-    return _make_config(
-        label, arch="transformer", vocab_size=_required(hf, "vocab_size", label), d_model=d,
-        n_layers=_required(hf, "num_hidden_layers", label), n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or (8 if mistral else n_heads),
-        d_head=hf.get("head_dim") or d // n_heads, n_ctx=hf.get("max_position_embeddings", 2048),
-        positions="rotary", rotary_base=float(_rope(hf, "rope_theta", label)["rope_theta"]),
-        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
-        tied_embeddings=hf.get("tie_word_embeddings", False),
-        attn_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
-        mlp="gated", d_mlp=_required(hf, "intermediate_size", label),
-        act=_act(hf, "hidden_act", "silu", label), mlp_bias=hf.get("mlp_bias", False))
+    n_layers, head_dim = _required(hf, "num_hidden_layers", label), hf.get("head_dim") or d // n_heads
+    bias = hf.get("attention_bias", False)
+    fields = dict(
+        arch="transformer", vocab_size=_required(hf, "vocab_size", label), d_model=d, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or (8 if kind == "mistral" else n_heads),
+        d_head=head_dim, n_ctx=hf.get("max_position_embeddings", 2048), **_rope_fields(hf, head_dim, label),
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), tied_embeddings=hf.get("tie_word_embeddings", False),
+        attn_bias=bias, attn_out_bias=bias, mlp="gated", d_mlp=_required(hf, "intermediate_size", label),
+        act=_act(hf, "hidden_act", "silu", label) if kind not in ("gemma", "gemma2") else "gelu_new",
+        mlp_bias=hf.get("mlp_bias", False))
+    fields.update(_family_fields(hf, kind, label))
+    fields.update(_window_fields(hf, kind, n_layers))
+    return _make_config(label, **fields)
+
+
+def _llama_norms(w: Weights, src: str, dst: str, cfg: ModelConfig) -> dict[str, Tensor]:
+    """The block's norms: Llama's two, or Gemma 2's four (post-attention normalises the mixer's
+    output; pre/post-feedforward wrap the MLP)."""
+    d = cfg.d_model
+    if not cfg.sandwich_norms:
+        return {**_norm(w, f"{src}.input_layernorm", f"{dst}.ln1", d, bias=False),
+                **_norm(w, f"{src}.post_attention_layernorm", f"{dst}.ln2", d, bias=False)}
+    return {**_norm(w, f"{src}.input_layernorm", f"{dst}.ln1", d, bias=False),
+            **_norm(w, f"{src}.post_attention_layernorm", f"{dst}.ln1_post", d, bias=False),
+            **_norm(w, f"{src}.pre_feedforward_layernorm", f"{dst}.ln2", d, bias=False),
+            **_norm(w, f"{src}.post_feedforward_layernorm", f"{dst}.ln2_post", d, bias=False)}
 
 
 def _llama_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
     src, dst, d, m = f"layers.{layer}", f"blocks.{layer}", cfg.d_model, cfg.mlp_dim
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     attn, mlp = f"{src}.self_attn", f"{src}.mlp"
-    return {
-        **_norm(w, f"{src}.input_layernorm", f"{dst}.ln1", d, bias=False),
+    state = {
+        **_llama_norms(w, src, dst, cfg),
         **_linear(w, f"{attn}.q_proj", f"{dst}.mixer.q", q_dim, d, bias=cfg.attn_bias),
         **_linear(w, f"{attn}.k_proj", f"{dst}.mixer.k", kv_dim, d, bias=cfg.attn_bias),
         **_linear(w, f"{attn}.v_proj", f"{dst}.mixer.v", kv_dim, d, bias=cfg.attn_bias),
         **_linear(w, f"{attn}.o_proj", f"{dst}.mixer.o", d, q_dim, bias=cfg.attn_out_bias),
-        **_norm(w, f"{src}.post_attention_layernorm", f"{dst}.ln2", d, bias=False),
         **_linear(w, f"{mlp}.gate_proj", f"{dst}.mlp.fc_gate", m, d, bias=cfg.mlp_bias),
         **_linear(w, f"{mlp}.up_proj", f"{dst}.mlp.fc_in", m, d, bias=cfg.mlp_bias),
         **_linear(w, f"{mlp}.down_proj", f"{dst}.mlp.fc_out", d, m, bias=cfg.mlp_bias),
     }
+    if cfg.qk_norm:
+        state.update(_norm(w, f"{attn}.q_norm", f"{dst}.mixer.q_norm", cfg.head_dim, bias=False))
+        state.update(_norm(w, f"{attn}.k_norm", f"{dst}.mixer.k_norm", cfg.head_dim, bias=False))
+    return state
 
 
 def _llama_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -534,7 +613,6 @@ class Family(NamedTuple):
 FAMILIES: dict[str, Family] = {
     "gpt2": Family("transformer.", _gpt2_config, _gpt2_weights),
     "gpt_neox": Family("gpt_neox.", _neox_config, _neox_weights),
-    "llama": Family("model.", _llama_config, _llama_weights),
-    "mistral": Family("model.", _llama_config, _llama_weights),
+    **{name: Family("model.", _llama_config, _llama_weights) for name in LLAMA_LIKE},
     "mamba": Family("backbone.", _mamba_config, _mamba_weights),
 }
