@@ -17,13 +17,21 @@ Supported ``model_type`` values and how they map onto :class:`~seqlens.models.co
                ``[H, 3, d_head]`` along its output dimension.
 ``llama``      RMSNorm, rotary, grouped-query attention, SwiGLU MLP (``gate_proj -> fc_gate``,
                ``up_proj -> fc_in``, ``down_proj -> fc_out``).
-``mistral``    Llama without biases; accepted only without sliding-window attention.
+``mistral``    Llama without biases, sliding-window attention (``sliding_window``, default 4096).
+``qwen2``      Llama with q/k/v biases; sliding window only with ``use_sliding_window`` (layers
+               from ``max_window_layers`` on, or as ``layer_types`` says).
+``qwen3``      Llama with RMSNorm over each head's queries and keys (``q_norm``, ``k_norm``).
+``gemma``      Llama with embeddings times sqrt(d), ``1 + w`` RMSNorms, GeGLU (tanh GELU), tied.
+``gemma2``     Gemma with norms after attention and around the MLP, logit scale
+               ``query_pre_attn_scalar^-1/2``, attention and final logit soft-capping, local
+               (sliding) and global layers alternating.
 ``mamba``      Mamba-1: parameter names are ours already (``blocks.{l}.mixer.*``).
 =============  ==================================================================================
 
 Every Hugging Face weight is checked against the shape that ``config.json`` implies before it is
 renamed, split or transposed, so an edited config gives an error naming the weight and both shapes.
-Only plain RoPE is implemented: RoPE scaling variants raise ``NotImplementedError``.
+RoPE: plain and the ``linear``, ``dynamic``, ``llama3`` and ``yarn`` scalings (:mod:`.rope`);
+other types (``longrope`` ...) raise ``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -226,8 +234,9 @@ def _model_type(hf: dict[str, Any], label: str) -> str:
                               "Face model config")
     if model_type not in FAMILIES:
         raise NotImplementedError(
-            f"{ARG}: {label}: model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)} "
-            "(other architectures can go through TransformerLens' TransformerBridge)")
+            f"{ARG}: {label}: model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}. "
+            "Attention-only analyses of other architectures can go through TransformerLens' "
+            "TransformerBridge (transformer_lens.model_bridge), which wraps the transformers model")
     return model_type
 
 
