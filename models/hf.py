@@ -36,25 +36,20 @@ other types (``longrope`` ...) raise ``NotImplementedError``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
-from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .base import CONFIG_FILE, WEIGHTS_FILE, SeqModel
-from .config import ModelConfig
-from .checkpoint import CheckpointError, load_safetensors, load_state_into, read_config
-from .registry import model_class
 from . import rope
+from .base import CONFIG_FILE, SeqModel
+from .checkpoint import CheckpointError
+from .config import ModelConfig
+from .hf_read import ARG, StreamingCopy, Weights, open_checkpoint
+from .registry import model_class
 
-ARG = "path_or_model"
-INDEX_FILE = "model.safetensors.index.json"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 MAMBA_N_CTX = 2048  # recurrent: no hard limit; only recorded as the nominal context
 
 # Hugging Face activation names (transformers' ACT2FN keys) -> ours (ModelConfig.act)
@@ -67,159 +62,59 @@ HF_ACTS = {
     "swish": "silu",
 }
 
-# buffers that old checkpoints saved beside the parameters (causal masks, rotary tables)
-IGNORED_BUFFERS = re.compile(r"(^|\.)(attn|attention)\.(bias|masked_bias)$|(^|\.)rotary_emb\.inv_freq$")
 
-
-def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.float32) -> SeqModel:
-    """Convert a Hugging Face GPT-2, GPT-NeoX (Pythia), Llama / Mistral or Mamba checkpoint into
-    our implementation, returned in eval mode with parameters in ``dtype``.
+def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.float32,
+            device: str | torch.device = "cpu") -> SeqModel:
+    """Convert a Hugging Face checkpoint (GPT-2, GPT-NeoX / Pythia, Llama, Mistral, Qwen2, Qwen3,
+    Gemma, Gemma 2, Mamba; see the module docstring) into our implementation, returned in eval mode
+    with parameters in ``dtype`` (float32 by default; bfloat16 / float16 halve the memory) on ``device``.
 
     ``path_or_model`` is a local checkpoint directory (``config.json`` + safetensors, possibly
-    sharded) or a loaded ``transformers`` ``PreTrainedModel``. Raises ``FileNotFoundError`` (no
-    such directory), :class:`~seqlens.models.checkpoint.CheckpointError` (missing config or weights,
-    pickle-only or corrupt weights, shapes that disagree with the config) and
-    ``NotImplementedError`` (a model type or variant we do not implement).
+    sharded) or a loaded ``transformers`` ``PreTrainedModel``. A directory is read tensor by tensor
+    and copied into the model layer by layer: no second full copy of the weights is held. Raises
+    ``FileNotFoundError`` (no such directory), :class:`~seqlens.models.checkpoint.CheckpointError`
+    (missing config or weights, pickle-only or corrupt weights, shapes that disagree with the
+    config) and ``NotImplementedError`` (a model type or variant we do not implement).
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
-    ckpt = _open(path_or_model)
+    device = _device(device)
+    ckpt = open_checkpoint(path_or_model)
     model_type = _model_type(ckpt.config, ckpt.label)
     family = FAMILIES[model_type]
     cfg = family.config(ckpt.config, ckpt.label)
     cfg = cfg.replace(meta={"source": "hf", "model_type": model_type, "path": ckpt.path})
-    weights = Weights(ckpt.read_tensors(), family.prefix, ckpt.label)
-    state = family.weights(weights, cfg)
+    weights = Weights(ckpt.open_tensors(), family.prefix, ckpt.label)
+    target = StreamingCopy(empty_model(cfg, dtype, device), ckpt.label)
+    parts = family.weights(weights, cfg)
+    for part in [parts] if isinstance(parts, dict) else parts:  # a dict, or pieces (a layer each)
+        target.copy(part)
+        del part  # free this piece before the generator reads the next
     weights.check_consumed()
-    return load_state_into(empty_model(cfg, dtype), state, ckpt.label)
+    return target.finish()
 
 
-def empty_model(cfg: ModelConfig, dtype: torch.dtype) -> SeqModel:
-    """Our model for ``cfg`` with uninitialised parameters in ``dtype``, on the CPU.
+def _device(device: Any) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
+    return device
+
+
+def empty_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> SeqModel:
+    """Our model for ``cfg`` with uninitialised parameters in ``dtype`` on ``device``.
 
     It is built on the meta device, so no time or memory goes into a random initialisation that
-    the checkpoint overwrites; every parameter must then be loaded (``load_state_into`` checks)."""
+    the checkpoint overwrites; every parameter must then be loaded (``StreamingCopy`` checks)."""
     with torch.device("meta"):
         model = model_class(cfg.arch)(cfg)
-    model = model.to(dtype).to_empty(device="cpu")
+    model = model.to(dtype).to_empty(device=device)
     if cfg.tied_embeddings:  # to_empty gives each parameter its own storage: tie again
         model.unembed.weight = model.embed.weight
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-class Checkpoint(NamedTuple):
-    """A Hugging Face checkpoint opened for conversion: its config dict, a label for messages,
-    the path recorded in ``cfg.meta`` and a function reading its tensors (called only once the
-    config is known to be supported, so unsupported models cost no weight reading)."""
-
-    config: dict[str, Any]
-    label: str
-    path: str | None
-    read_tensors: Callable[[], dict[str, Tensor]]
-
-
-def _open(path_or_model: Any) -> Checkpoint:
-    """Open a checkpoint directory or a loaded ``transformers`` model."""
-    if isinstance(path_or_model, (str, os.PathLike)):
-        directory = Path(path_or_model)
-        if not directory.is_dir():
-            raise FileNotFoundError(
-                f"{ARG}: {directory} is not a directory; expected a local Hugging Face checkpoint "
-                f"directory ({CONFIG_FILE} + safetensors) or a loaded transformers model")
-        if not (directory / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{ARG}: {directory} has no {CONFIG_FILE}; expected a Hugging Face "
-                                  "checkpoint directory")
-        return Checkpoint(read_config(directory), str(directory), str(directory),
-                          lambda: read_weights(directory))
-    if hasattr(path_or_model, "config") and callable(getattr(path_or_model, "state_dict", None)):
-        return _open_model(path_or_model)
-    raise TypeError(f"{ARG}: expected a checkpoint directory (str or os.PathLike) or a loaded "
-                    f"transformers model, got {type(path_or_model).__name__}")
-
-
-def _open_model(model: Any) -> Checkpoint:
-    """A loaded ``transformers`` model: its config as a dict and its state dict."""
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-    name = config.get("_name_or_path") or None
-    label = type(model).__name__ + (f" ({name})" if name else "")
-
-    def read_tensors() -> dict[str, Tensor]:
-        return {k: v.detach() for k, v in model.state_dict().items()}
-
-    return Checkpoint(config, label, name, read_tensors)
-
-
-def read_weights(directory: Path) -> dict[str, Tensor]:
-    """All tensors of a checkpoint directory: ``model.safetensors`` or the shards listed in
-    ``model.safetensors.index.json``. Pickled ``.bin`` weights are refused, never loaded."""
-    if (directory / WEIGHTS_FILE).is_file():
-        return load_safetensors(directory / WEIGHTS_FILE)
-    if (directory / INDEX_FILE).is_file():
-        return _read_shards(directory)
-    pickled = [name for name in PICKLE_FILES if (directory / name).is_file()]
-    if pickled:
-        raise CheckpointError(
-            f"{ARG}: {directory} has no safetensors weights, only {pickled[0]}; seqlens never unpickles "
-            ".bin files: convert with save_pretrained(..., safe_serialization=True)")
-    raise CheckpointError(f"{ARG}: {directory} has no weights; expected {WEIGHTS_FILE} or {INDEX_FILE}")
-
-
-def _read_shards(directory: Path) -> dict[str, Tensor]:
-    """Merge the safetensors shards named in the index's ``weight_map``."""
-    index_path = directory / INDEX_FILE
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{ARG}: {index_path} is not a valid safetensors index ({e!r})") from None
-    tensors: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        path = directory / shard
-        if Path(shard).name != shard or not path.is_file():
-            raise CheckpointError(
-                f"{ARG}: shard {shard!r} listed in {index_path} is not a file in {directory}")
-        tensors.update(load_safetensors(path))
-    return tensors
-
-
-class Weights:
-    """The checkpoint's tensors by name, with the family's base-model prefix (``transformer.``,
-    ``gpt_neox.``, ``model.``, ``backbone.``) removed where present, since checkpoints saved from
-    the bare base model lack it. ``take`` hands out each tensor once after checking its shape;
-    ``check_consumed`` then refuses any weight nobody took."""
-
-    def __init__(self, tensors: dict[str, Tensor], prefix: str, label: str):
-        self.label = label
-        self.tensors: dict[str, Tensor] = {}
-        self.full_names: dict[str, str] = {}
-        for name, tensor in tensors.items():
-            short = name.removeprefix(prefix)
-            self.tensors[short] = tensor
-            self.full_names[short] = name
-
-    def has(self, name: str) -> bool:
-        return name in self.tensors
-
-    def take(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """Remove and return weight ``name``, requiring the ``shape`` the config implies."""
-        if name not in self.tensors:
-            raise CheckpointError(f"{ARG}: {self.label}: missing weight {name!r} (the checkpoint is "
-                                  "incomplete or does not match its config.json)")
-        tensor = self.tensors.pop(name)
-        if tuple(tensor.shape) != tuple(shape):
-            raise CheckpointError(
-                f"{ARG}: {self.label}: weight {self.full_names[name]!r} has shape {list(tensor.shape)} "
-                f"but config.json implies {list(shape)}")
-        return tensor
-
-    def check_consumed(self) -> None:
-        """Raise if weights remain that the conversion did not use (saved buffers excepted)."""
-        left = [self.full_names[k] for k in self.tensors if not IGNORED_BUFFERS.search(k)]
-        if left:
-            raise CheckpointError(f"{ARG}: {self.label}: unexpected weights {left[:8]}"
-                                  f"{' ...' if len(left) > 8 else ''} that config.json does not explain")
 
 
 # ----------------------------------------------------------------------------- config helpers
@@ -376,16 +271,14 @@ def _gpt2_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
     }
 
 
-def _gpt2_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-    state = {
-        "embed.weight": w.take("wte.weight", (cfg.vocab_size, cfg.d_model)),
-        "pos_embed.weight": w.take("wpe.weight", (cfg.n_ctx, cfg.d_model)),
-        **_norm(w, "ln_f", "ln_final", cfg.d_model, bias=True),
-        **_head(w, ("lm_head.weight",), cfg),
-    }
+def _gpt2_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
+    # one tensor at a time: embedding and head are the largest pieces
+    yield {"embed.weight": w.take("wte.weight", (cfg.vocab_size, cfg.d_model))}
+    yield {"pos_embed.weight": w.take("wpe.weight", (cfg.n_ctx, cfg.d_model))}
+    yield _norm(w, "ln_f", "ln_final", cfg.d_model, bias=True)
+    yield _head(w, ("lm_head.weight",), cfg)
     for layer in range(cfg.n_layers):
-        state.update(_gpt2_layer(w, layer, cfg))
-    return state
+        yield _gpt2_layer(w, layer, cfg)
 
 
 # ----------------------------------------------------------------------------- GPT-NeoX (Pythia)
@@ -421,16 +314,14 @@ def _neox_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
     }
 
 
-def _neox_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-    state = {
-        "embed.weight": w.take("embed_in.weight", (cfg.vocab_size, cfg.d_model)),
-        **_norm(w, "final_layer_norm", "ln_final", cfg.d_model, bias=True),
-        # checkpoints name the head embed_out; transformers v5 renames it lm_head in memory
-        **_head(w, ("embed_out.weight", "lm_head.weight"), cfg),
-    }
+def _neox_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
+    # one tensor at a time: embedding and head are the largest pieces
+    yield {"embed.weight": w.take("embed_in.weight", (cfg.vocab_size, cfg.d_model))}
+    yield _norm(w, "final_layer_norm", "ln_final", cfg.d_model, bias=True)
+    # checkpoints name the head embed_out; transformers v5 renames it lm_head in memory
+    yield _head(w, ("embed_out.weight", "lm_head.weight"), cfg)
     for layer in range(cfg.n_layers):
-        state.update(_neox_layer(w, layer, cfg))
-    return state
+        yield _neox_layer(w, layer, cfg)
 
 
 # ----------------------------------------------------------------------------- Llama-like families
@@ -537,15 +428,13 @@ def _llama_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
     return state
 
 
-def _llama_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-    state = {
-        "embed.weight": w.take("embed_tokens.weight", (cfg.vocab_size, cfg.d_model)),
-        **_norm(w, "norm", "ln_final", cfg.d_model, bias=False),
-        **_head(w, ("lm_head.weight",), cfg),
-    }
+def _llama_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
+    # one tensor at a time: embedding and head are the largest pieces
+    yield {"embed.weight": w.take("embed_tokens.weight", (cfg.vocab_size, cfg.d_model))}
+    yield _norm(w, "norm", "ln_final", cfg.d_model, bias=False)
+    yield _head(w, ("lm_head.weight",), cfg)
     for layer in range(cfg.n_layers):
-        state.update(_llama_layer(w, layer, cfg))
-    return state
+        yield _llama_layer(w, layer, cfg)
 
 
 # ----------------------------------------------------------------------------- Mamba
@@ -594,17 +483,15 @@ def _mamba_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
     return state
 
 
-def _mamba_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
+def _mamba_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
     # the original state-spaces checkpoints spell the embedding "embedding" (transformers renames it)
     embed = "embedding.weight" if w.has("embedding.weight") else "embeddings.weight"
-    state = {
-        "embed.weight": w.take(embed, (cfg.vocab_size, cfg.d_model)),
-        **_norm(w, "norm_f", "ln_final", cfg.d_model, bias=False),
-        **_head(w, ("lm_head.weight",), cfg),
-    }
+    # one tensor at a time: embedding and head are the largest pieces
+    yield {"embed.weight": w.take(embed, (cfg.vocab_size, cfg.d_model))}
+    yield _norm(w, "norm_f", "ln_final", cfg.d_model, bias=False)
+    yield _head(w, ("lm_head.weight",), cfg)
     for layer in range(cfg.n_layers):
-        state.update(_mamba_layer(w, layer, cfg))
-    return state
+        yield _mamba_layer(w, layer, cfg)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -616,7 +503,7 @@ class Family(NamedTuple):
 
     prefix: str
     config: Callable[[dict[str, Any], str], ModelConfig]
-    weights: Callable[[Weights, ModelConfig], dict[str, Tensor]]
+    weights: Callable[[Weights, ModelConfig], Iterator[dict[str, Tensor]] | dict[str, Tensor]]
 
 
 FAMILIES: dict[str, Family] = {
