@@ -441,10 +441,11 @@ class SeqModel(HookedRootModule):
 
         ``attention_mask [B, L]`` (1 / True = real token, 0 = padding; as ``to_tokens`` returns)
         lets rows of different lengths share a batch: with right padding every causal model
-        computes each row's real tokens as it would alone (pads come after them); with left
-        padding, pad keys are masked and positions count from each row's first real token, which
-        needs mixers that read the mask (``Mixer.handles_padding``: attention) and is refused
-        otherwise. Logits at pad positions are meaningless."""
+        computes each row's real tokens as it would alone (pads come after them). With left
+        padding, attention mixers (``Mixer.handles_padding``) mask pad keys and count positions
+        from each row's first real token; recurrent mixers have their ``pad_write_hooks`` zeroed at
+        pads, so their state stays at its zero start through them; a mixer with neither refuses.
+        Logits at pad positions are meaningless."""
         if attention_mask is None:
             return self._run(tokens, None)[0]
         padding = self.padding_for(self.check_tokens(tokens), attention_mask)
@@ -454,12 +455,30 @@ class SeqModel(HookedRootModule):
         self.padding = padding
         for m in self.mixers:
             m.padding = padding
+        handles = self._zero_pad_writes(padding.mask)
         try:
             return self._run(tokens, None)[0]
         finally:
+            for h in handles:
+                h.remove()
             self.padding = old[0]
             for m, p in zip(self.mixers, old[1]):
                 m.padding = p
+
+    def _zero_pad_writes(self, mask: Tensor) -> list[Any]:
+        """Left padding on recurrent mixers: zero each mixer's ``pad_write_hooks`` at pad positions,
+        so the state stays at its zero start until a row's first real token. Registered as torch
+        forward hooks run before any user hook (users see the values the model used)."""
+        def zero(module: nn.Module, args: Any, out: Tensor) -> Tensor:
+            keep = mask.view(*mask.shape, *([1] * (out.dim() - 2)))
+            return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+        handles = []
+        for m in self.mixers:
+            if not m.handles_padding:
+                for name in m.pad_write_hooks:
+                    handles.append(m.get_submodule(name).register_forward_hook(zero, prepend=True))
+        return handles
 
     def padding_for(self, tokens: Tensor, attention_mask: Any) -> Padding | None:
         """The :class:`Padding` of a left-padded batch; None when no row has left padding (right
@@ -469,8 +488,8 @@ class SeqModel(HookedRootModule):
         left = ~mask[:, 0]
         if not bool(left.any()):
             return None
-        if not all(m.handles_padding for m in self.mixers):
-            kinds = sorted({type(m).__name__ for m in self.mixers if not m.handles_padding})
+        if not all(m.handles_padding or m.pad_write_hooks for m in self.mixers):
+            kinds = sorted({type(m).__name__ for m in self.mixers if not (m.handles_padding or m.pad_write_hooks)})
             raise NotImplementedError(
                 f"attention_mask: left padding is not implemented for {kinds} mixers (arch "
                 f"{self.cfg.arch!r}); pad on the right (to_tokens(..., padding_side='right')), which is "

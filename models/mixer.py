@@ -273,6 +273,9 @@ class Mixer(nn.Module):
     # reads SeqModel's left-padding mask (``self.padding``: pad keys masked, positions per row); a mixer
     # without it refuses left padding (right padding needs nothing: a causal mixer never reads later pads)
     handles_padding: ClassVar[bool] = False
+    # hooks carrying what the recurrence writes into its state: zeroed at left-pad positions they keep
+    # the zero initial state at zero through the pads, so a left-padded row computes what it would alone
+    pad_write_hooks: ClassVar[tuple[str, ...]] = ()
     d_state: int | None = None  # state size per channel (Mamba's N); None where there is none
     lrp: ClassVar[LRPRules] = LRPRules()
 

@@ -58,16 +58,34 @@ def test_windowed_softcapped_model_pads_exactly(side: str) -> None:
     assert_rows_match(build(cfg, seed=0), side)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", ["mamba", "gla", "retnet", "mingru", "minlstm", "lstm"])
+def test_recurrent_models_pad_exactly(name: str, side: str) -> None:
+    assert_rows_match(make(name), side)
+
+
 @pytest.mark.parametrize("name", ["mamba", "gla", "lstm"])
-def test_recurrent_models_right_padding(name: str) -> None:
-    assert_rows_match(make(name), "right")
+def test_left_pads_leave_the_state_untouched(name: str) -> None:
+    """The state tapped at a row's last pad is the zero initial state; at its first token it is not."""
+    model = make(name)
+    toks, mask = padded(rows(), "left")  # row 1: 7 pads, then 4 tokens
+    seen = []
+    with model.tap_states([6, 7]):
+        model.run_with_hooks(toks, attention_mask=mask,
+                             fwd_hooks=[("blocks.1.mixer.hook_state", lambda s, hook: seen.append(s.clone()))])
+    state = seen[0][1]  # row 1, [T=2, ...]
+    assert state[0].abs().max() == 0 and state[1].abs().max() > 0
 
 
-def test_recurrent_models_refuse_left_padding() -> None:
+def test_mixers_without_padding_support_refuse_left_padding(monkeypatch) -> None:
+    from seqlens.models.mamba import MambaMixer
+
+    monkeypatch.setattr(MambaMixer, "pad_write_hooks", ())
     toks, mask = padded(rows(), "left")
-    with pytest.raises(NotImplementedError, match="attention_mask: left padding is not implemented.*"
-                                                  "padding_side='right'"):
+    with pytest.raises(NotImplementedError, match="attention_mask: left padding is not implemented for "
+                                                  r"\['MambaMixer'\].*padding_side='right'"):
         make("mamba")(toks, attention_mask=mask)
+    assert_rows_match(make("mamba"), "right")  # right padding needs nothing
 
 
 def test_hooks_see_masked_pads() -> None:
