@@ -298,4 +298,8 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **changes: Any) -> "ModelConfig":
+        n = changes.get("n_layers")
+        if self.layer_types and "layer_types" not in changes and isinstance(n, int) and n > 0:
+            # hfload: a twin with another depth (sizing, header checks) repeats the layer pattern
+            changes["layer_types"] = [self.layer_types[i % len(self.layer_types)] for i in range(n)]
         return dataclasses.replace(self, **changes)

@@ -16,7 +16,9 @@ A mixer (softmax / FoX attention, Mamba, GLA / RetNet, minGRU / minLSTM, LSTM) s
 - ``ov_factors()``: the value -> output path as :class:`OVFactors`;
 - ``pattern(x)`` / ``implicit_attention(x)``: (implicit) attention; ``supports_state_taps``;
 - ``backend``: the kernel backend ("auto" or one of ``BACKENDS``), set the same way on every mixer;
-- ``lrp``: its :class:`LRPRules` (rule set and family), implemented by :mod:`seqlens.circuits.lrp`.
+- ``lrp``: its :class:`LRPRules` (rule set and family), implemented by :mod:`seqlens.circuits.lrp`;
+- ``handles_padding`` / ``pad_write_hooks``: how it takes a left-padded batch (it reads the
+  model's ``Padding``; or the hooks whose zeroing at pads keeps its zero state untouched).
 
 An analysis that does not apply raises :class:`NotApplicableError` and offers ``applies_to(model)``.
 """

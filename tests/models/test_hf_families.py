@@ -247,3 +247,16 @@ def test_unknown_model_type_names_the_bridge(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
     with pytest.raises(NotImplementedError, match="model_type 'phi3' is not supported.*TransformerBridge"):
         from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "llama_llama3", "qwen3"])
+def test_save_and_reload_as_seqlens_checkpoint(ours, name: str, tmp_path: Path) -> None:
+    """The new config fields (rope_scaling dict, layer_types list, ...) survive config.json."""
+    import seqlens
+
+    model = ours(name)
+    model.save(tmp_path / name)
+    again = seqlens.load(str(tmp_path / name))
+    assert again.cfg == model.cfg and hash(again.cfg) == hash(model.cfg)
+    with torch.no_grad():
+        assert torch.equal(again(tokens(12)), model(tokens(12)))
