@@ -260,13 +260,9 @@ class Attention(Mixer):
             s = self.hook_attn_scores(self.scores(q, k, bias))
             p = self.hook_pattern(torch.softmax(s.float(), dim=-1).to(q.dtype))
             return pattern_stats(p, s, v, sink_k, span)
-        if not self.plain_causal or self.softcap is not None:  # the kernels know only the causal triangle
-            bias, _ = self.score_bias(x, None)
-            s = self.scores(q, k, bias)
-            return pattern_stats(torch.softmax(s.float(), dim=-1).to(q.dtype), s, v, sink_k, span)
         log_f = self.log_forget(x)
         log_f = None if log_f is None else log_f.transpose(1, 2)
-        return attention_stats(q, k, v, log_f, sink_k, span, self.scale, backend)
+        return attention_stats(q, k, v, log_f, sink_k, span, self.scale, backend, self.window, self.softcap)
 
     @torch.no_grad()
     def pattern(self, x: Tensor) -> Tensor:
