@@ -119,6 +119,13 @@ class Attention(Mixer):
         self.hook_z = HookPoint()
 
     # -- protocol --------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """The base fields plus what a real checkpoint adds, where set (RoPE scaling, window, caps)."""
+        cfg, out = self.cfg, super().summary()
+        extra = dict(rope_scaling=rope.rope_type(cfg.rope_scaling) if cfg.rope_scaling else None,
+                     sliding_window=self.window, qk_norm=cfg.qk_norm or None, attn_softcap=self.softcap)
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}
+
     @property
     def groups(self) -> Groups:
         return Groups(self.n_heads, self.n_heads, "head")
