@@ -133,6 +133,7 @@ def _attention_stats_kernel(
         m = m_new
 
     stat = pid_bh * L + offs_m
+    l = tl.where(row_ok, l, 1.0)  # rows past L (never stored) may have no key in a window: no 0 / 0
     out_ptrs = out_ptr + (pid_bh * L + offs_m[:, None]) * DV + offs_dv[None, :]
     tl.store(out_ptrs, (acc / l[:, None]).to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
