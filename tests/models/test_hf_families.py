@@ -260,3 +260,17 @@ def test_save_and_reload_as_seqlens_checkpoint(ours, name: str, tmp_path: Path) 
     assert again.cfg == model.cfg and hash(again.cfg) == hash(model.cfg)
     with torch.no_grad():
         assert torch.equal(again(tokens(12)), model(tokens(12)))
+
+
+def test_v4_style_rope_scaling_config(saved, ours, tmp_path: Path) -> None:
+    """Hub configs written by transformers 4.x (Llama 3.x) keep rope_theta at the top level and the
+    scaling in ``rope_scaling``; they convert to the same model."""
+    import shutil
+
+    directory = Path(shutil.copytree(saved("llama_llama3"), tmp_path / "v4"))
+    config = json.loads((directory / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    config["rope_theta"] = params.pop("rope_theta")
+    config["rope_scaling"] = {**params, "type": params.pop("rope_type")}  # the oldest spelling
+    (directory / "config.json").write_text(json.dumps(config))
+    assert from_hf(directory).cfg == ours("llama_llama3").cfg
