@@ -440,7 +440,7 @@ def _llama_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
 # ----------------------------------------------------------------------------- Mamba
 
 
-def _pattern_heads(d_inner: int) -> int:
+def _channel_groups(d_inner: int) -> int:
     """Channel groups for implicit-attention patterns: the largest of 8, 4, 2, 1 dividing d_inner."""
     return next(h for h in (8, 4, 2, 1) if d_inner % h == 0)
 
@@ -462,7 +462,7 @@ def _mamba_config(hf: dict[str, Any], label: str) -> ModelConfig:
         d_state=hf.get("state_size", 16), d_conv=hf.get("conv_kernel", 4), expand=d_inner // d,
         dt_rank=math.ceil(d / 16) if rank == "auto" else int(rank),
         conv_bias=hf.get("use_conv_bias", True), proj_bias=hf.get("use_bias", False),
-        pattern_heads=_pattern_heads(d_inner))
+        n_groups=_channel_groups(d_inner))
 
 
 def _mamba_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:

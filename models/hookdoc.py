@@ -56,9 +56,7 @@ def hook_table(cfg: ModelConfig) -> list[tuple[str, HookSpec]]:
 def dims(cfg: ModelConfig, batch: int, length: int, taps: int) -> dict[str, int]:
     """Values of the symbols shape expressions use."""
     return {"B": batch, "L": length, "T": taps, "d_model": cfg.d_model, "d_mlp": cfg.mlp_dim,
-            "H": cfg.n_heads, "H_kv": cfg.kv_heads, "d_head": cfg.head_dim, "D": cfg.d_inner,
-            "N": cfg.d_state, "D_h": cfg.hidden_dim, "d_k": cfg.key_dim // cfg.n_heads,
-            "d_v": cfg.value_dim // cfg.n_heads, "value_dim": cfg.value_dim, "V": cfg.vocab_size}
+            "V": cfg.vocab_size, **cfg.mixer.symbols(cfg.d_model)}
 
 
 def shape_of(expr: str, values: dict[str, int]) -> tuple[int, ...]:
