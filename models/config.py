@@ -2,7 +2,7 @@
 
 Shared fields describe everything outside the sequence mixer (embedding, norms, MLP, sizes); the
 ``mixer`` field holds the mixer's own small config (:class:`AttentionConfig`, :class:`MambaConfig`,
-:class:`LinearAttentionConfig`, :class:`RecurrentConfig`; :data:`MIXER_CONFIGS` says which arch uses
+:class:`Mamba2Config`, :class:`LinearAttentionConfig`, :class:`RecurrentConfig`; :data:`MIXER_CONFIGS` says which arch uses
 which). Every sub-config has ``n_groups``, the protocol's group count (attention and GLA heads,
 channel groups of a Mamba or recurrent state), so "heads" mean one thing everywhere.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from seqlens.validate import ArgumentTypeError
 
-ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
+ARCHS = ("transformer", "fox", "mamba", "mamba2", "gla", "retnet", "mingru", "minlstm", "lstm")
 POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTS = ("gelu_new", "gelu", "silu", "relu")
@@ -193,6 +193,38 @@ class MambaConfig:
 
 
 @dataclass(frozen=True)
+class Mamba2Config:
+    """Mamba-2 (state-space duality): ``n_heads`` heads (the groups) of ``d_inner / n_heads``
+    channels, each with one scalar decay; ``n_bc_groups`` groups of heads sharing B and C (HF's
+    ``n_groups``; also the gated RMSNorm's groups); ``chunk_size`` of the CPU SSD scan (does not
+    change results); ``d_state``, ``d_conv``, ``expand``, ``conv_bias``, ``proj_bias`` as for Mamba."""
+
+    n_heads: int = 8
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    n_bc_groups: int = 1
+    chunk_size: int = 64
+    conv_bias: bool = True
+    proj_bias: bool = False
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        _check_positive_fields(self, ("n_heads", "d_state", "d_conv", "expand", "n_bc_groups", "chunk_size"))
+        if self.n_heads % self.n_bc_groups:
+            raise ValueError(f"Mamba2Config.n_bc_groups: {self.n_bc_groups} must divide n_heads={self.n_heads}")
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_heads
+
+    def symbols(self, d_model: int) -> dict[str, int]:
+        d_inner = self.expand * d_model
+        return {"H": self.n_heads, "D": d_inner, "N": self.d_state, "P": d_inner // self.n_heads,
+                "G": self.n_bc_groups}
+
+
+@dataclass(frozen=True)
 class LinearAttentionConfig:
     """Gated linear attention / RetNet (``gla``, ``retnet``): ``n_heads`` (the groups), ``d_key`` /
     ``d_value`` (summed over heads; default d_model), ``gate_low_rank`` (rank of GLA's gate
@@ -236,11 +268,11 @@ class RecurrentConfig:
         return {"H": self.n_groups, "D_h": self.d_hidden or d_model}
 
 
-MixerConfig = AttentionConfig | MambaConfig | LinearAttentionConfig | RecurrentConfig
+MixerConfig = AttentionConfig | MambaConfig | Mamba2Config | LinearAttentionConfig | RecurrentConfig
 
 # arch -> the type of its ``mixer`` sub-config
 MIXER_CONFIGS: dict[str, type] = {
-    "transformer": AttentionConfig, "fox": AttentionConfig, "mamba": MambaConfig,
+    "transformer": AttentionConfig, "fox": AttentionConfig, "mamba": MambaConfig, "mamba2": Mamba2Config,
     "gla": LinearAttentionConfig, "retnet": LinearAttentionConfig,
     "mingru": RecurrentConfig, "minlstm": RecurrentConfig, "lstm": RecurrentConfig,
 }
@@ -251,11 +283,9 @@ FLAT_ALIASES = {"pattern_heads": "n_groups"}
 # every mixer field name of the flat layout. A flat config.json holds all of them, including the
 # ones its arch does not use; as before the split, those are ignored (they never affected the model)
 # and are not saved again. Any other name is an error.
-_FLAT_DEFAULTS: dict[str, Any] = {
-    **{f.name: f.default for cls in (AttentionConfig, MambaConfig, LinearAttentionConfig, RecurrentConfig)
-       for f in dataclasses.fields(cls)},
-    "pattern_heads": 8,
-}
+_FLAT_NAMES: frozenset[str] = frozenset(
+    {f.name for cls in (AttentionConfig, MambaConfig, Mamba2Config, LinearAttentionConfig, RecurrentConfig)
+     for f in dataclasses.fields(cls)} | set(FLAT_ALIASES))
 
 
 def _mixer_fields(cls: type) -> set[str]:
@@ -277,7 +307,7 @@ def _split_mixer_kwargs(arch: str, flat: dict[str, Any], base: Any) -> Any:
         target = FLAT_ALIASES.get(name, name)
         if target in own:
             values[target] = value
-        elif name not in _FLAT_DEFAULTS:
+        elif name not in _FLAT_NAMES:
             raise TypeError(f"ModelConfig: unknown field {name!r}")
     return cls(**values)
 
@@ -296,8 +326,8 @@ class ModelConfig:
     fc_in x)), ``d_mlp``, ``act``, ``mlp_bias``, ``attn_only`` (no MLP), ``parallel_residual``
     (GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)); ``meta`` (free-form provenance, not compared).
 
-    ``mixer``: :class:`AttentionConfig`, :class:`MambaConfig`, :class:`LinearAttentionConfig` or
-    :class:`RecurrentConfig`, per :data:`MIXER_CONFIGS`. Its fields can be passed flat
+    ``mixer``: :class:`AttentionConfig`, :class:`MambaConfig`, :class:`Mamba2Config`,
+    :class:`LinearAttentionConfig` or :class:`RecurrentConfig`, per :data:`MIXER_CONFIGS`. Its fields can be passed flat
     (``ModelConfig(arch="mamba", d_state=8)``) and read flat (``cfg.d_state``).
     """
 
@@ -372,6 +402,8 @@ class ModelConfig:
             self._check_attention()
         elif self.positions == "rotary":
             raise ValueError(f"ModelConfig.positions: 'rotary' needs an attention mixer, not arch {self.arch!r}")
+        if isinstance(self.mixer, Mamba2Config) and self.d_inner % self.n_heads:
+            raise ValueError(f"Mamba2Config.n_heads: {self.n_heads} must divide d_inner={self.d_inner}")
         if isinstance(self.mixer, MambaConfig) and self.d_inner % self.n_groups:
             raise ValueError(f"MambaConfig.n_groups: {self.n_groups} must divide d_inner={self.d_inner}")
         if isinstance(self.mixer, LinearAttentionConfig) and (self.key_dim % self.n_heads or
@@ -430,6 +462,11 @@ class ModelConfig:
         return self.mixer.expand * self.d_model
 
     @property
+    def ssd_head_dim(self) -> int:
+        """Mamba-2's per-head value width P = d_inner / n_heads."""
+        return self.d_inner // self.n_heads
+
+    @property
     def dt_rank_(self) -> int:
         return self.mixer.dt_rank if self.mixer.dt_rank is not None else math.ceil(self.d_model / 16)
 
@@ -468,7 +505,7 @@ class ModelConfig:
             raise ArgumentTypeError(f"ModelConfig.arch: expected str, got {arch!r} ({type(arch).__name__})")
         shared = {f.name for f in dataclasses.fields(cls)} - {"mixer"}
         mixer_names = _mixer_fields(MIXER_CONFIGS.get(arch, AttentionConfig))
-        known = shared | set(_FLAT_DEFAULTS) | {"mixer"}
+        known = shared | set(_FLAT_NAMES) | {"mixer"}
         unknown = sorted(set(d) - known)
         unknown += sorted(f"mixer.{k}" for k in (d.get("mixer") or {}) if k not in mixer_names)
         if unknown:

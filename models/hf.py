@@ -26,6 +26,8 @@ Supported ``model_type`` values and how they map onto :class:`~seqlens.models.co
                ``query_pre_attn_scalar^-1/2``, attention and final logit soft-capping, local
                (sliding) and global layers alternating.
 ``mamba``      Mamba-1: parameter names are ours already (``blocks.{l}.mixer.*``).
+``mamba2``     Mamba-2 (SSD): transformers' parameter names (``in_proj conv1d dt_bias A_log D norm
+               out_proj``); only the default ``time_step_limit`` (no clamp of Δ).
 =============  ==================================================================================
 
 Every Hugging Face weight is checked against the shape that ``config.json`` implies before it is
@@ -494,6 +496,73 @@ def _mamba_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
         yield _mamba_layer(w, layer, cfg)
 
 
+# ----------------------------------------------------------------------------- Mamba-2
+
+
+def _mamba2_config(hf: dict[str, Any], label: str) -> ModelConfig:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise NotImplementedError(f"{ARG}: {label}: Mamba-2 with hidden_act={hf['hidden_act']!r} is not "
+                                  "implemented; only 'silu'")
+    limit = [_json_float(v, "time_step_limit", label) for v in hf.get("time_step_limit") or (0.0, math.inf)]
+    if len(limit) != 2 or limit[0] > 0.0 or math.isfinite(limit[1]):
+        raise NotImplementedError(f"{ARG}: {label}: Mamba-2 with time_step_limit={list(limit)} is not "
+                                  "implemented; only the default (0, inf) (no clamp of Δ)")
+    d = _required(hf, "hidden_size", label)
+    expand = hf.get("expand", 2)
+    if not float(expand).is_integer():
+        raise NotImplementedError(f"{ARG}: {label}: Mamba-2 expand={expand} is not an integer")
+    return _make_config(
+        label, arch="mamba2", vocab_size=_required(hf, "vocab_size", label), d_model=d,
+        n_layers=_required(hf, "num_hidden_layers", label), n_ctx=MAMBA_N_CTX, norm="rmsnorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), tied_embeddings=hf.get("tie_word_embeddings", False),
+        d_state=hf.get("state_size", 128), d_conv=hf.get("conv_kernel", 4), expand=int(expand),
+        n_heads=_required(hf, "num_heads", label), n_bc_groups=hf.get("n_groups", 1),
+        conv_bias=hf.get("use_conv_bias", True), proj_bias=hf.get("use_bias", False))
+
+
+def _json_float(value: Any, key: str, label: str) -> float:
+    """A float from config.json, where transformers writes infinities as ``{"__float__":
+    "Infinity"}`` (JSON has no inf)."""
+    if isinstance(value, dict) and set(value) == {"__float__"}:
+        value = value["__float__"]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE}'s {key!r} holds {value!r}, not a number") from None
+
+
+def _mamba2_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
+    src, dst = f"layers.{layer}", f"blocks.{layer}.mixer"
+    d, inner, H = cfg.d_model, cfg.d_inner, cfg.n_heads
+    conv_dim = inner + 2 * cfg.n_bc_groups * cfg.d_state
+    m = f"{src}.mixer"
+    state = {
+        **_norm(w, f"{src}.norm", f"blocks.{layer}.ln1", d, bias=False),
+        **_linear(w, f"{m}.in_proj", f"{dst}.in_proj", inner + conv_dim + H, d, bias=cfg.proj_bias),
+        f"{dst}.conv1d.weight": w.take(f"{m}.conv1d.weight", (conv_dim, 1, cfg.d_conv)),
+        **{f"{dst}.{p}": w.take(f"{m}.{p}", (H,)) for p in ("dt_bias", "A_log", "D")},
+        f"{dst}.norm.weight": w.take(f"{m}.norm.weight", (inner,)),
+        **_linear(w, f"{m}.out_proj", f"{dst}.out_proj", d, inner, bias=cfg.proj_bias),
+    }
+    if cfg.conv_bias:
+        state[f"{dst}.conv1d.bias"] = w.take(f"{m}.conv1d.bias", (conv_dim,))
+    return state
+
+
+def _mamba2_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
+    state = _mamba_weights_shared(w, cfg)
+    for layer in range(cfg.n_layers):
+        state.update(_mamba2_layer(w, layer, cfg))
+    return state
+
+
+def _mamba_weights_shared(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
+    """Embedding, final norm and head of a Mamba-2 checkpoint (laid out as Mamba's)."""
+    embed = "embedding.weight" if w.has("embedding.weight") else "embeddings.weight"
+    return {"embed.weight": w.take(embed, (cfg.vocab_size, cfg.d_model)),
+            **_norm(w, "norm_f", "ln_final", cfg.d_model, bias=False), **_head(w, ("lm_head.weight",), cfg)}
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -511,4 +580,5 @@ FAMILIES: dict[str, Family] = {
     "gpt_neox": Family("gpt_neox.", _neox_config, _neox_weights),
     **{name: Family("model.", _llama_config, _llama_weights) for name in LLAMA_LIKE},
     "mamba": Family("backbone.", _mamba_config, _mamba_weights),
+    "mamba2": Family("backbone.", _mamba2_config, _mamba2_weights),
 }

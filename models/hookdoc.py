@@ -105,7 +105,7 @@ def markdown() -> str:
              "of the module classes (tests check that it is up to date and that these are exactly the hooks",
              "that fire). Shapes: B batch, L sequence length, T tapped positions, H heads, H_kv key/value",
              "heads, D Mamba's d_inner, N its d_state, D_h the recurrent hidden width, d_k / d_v per-head",
-             "key / value widths of GLA.",
+             "key / value widths of GLA, P Mamba-2's head width (d_inner / H), G its B/C groups.",
              "",
              "TransformerLens' names also resolve on softmax attention models (`run_with_cache`, its",
              "`names_filter` and cache lookups, `run_with_hooks`): `blocks.{l}.attn.X` is",

@@ -32,6 +32,9 @@ def _mqar_models() -> dict[str, ModelConfig]:
     return {
         "transformer": ModelConfig(arch="transformer", n_layers=2, n_heads=4, d_mlp=128, **LLAMA, **base),
         "mamba": ModelConfig(arch="mamba", n_layers=4, d_state=16, expand=2, norm="rmsnorm", **base),
+        # Mamba-2: 8 heads of 16 channels, one B/C group (~113k parameters without embeddings)
+        "mamba2": ModelConfig(arch="mamba2", n_layers=4, d_state=16, expand=2, n_heads=8, n_bc_groups=1,
+                              norm="rmsnorm", **base),
         "gla": ModelConfig(arch="gla", n_layers=2, n_heads=4, d_key=64, d_value=64, d_mlp=128,
                            **RECURRENT, **base),
         "mingru": ModelConfig(arch="mingru", n_layers=2, d_hidden=128, n_groups=8, d_mlp=128,

@@ -27,6 +27,8 @@ CONFIGS: dict[str, ModelConfig] = {
                        norm="rmsnorm", mlp="gated", act="silu"),
     "mamba": ModelConfig(arch="mamba", vocab_size=V, d_model=32, n_layers=2, d_state=8, expand=2,
                          n_groups=4),
+    "mamba2": ModelConfig(arch="mamba2", vocab_size=V, d_model=32, n_layers=2, d_state=8, expand=2, n_heads=4,
+                          n_bc_groups=2, norm="rmsnorm", chunk_size=8),
     "gla": ModelConfig(arch="gla", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_key=16, d_value=32,
                        gate_low_rank=8, norm="rmsnorm", mlp="gated", act="silu"),
     "retnet": ModelConfig(arch="retnet", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_key=16,

@@ -17,6 +17,7 @@ from seqlens.testing.planted import DH, V, planted_model
 LLAMA = dict(mlp="gated", norm="rmsnorm", positions="rotary", act="silu")
 CONSERVATIVE = {  # arch -> (config extras, the rule set that must conserve)
     "mamba": ({}, "mambalrp"),
+    "mamba2": (dict(norm="rmsnorm"), "mambalrp"),
     "mingru": (dict(positions="none"), "lrp"),
     "minlstm": (dict(positions="none"), "lrp"),
     "lstm": (dict(positions="none"), "lrp"),
