@@ -77,6 +77,15 @@ def test_left_pads_leave_the_state_untouched(name: str) -> None:
     assert state[0].abs().max() == 0 and state[1].abs().max() > 0
 
 
+def test_mamba2_pads_on_the_right_and_refuses_left_padding() -> None:
+    """Mamba-2 convolves B and C with x and has no hook before that conv to zero at pads, so it
+    declares no pad_write_hooks: left padding is refused clearly, right padding is exact."""
+    assert_rows_match(make("mamba2"), "right")
+    toks, mask = padded(rows(), "left")
+    with pytest.raises(NotImplementedError, match=r"left padding is not implemented for \['Mamba2Mixer'\]"):
+        make("mamba2")(toks, attention_mask=mask)
+
+
 def test_mixers_without_padding_support_refuse_left_padding(monkeypatch) -> None:
     from seqlens.models.mamba import MambaMixer
 
