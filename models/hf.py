@@ -549,11 +549,10 @@ def _mamba2_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]
     return state
 
 
-def _mamba2_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-    state = _mamba_weights_shared(w, cfg)
-    for layer in range(cfg.n_layers):
-        state.update(_mamba2_layer(w, layer, cfg))
-    return state
+def _mamba2_weights(w: Weights, cfg: ModelConfig) -> Iterator[dict[str, Tensor]]:
+    yield _mamba_weights_shared(w, cfg)
+    for layer in range(cfg.n_layers):  # one layer at a time (streamed into the model by from_hf)
+        yield _mamba2_layer(w, layer, cfg)
 
 
 def _mamba_weights_shared(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
