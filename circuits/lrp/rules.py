@@ -45,7 +45,8 @@ class _IdentityRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         out = fn(pre)
-        safe = torch.where(pre == 0, torch.full_like(pre, EPS), pre)
+        eps = max(EPS, torch.finfo(pre.dtype).tiny)  # 1e-12 is 0 in float16: keep the guard non-zero
+        safe = torch.where(pre == 0, torch.full_like(pre, eps), pre)
         ctx.save_for_backward(out / safe)
         return out
 
