@@ -30,6 +30,7 @@ POSITIONS = ("learned", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTS = ("gelu_new", "gelu", "silu", "relu")
 MLPS = ("plain", "gated")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def _check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -120,7 +121,14 @@ class AttentionConfig:
     """Softmax / forgetting attention (``transformer``, ``fox``): ``n_heads`` (the groups),
     ``d_head`` (default ``d_model // n_heads``), ``n_kv_heads`` (grouped-query attention; default
     ``n_heads``), ``rotary_dim`` (partial rotary as in GPT-NeoX; default ``d_head``),
-    ``rotary_base``, ``attn_bias`` (q, k, v), ``attn_out_bias``."""
+    ``rotary_base``, ``attn_bias`` (q, k, v), ``attn_out_bias``. Options of real checkpoints
+    (models/hf.py): ``rope_scaling`` (transformers' RoPE parameters besides ``rope_theta``, e.g.
+    ``{"rope_type": "llama3", "factor": 8.0, ...}``; None = plain RoPE; models/rope.py),
+    ``sliding_window`` (keys a query reads on sliding layers, itself included), ``layer_types``
+    (per layer ``"full_attention"`` / ``"sliding_attention"``; None: every layer slides when
+    ``sliding_window`` is set), ``qk_norm`` (Qwen3: RMSNorm over d_head on queries and keys),
+    ``attn_scale`` (logit scale; None = 1/sqrt(d_head); Gemma 2: query_pre_attn_scalar^-1/2),
+    ``attn_softcap`` (Gemma 2: logits -> cap · tanh(logits / cap) before the mask)."""
 
     n_heads: int = 4
     d_head: int | None = None
@@ -129,10 +137,27 @@ class AttentionConfig:
     rotary_base: float = 10000.0
     attn_bias: bool = False
     attn_out_bias: bool = False
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
+    sliding_window: int | None = None
+    layer_types: list[str] | None = field(default=None, hash=False)
+    qk_norm: bool = False
+    attn_scale: float | None = None
+    attn_softcap: float | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        _check_positive_fields(self, ("n_heads", "d_head", "n_kv_heads", "rotary_dim", "rotary_base"))
+        _check_positive_fields(self, ("n_heads", "d_head", "n_kv_heads", "rotary_dim", "rotary_base",
+                                      "sliding_window", "attn_scale", "attn_softcap"))
+        if self.layer_types is not None:
+            bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+            if bad:
+                raise ValueError(f"AttentionConfig.layer_types: expected entries from {list(LAYER_TYPES)}, "
+                                 f"got {bad}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("AttentionConfig.layer_types: sliding layers need sliding_window")
+        if self.rope_scaling is not None:
+            from .rope import check_rope_scaling  # the rope module knows its parameters
+            check_rope_scaling(self.rope_scaling)
 
     @property
     def n_groups(self) -> int:
@@ -322,6 +347,13 @@ class ModelConfig:
     mlp_bias: bool = False
     attn_only: bool = False
     parallel_residual: bool = False
+    # real checkpoints (models/hf.py): Gemma's norms multiply by (norm_offset + weight) and its token
+    # embeddings by sqrt(d_model); Gemma 2 soft-caps the output logits and normalises the mixer's and
+    # the MLP's outputs too (sandwich_norms)
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    final_softcap: float | None = None
+    sandwich_norms: bool = False
     mixer: Any = None
     # free-form provenance (e.g. {"source": "hf:gpt2"}); not used by the model
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -364,7 +396,7 @@ class ModelConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTS)
         _check_choice("mlp", self.mlp, MLPS)
-        for name in ("vocab_size", "d_model", "n_layers", "n_ctx", "d_mlp", "norm_eps"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_ctx", "d_mlp", "norm_eps", "final_softcap"):
             _check_positive(name, getattr(self, name))
         if isinstance(self.mixer, AttentionConfig):
             self._check_attention()
@@ -387,10 +419,21 @@ class ModelConfig:
                              f"n_heads={self.n_heads}; set d_head explicitly")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"AttentionConfig.n_kv_heads: {self.kv_heads} must divide n_heads={self.n_heads}")
-        if self.positions == "rotary" and self.rot_dim % 2:
-            raise ValueError(f"AttentionConfig.rotary_dim: expected an even number, got {self.rot_dim}")
-        if self.rot_dim > self.head_dim:
-            raise ValueError(f"AttentionConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim}")
+        # an odd rotary_dim r rotates r + 1 features (ceil(r / 2) frequencies), as transformers does
+        if self.rot_dim + self.rot_dim % 2 > self.head_dim:
+            raise ValueError(f"AttentionConfig.rotary_dim: {self.rot_dim} exceeds d_head={self.head_dim} "
+                             "(an odd rotary_dim rotates rotary_dim + 1 features)")
+        types_ = self.mixer.layer_types
+        if types_ is not None and len(types_) != self.n_layers:
+            raise ValueError(f"AttentionConfig.layer_types: expected {self.n_layers} entries (n_layers), "
+                             f"got {len(types_)}")
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window size of attention layer ``layer`` (None: full causal attention)."""
+        types_ = self.mixer.layer_types
+        if types_ is None or types_[layer] == "sliding_attention":
+            return self.mixer.sliding_window
+        return None
 
     # derived sizes -----------------------------------------------------------------------
     @property
@@ -474,7 +517,11 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        """A copy with ``changes``; mixer fields may be given flat (``replace(d_state=4)``)."""
+        """A copy with ``changes``; mixer fields may be given flat (``replace(d_state=4)``). A twin
+        of another depth (sizing, header checks) repeats the layer pattern of ``layer_types``."""
+        n, types_ = changes.get("n_layers"), getattr(self.mixer, "layer_types", None)
+        if types_ and "layer_types" not in changes and "mixer" not in changes and isinstance(n, int) and n > 0:
+            changes["layer_types"] = [types_[i % len(types_)] for i in range(n)]
         return dataclasses.replace(self, **changes)
 
 
@@ -498,4 +545,8 @@ class _SharedFields:
     mlp_bias: bool
     attn_only: bool
     parallel_residual: bool
+    norm_offset: float
+    embed_scale: bool
+    final_softcap: float | None
+    sandwich_norms: bool
     meta: dict[str, Any]

@@ -40,11 +40,15 @@ def hook_table(cfg: ModelConfig) -> list[tuple[str, HookSpec]]:
         rows.append((p + "hook_resid_pre", block["hook_resid_pre"]))
         rows += _norm_specs(p + "ln1")
         rows += [(p + "mixer." + h.name, h) for h in mixer.hook_specs(cfg)]
+        if cfg.sandwich_norms:  # Gemma 2: the mixer's output is normalised before the residual add
+            rows += _norm_specs(p + "ln1_post")
         if with_mlp:
             if not cfg.parallel_residual:
                 rows.append((p + "hook_resid_mid", block["hook_resid_mid"]))
             rows += _norm_specs(p + "ln2")
             rows += [(p + "mlp." + h.name, h) for h in MLP.HOOKS if hook_exists(h.when, cfg)]
+            if cfg.sandwich_norms:
+                rows += _norm_specs(p + "ln2_post")
         rows.append((p + "hook_resid_post", block["hook_resid_post"]))
     return rows + _norm_specs("ln_final")
 
@@ -112,7 +116,7 @@ def markdown() -> str:
              "## Model (`hook_embed`, `ln_final.*`)", ""]
     extra = [h for h in model_class("transformer").HOOKS if h not in SeqModel.HOOKS]
     lines += _table(SeqModel.HOOKS + tuple(extra)) + ["", "## Block (`blocks.{l}.*`)", ""]
-    lines += _table(Block.HOOKS) + ["", "## Norms (`ln1`, `ln2`, `ln_final`)", ""]
+    lines += _table(Block.HOOKS) + ["", "## Norms (`ln1`, `ln2`, `ln_final`; Gemma 2 adds `ln1_post`, `ln2_post`)", ""]
     lines += _table(Norm.HOOKS) + ["", "## MLP (`blocks.{l}.mlp.*`)", ""]
     lines += _table(MLP.HOOKS) + [""]
     by_mixer: dict[type, list[str]] = {}

@@ -86,6 +86,7 @@ class LSTMMixer(Mixer):
     state_key = None  # hook_state reports h and c together, see tap_value
     state_spec = StateSpec("c", "[B, D_h]", "cell c [B, D_h], heads = cfg.n_groups channel groups")
     decay_hooks = ("hook_decay",)
+    pad_write_hooks = ("hook_input_gate",)  # left padding: i = 0 keeps c = 0, so h = o tanh(0) = 0
     memory_hook = "hook_c"
     lrp = LRPRules(detach=("hook_input_gate", "hook_decay", "hook_out_gate"),
                    note="LSTM gate rule (Arras et al. 2017): gates detached, so i⊙g and o⊙tanh(c) pass all "

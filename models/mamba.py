@@ -63,6 +63,7 @@ class MambaMixer(Mixer):
     state_spec = StateSpec("ssm", "[B, D, N]", "ssm [B, d_inner, d_state], heads = cfg.n_groups "
                            "channel groups of d_inner", linear=True)
     decay_hooks = ("hook_delta",)
+    pad_write_hooks = ("hook_x", "hook_conv")  # left padding: the conv's history and the value written
     memory_hook = "hook_z"
     lrp = LRPRules(detach=("hook_delta", "hook_B", "hook_C"), uniform=("hook_z * hook_out_gate",),
                    note="MambaLRP (Jafari et al. 2024): scan linear in u given Δ, B, C (detached); SiLU by the "

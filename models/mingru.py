@@ -116,6 +116,7 @@ class MinRNNMixer(Mixer):
     state_key = "h"
     state_spec = StateSpec("h", "[B, D_h]", "h [B, D_h], heads = cfg.n_groups channel groups", linear=True)
     decay_hooks = ("hook_decay",)
+    pad_write_hooks = ("hook_input_gate",)  # left padding: a zero write weight keeps h at 0
     memory_hook = "hook_z"
     lrp = LRPRules(detach=("hook_decay", "hook_input_gate"),
                    note="gated linear recurrence: gates detached (the gate rule: w⊙h̃ passes all relevance to "
