@@ -24,17 +24,22 @@ def from_hf(path_or_model, **kwargs) -> SeqModel:
     return _from_hf(path_or_model, **kwargs)
 
 
-def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None) -> SeqModel:
-    """Open a zoo model by name, or a local directory (seqlens or Hugging Face format)."""
+def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None) -> SeqModel:
+    """Open a zoo model by name, or a local directory (seqlens or Hugging Face format), on
+    ``device`` with parameters in ``dtype`` (default: as stored; Hugging Face checkpoints: float32)."""
     from . import io, zoo
 
     if not isinstance(name_or_dir, (str, os.PathLike)) or str(name_or_dir) == "":
         raise TypeError(f"name_or_dir: expected a zoo name or a directory path, got {name_or_dir!r}")
     device = _check_device(device)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     if isinstance(name_or_dir, str) and name_or_dir in zoo.names():
-        return zoo.load(name_or_dir, device=device)
+        model = zoo.load(name_or_dir, device=device)
+        return model if dtype is None else model.to(dtype)
     if Path(name_or_dir).exists():
-        return io.load_dir(name_or_dir, device=device)
+        return io.load_dir(name_or_dir, device=device, dtype=dtype)
     raise FileNotFoundError(f"name_or_dir: {str(name_or_dir)!r} is neither a zoo model ({zoo.names()}) nor an "
                             "existing directory")
 

@@ -107,11 +107,15 @@ class Norm(nn.Module):
                 out = self.affine(hooked, x.dtype)
         return self.hook_out(out)
 
+    def gain(self) -> Tensor:
+        """The per-feature factor the normalised input is multiplied by (Gemma: ``1 + weight``)."""
+        return self.weight
+
     def linear_part(self) -> Tensor:
         """The linear part ``N [d, d]`` in row convention, ``x ↦ x N``: ``(I − 11ᵀ/d) diag(w)``
-        (LayerNorm: centre, then weight) or ``diag(w)`` (RMSNorm). Left out: the ``1/scale`` (a
-        positive factor per token) and the bias, as TransformerLens' ``fold_ln`` does."""
-        w = self.weight.detach()
+        (LayerNorm: centre, then weight) or ``diag(w)`` (RMSNorm; Gemma ``diag(1 + w)``). Left out:
+        the ``1/scale`` (a positive factor per token) and the bias, as TransformerLens' ``fold_ln`` does."""
+        w = self.gain().detach()
         N = torch.diag(w)
         if self.is_layernorm:
             d = w.shape[0]
@@ -137,20 +141,32 @@ class LayerNorm(Norm):
 
 
 class RMSNorm(Norm):
-    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back."""
+    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back. With ``offset`` (Gemma:
+    1) the gain is ``offset + weight`` and is applied in float32 before the cast, as Gemma does."""
+
+    def __init__(self, d: int, eps: float, offset: float = 0.0):
+        super().__init__(d, eps)
+        self.offset = offset
+
+    def gain(self) -> Tensor:
+        return self.weight + self.offset if self.offset else self.weight
 
     def fused(self, x: Tensor) -> Tensor:
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (y * (self.offset + self.weight.float())).to(x.dtype)
         return self.weight * y.to(x.dtype)
 
     def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.offset:
+            return (y.float() * (self.offset + self.weight.float())).to(dtype)
         return self.weight * y.to(dtype)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
+        return RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_offset)
     return LayerNorm(cfg.d_model, cfg.norm_eps)
 
 
@@ -231,8 +247,11 @@ class Block(nn.Module):
         self.parallel = cfg.parallel_residual and with_mlp
         self.ln1 = make_norm(cfg)
         self.mixer = mixer
+        # Gemma 2's "sandwich": a norm on the mixer's output (and the MLP's) before the residual add
+        self.ln1_post = make_norm(cfg) if cfg.sandwich_norms else None
         self.ln2 = make_norm(cfg) if with_mlp else None
         self.mlp = MLP(cfg) if with_mlp else None
+        self.ln2_post = make_norm(cfg) if cfg.sandwich_norms and with_mlp else None
         self.hook_resid_pre = HookPoint()
         if with_mlp and not self.parallel:
             self.hook_resid_mid = HookPoint()
@@ -241,12 +260,18 @@ class Block(nn.Module):
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
         x = self.hook_resid_pre(x)
         mixed, state = self.mixer(self.ln1(x), state=state, pos=pos)
+        if self.ln1_post is not None:
+            mixed = self.ln1_post(mixed)
         if self.mlp is None:
             return self.hook_resid_post(x + mixed), state
         if self.parallel:
-            return self.hook_resid_post(x + mixed + self.mlp(self.ln2(x))), state
+            return self.hook_resid_post(x + mixed + self.mlp_branch(x)), state
         mid = self.hook_resid_mid(x + mixed)
-        return self.hook_resid_post(mid + self.mlp(self.ln2(mid))), state
+        return self.hook_resid_post(mid + self.mlp_branch(mid)), state
+
+    def mlp_branch(self, x: Tensor) -> Tensor:
+        out = self.mlp(self.ln2(x))
+        return out if self.ln2_post is None else self.ln2_post(out)
 
 
 # ----------------------------------------------------------------------------- state
@@ -266,6 +291,22 @@ class ModelState:
 
     def clone(self) -> "ModelState":
         return ModelState([{k: v.clone() for k, v in d.items()} for d in self.layers], self.pos)
+
+
+class Padding(NamedTuple):
+    """Left padding of one ``forward(tokens, attention_mask)`` run, seen by the model and its
+    mixers: ``mask [B, L]`` (True = a real token) and ``positions [B, L]`` (each row counts from its
+    first real token, so a padded row computes what it would alone)."""
+
+    mask: Tensor
+    positions: Tensor
+
+
+class Batch(NamedTuple):
+    """Token ids ``[B, L]`` of several texts, padded, and their ``attention_mask [B, L]`` (1 = real)."""
+
+    tokens: Tensor
+    attention_mask: Tensor
 
 
 class StreamOutput(NamedTuple):
@@ -346,6 +387,7 @@ class SeqModel(HookedRootModule):
         self.name: str | None = None
         self.recipe: Any = None
         self.metrics: dict[str, float] = {}
+        self.padding: Padding | None = None  # set during forward(tokens, attention_mask) with left padding
 
     def build_extras(self) -> None:
         """Subclasses add architecture-specific modules here (e.g. position embeddings), before
@@ -383,16 +425,120 @@ class SeqModel(HookedRootModule):
         for i, block in enumerate(self.blocks):
             x, layer_state = block(x, None if state is None else state.layers[i], pos=pos)
             new_layers.append(layer_state)
-        logits = self.unembed(self.ln_final(x))
+        logits = self.unembed_resid(self.ln_final(x))
         if self._tap_runs is not None:  # which positions tap_states' taps could fire at (see there)
             self._tap_runs.append((pos, pos + tokens.shape[1]))
         if state is None:
             return logits, None
         return logits, ModelState(new_layers, pos + tokens.shape[1])
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """``tokens [B, L] -> logits [B, L, V]`` (parallel form, from an empty state)."""
-        return self._run(tokens, None)[0]
+    def unembed_resid(self, x: Tensor) -> Tensor:
+        """Logits ``[B, L, V]`` of the final normalised residual ``x`` (a subclass may cap them)."""
+        return self.unembed(x)
+
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``tokens [B, L] -> logits [B, L, V]`` (parallel form, from an empty state).
+
+        ``attention_mask [B, L]`` (1 / True = real token, 0 = padding; as ``to_tokens`` returns)
+        lets rows of different lengths share a batch: with right padding every causal model
+        computes each row's real tokens as it would alone (pads come after them). With left
+        padding, attention mixers (``Mixer.handles_padding``) mask pad keys and count positions
+        from each row's first real token; recurrent mixers have their ``pad_write_hooks`` zeroed at
+        pads, so their state stays at its zero start through them; a mixer with neither refuses.
+        Logits at pad positions are meaningless."""
+        if attention_mask is None:
+            return self._run(tokens, None)[0]
+        padding = self.padding_for(self.check_tokens(tokens), attention_mask)
+        if padding is None:
+            return self._run(tokens, None)[0]
+        old = self.padding, [m.padding if hasattr(m, "padding") else None for m in self.mixers]
+        self.padding = padding
+        for m in self.mixers:
+            m.padding = padding
+        handles = self._zero_pad_writes(padding.mask)
+        try:
+            return self._run(tokens, None)[0]
+        finally:
+            for h in handles:
+                h.remove()
+            self.padding = old[0]
+            for m, p in zip(self.mixers, old[1]):
+                m.padding = p
+
+    def _zero_pad_writes(self, mask: Tensor) -> list[Any]:
+        """Left padding on recurrent mixers: zero each mixer's ``pad_write_hooks`` at pad positions,
+        so the state stays at its zero start until a row's first real token. Registered as torch
+        forward hooks run before any user hook (users see the values the model used)."""
+        def zero(module: nn.Module, args: Any, out: Tensor) -> Tensor:
+            keep = mask.view(*mask.shape, *([1] * (out.dim() - 2)))
+            return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+        handles = []
+        for m in self.mixers:
+            if not m.handles_padding:
+                for name in m.pad_write_hooks:
+                    handles.append(m.get_submodule(name).register_forward_hook(zero, prepend=True))
+        return handles
+
+    def padding_for(self, tokens: Tensor, attention_mask: Any) -> Padding | None:
+        """The :class:`Padding` of a left-padded batch; None when no row has left padding (right
+        padding needs no mask in a causal model). ValueError unless ``attention_mask`` is a
+        0 / 1 tensor shaped like ``tokens`` with each row's real tokens contiguous and at one end."""
+        mask = self._check_mask(tokens, attention_mask)
+        left = ~mask[:, 0]
+        if not bool(left.any()):
+            return None
+        if not all(m.handles_padding or m.pad_write_hooks for m in self.mixers):
+            kinds = sorted({type(m).__name__ for m in self.mixers if not (m.handles_padding or m.pad_write_hooks)})
+            raise NotImplementedError(
+                f"attention_mask: left padding is not implemented for {kinds} mixers (arch "
+                f"{self.cfg.arch!r}); pad on the right (to_tokens(..., padding_side='right')), which is "
+                "exact for every causal model")
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return Padding(mask, positions)
+
+    @staticmethod
+    def _check_mask(tokens: Tensor, attention_mask: Any) -> Tensor:
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"attention_mask: expected a tensor of 0 / 1 shaped like tokens, got "
+                            f"{type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != tuple(tokens.shape):
+            raise ValueError(f"attention_mask: expected shape {list(tokens.shape)} (that of tokens), got "
+                             f"{list(attention_mask.shape)}")
+        if attention_mask.is_floating_point() or not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask: expected integer or bool entries 0 (padding) and 1 (token)")
+        mask = attention_mask.to(device=tokens.device, dtype=torch.bool)
+        steps = mask.long().diff(dim=1)
+        one_run = (steps.abs().sum(1) <= 1) | ((steps.sum(1) == 0) & (steps.abs().sum(1) == 2) & ~mask[:, 0])
+        if not bool(mask.any(1).all()) or not bool(one_run.all()):
+            raise ValueError("attention_mask: every row needs at least one real token (1) and its real tokens "
+                             "in one contiguous run, padding (0) only before it (left) or after it (right)")
+        return mask
+
+    def to_tokens(self, texts: str | Sequence[str], padding_side: str = "right", bos: bool = False) -> Batch:
+        """Token ids of ``texts`` padded to one length: a :class:`Batch` ``(tokens [B, L],
+        attention_mask [B, L])`` for ``forward(tokens, attention_mask=...)``. Encoding is
+        :func:`seqlens.text.encode` with the model's tokenizer (bytes without one); the pad id is
+        the tokenizer's ``pad_token_id`` (else ``eos_token_id``, else 0): only the mask matters."""
+        from seqlens.text import encode
+
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts: expected a string or a non-empty list of strings")
+        ids = [encode(t, self.tokenizer, bos=bos) for t in texts]
+        if not all(ids):
+            raise ValueError(f"texts: text {[len(i) for i in ids].index(0)} encodes to no tokens")
+        pad = next((v for v in (getattr(self.tokenizer, "pad_token_id", None),
+                                getattr(self.tokenizer, "eos_token_id", None)) if v is not None), 0)
+        L = max(len(i) for i in ids)
+        tokens = torch.full((len(ids), L), int(pad), dtype=torch.long)
+        mask = torch.zeros(len(ids), L, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            cols = slice(L - len(seq), L) if padding_side == "left" else slice(0, len(seq))
+            tokens[row, cols], mask[row, cols] = torch.tensor(seq), 1
+        return Batch(tokens.to(self.device), mask.to(self.device))
 
     # -- recurrent inference -------------------------------------------------------------------
     def init_state(self, batch: int, device: torch.device | str | None = None,

@@ -107,6 +107,7 @@ class LinearAttentionMixer(Mixer):
     state_key = "S"
     state_spec = StateSpec("S", "[B, H, d_k, d_v]", "S [B, H, d_k, d_v], the mixer's heads", linear=True)
     decay_hooks = ("hook_log_decay",)
+    pad_write_hooks = ("hook_k",)  # left padding: k_t^T v_t is the write
     memory_hook = "hook_z"
     lrp = LRPRules(detach=("hook_log_decay", "g_norm.hook_scale"),
                    uniform=("hook_q / 4, hook_k / 4, hook_v / 2: (q·k)·v", "g_norm.hook_out * hook_out_gate"),

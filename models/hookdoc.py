@@ -40,11 +40,15 @@ def hook_table(cfg: ModelConfig) -> list[tuple[str, HookSpec]]:
         rows.append((p + "hook_resid_pre", block["hook_resid_pre"]))
         rows += _norm_specs(p + "ln1")
         rows += [(p + "mixer." + h.name, h) for h in mixer.hook_specs(cfg)]
+        if cfg.sandwich_norms:  # Gemma 2: the mixer's output is normalised before the residual add
+            rows += _norm_specs(p + "ln1_post")
         if with_mlp:
             if not cfg.parallel_residual:
                 rows.append((p + "hook_resid_mid", block["hook_resid_mid"]))
             rows += _norm_specs(p + "ln2")
             rows += [(p + "mlp." + h.name, h) for h in MLP.HOOKS if hook_exists(h.when, cfg)]
+            if cfg.sandwich_norms:
+                rows += _norm_specs(p + "ln2_post")
         rows.append((p + "hook_resid_post", block["hook_resid_post"]))
     return rows + _norm_specs("ln_final")
 
@@ -52,9 +56,7 @@ def hook_table(cfg: ModelConfig) -> list[tuple[str, HookSpec]]:
 def dims(cfg: ModelConfig, batch: int, length: int, taps: int) -> dict[str, int]:
     """Values of the symbols shape expressions use."""
     return {"B": batch, "L": length, "T": taps, "d_model": cfg.d_model, "d_mlp": cfg.mlp_dim,
-            "H": cfg.n_heads, "H_kv": cfg.kv_heads, "d_head": cfg.head_dim, "D": cfg.d_inner,
-            "N": cfg.d_state, "D_h": cfg.hidden_dim, "d_k": cfg.key_dim // cfg.n_heads,
-            "d_v": cfg.value_dim // cfg.n_heads, "value_dim": cfg.value_dim, "V": cfg.vocab_size}
+            "V": cfg.vocab_size, **cfg.mixer.symbols(cfg.d_model)}
 
 
 def shape_of(expr: str, values: dict[str, int]) -> tuple[int, ...]:
@@ -103,7 +105,7 @@ def markdown() -> str:
              "of the module classes (tests check that it is up to date and that these are exactly the hooks",
              "that fire). Shapes: B batch, L sequence length, T tapped positions, H heads, H_kv key/value",
              "heads, D Mamba's d_inner, N its d_state, D_h the recurrent hidden width, d_k / d_v per-head",
-             "key / value widths of GLA.",
+             "key / value widths of GLA, P Mamba-2's head width (d_inner / H), G its B/C groups.",
              "",
              "TransformerLens' names also resolve on softmax attention models (`run_with_cache`, its",
              "`names_filter` and cache lookups, `run_with_hooks`): `blocks.{l}.attn.X` is",
@@ -114,7 +116,7 @@ def markdown() -> str:
              "## Model (`hook_embed`, `ln_final.*`)", ""]
     extra = [h for h in model_class("transformer").HOOKS if h not in SeqModel.HOOKS]
     lines += _table(SeqModel.HOOKS + tuple(extra)) + ["", "## Block (`blocks.{l}.*`)", ""]
-    lines += _table(Block.HOOKS) + ["", "## Norms (`ln1`, `ln2`, `ln_final`)", ""]
+    lines += _table(Block.HOOKS) + ["", "## Norms (`ln1`, `ln2`, `ln_final`; Gemma 2 adds `ln1_post`, `ln2_post`)", ""]
     lines += _table(Norm.HOOKS) + ["", "## MLP (`blocks.{l}.mlp.*`)", ""]
     lines += _table(MLP.HOOKS) + [""]
     by_mixer: dict[type, list[str]] = {}

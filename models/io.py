@@ -79,7 +79,8 @@ def materialise(model: SeqModel, cfg: ModelConfig) -> SeqModel:
     return model
 
 
-def load_dir(path: str | os.PathLike, device: str | torch.device | None = None) -> SeqModel:
+def load_dir(path: str | os.PathLike, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None) -> SeqModel:
     """Load a seqlens checkpoint (``config.json`` with a ``"seqlens"`` key + ``model.safetensors``)
     or, failing that, a Hugging Face checkpoint directory (see ``seqlens.models.hf``)."""
     directory = Path(path)
@@ -89,7 +90,8 @@ def load_dir(path: str | os.PathLike, device: str | torch.device | None = None) 
     raw = read_config(directory)
     if "seqlens" not in raw:
         from .hf import from_hf
-        model = from_hf(directory)
+        # converted tensor by tensor straight into the target dtype and device (no second copy)
+        model = from_hf(directory, dtype=dtype or torch.float32, device=device or "cpu")
         raw = {}
     else:
         cfg = parse_model_config(raw["seqlens"], directory / CONFIG_FILE)
@@ -103,6 +105,8 @@ def load_dir(path: str | os.PathLike, device: str | torch.device | None = None) 
     attach_tokenizer(model, directory)
     if device is not None:
         model.to(device)
+    if dtype is not None:
+        model.to(dtype)
     return model.eval()
 
 

@@ -16,7 +16,9 @@ A mixer (softmax / FoX attention, Mamba, GLA / RetNet, minGRU / minLSTM, LSTM) s
 - ``ov_factors()``: the value -> output path as :class:`OVFactors`;
 - ``pattern(x)`` / ``implicit_attention(x)``: (implicit) attention; ``supports_state_taps``;
 - ``backend``: the kernel backend ("auto" or one of ``BACKENDS``), set the same way on every mixer;
-- ``lrp``: its :class:`LRPRules` (rule set and family), implemented by :mod:`seqlens.circuits.lrp`.
+- ``lrp``: its :class:`LRPRules` (rule set and family), implemented by :mod:`seqlens.circuits.lrp`;
+- ``handles_padding`` / ``pad_write_hooks``: how it takes a left-padded batch (it reads the
+  model's ``Padding``; or the hooks whose zeroing at pads keeps its zero state untouched).
 
 An analysis that does not apply raises :class:`NotApplicableError` and offers ``applies_to(model)``.
 """
@@ -270,6 +272,12 @@ class Mixer(nn.Module):
     memory_hook: ClassVar[str | None] = None  # units that carry memory (interpretable cells)
     whole_sequence_modes: ClassVar[tuple[str, ...]] = ("uniform",)  # ablations needing position 0
     is_softmax: ClassVar[bool] = False  # rows of pattern() are softmax distributions
+    # reads SeqModel's left-padding mask (``self.padding``: pad keys masked, positions per row); a mixer
+    # without it refuses left padding (right padding needs nothing: a causal mixer never reads later pads)
+    handles_padding: ClassVar[bool] = False
+    # hooks carrying what the recurrence writes into its state: zeroed at left-pad positions they keep
+    # the zero initial state at zero through the pads, so a left-padded row computes what it would alone
+    pad_write_hooks: ClassVar[tuple[str, ...]] = ()
     d_state: int | None = None  # state size per channel (Mamba's N); None where there is none
     lrp: ClassVar[LRPRules] = LRPRules()
 
@@ -375,7 +383,8 @@ def hook_exists(when: str, cfg: Any) -> bool:
     if not when or when == "tap_states":
         return True
     conds = {"rotary": cfg.positions == "rotary", "learned": cfg.positions == "learned",
-             "gated_mlp": cfg.mlp == "gated"}
+             "gated_mlp": cfg.mlp == "gated", "qk_norm": getattr(cfg, "qk_norm", False),
+             "sandwich_norms": getattr(cfg, "sandwich_norms", False)}
     if when in conds:
         return conds[when]
     return cfg.arch in when.split("|")

@@ -261,20 +261,27 @@ class TrainResult:
     history: list[dict]
     train_seconds: float
     directory: Path | None
+    stopped_at: int | None = None  # the step an ``on_eval`` callback ended training at, if it did
+
+
+OnEval = Callable[[SeqModel, int], tuple[dict[str, float], bool]]
+"""``on_eval(model, step) -> (extra metrics, stop)``: called after each evaluation (model in eval
+mode, no grad); the metrics join that history entry, ``stop=True`` ends training there."""
 
 
 def train(recipe: Recipe, out_dir: str | os.PathLike | None = None, resume: bool = True,
           progress: bool = True, save_every: int | None = None, force: bool = False,
-          on_eval: Callable[[int, SeqModel], Any] | None = None) -> TrainResult:
+          on_eval: OnEval | None = None) -> TrainResult:
     """Train ``recipe``'s model; write the checkpoint to ``out_dir`` when given.
 
     Deterministic on CPU: weights come from ``build(cfg, seed)``, every batch from
     ``(seed, step)``. With ``resume=True`` an existing ``out_dir/resume`` of the same recipe
     continues the run (saved every ``save_every`` steps, default every evaluation); one of another
     recipe is an error. ``out_dir`` must be empty, new, or this recipe's own earlier output unless
-    ``force``; it is checked (writable, not a file) before training starts. ``on_eval(step, model)``
-    is called after every evaluation (the model in eval mode, under no_grad): a training
-    trajectory for studies such as the induction phase change, without saving checkpoints.
+    ``force``; it is checked (writable, not a file) before training starts. ``on_eval`` (see
+    :data:`OnEval`) adds metrics to each evaluation and may stop training early (an analysis
+    metric such as an induction score; a trajectory's checkpoints); the step it stopped at is
+    recorded as ``stopped_at`` in config.json.
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe: expected a Recipe, got {type(recipe).__name__}")
@@ -314,7 +321,7 @@ def check_data(recipe: Recipe) -> None:
 
 
 def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,
-           save_every: int | None, on_eval: Callable[[int, SeqModel], Any] | None = None) -> TrainResult:
+           save_every: int | None, on_eval: OnEval | None = None) -> TrainResult:
     from tqdm.auto import tqdm
 
     from .registry import build
@@ -329,6 +336,7 @@ def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,
     t0 = time.perf_counter() - elapsed
     bar = tqdm(range(start, recipe.steps), desc=recipe.name, disable=not progress, initial=start,
                total=recipe.steps)
+    stopped_at = None
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(recipe, step)
@@ -343,28 +351,41 @@ def _train(recipe: Recipe, directory: Path | None, resume: bool, progress: bool,
         if done % recipe.eval_every == 0 or done == recipe.steps:
             history.append({"step": done, "train_loss": loss.item(), **evaluate(model, recipe)})
             bar.set_postfix(loss=f"{loss.item():.3f}", **{recipe.metric: f"{history[-1][recipe.metric]:.3f}"})
-            if on_eval is not None:
-                model.eval()
-                with torch.no_grad():
-                    on_eval(done, model)
-                model.train()
+            if on_eval is not None and _call_on_eval(on_eval, model, done, history[-1]):
+                stopped_at = done
+                break
         if directory is not None and (done % save_every == 0) and done < recipe.steps:
             _save_resume(directory, model, opt, done, history, time.perf_counter() - t0, recipe)
     seconds = time.perf_counter() - t0
     model.eval()
     metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else evaluate(model, recipe)
     if directory is not None:
-        write_checkpoint(directory, model, recipe, metrics, history, seconds)
-    return TrainResult(model, metrics, history, seconds, directory)
+        write_checkpoint(directory, model, recipe, metrics, history, seconds, stopped_at=stopped_at)
+    return TrainResult(model, metrics, history, seconds, directory, stopped_at)
+
+
+def _call_on_eval(on_eval: OnEval, model: SeqModel, step: int, entry: dict) -> bool:
+    """Run the callback in eval mode without grad, merge its metrics into ``entry``; whether to stop."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            extra, stop = on_eval(model, step)
+    finally:
+        model.train()
+    entry.update(extra)
+    return bool(stop)
 
 
 def write_checkpoint(directory: Path, model: SeqModel, recipe: Recipe, metrics: dict[str, float],
-                     history: list[dict], seconds: float) -> None:
-    """Final files: weights, and config.json with config, recipe, seed, metrics and version."""
+                     history: list[dict], seconds: float, stopped_at: int | None = None) -> None:
+    """Final files: weights, and config.json with config, recipe, seed, metrics and version (and
+    ``stopped_at`` when an ``on_eval`` callback ended training before ``recipe.steps``)."""
     from seqlens.version import __version__
 
-    model.save(directory, extra={
-        "recipe": recipe.to_dict(), "seed": recipe.seed, "metrics": metrics, "history": history,
-        "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
-        "version": __version__})
+    extra = {"recipe": recipe.to_dict(), "seed": recipe.seed, "metrics": metrics, "history": history,
+             "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+             "version": __version__}
+    if stopped_at is not None:
+        extra["stopped_at"] = stopped_at
+    model.save(directory, extra=extra)
     _remove_resume_folder(directory / RESUME_DIR)  # only the files a resume point consists of

@@ -25,29 +25,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from .base import Mixer, SeqModel, hook_active
+from . import rope
+from .base import Mixer, Padding, RMSNorm, SeqModel, hook_active
 from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, NotApplicableError,
                     OVFactors, StateSpec, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
 from .kernels.attention_stats import AttentionStats, attention_stats, pattern_stats
 
 
-def rotary_cos_sin(positions: Tensor, rot_dim: int, base: float) -> tuple[Tensor, Tensor]:
-    """``cos, sin [T, rot_dim]`` for absolute ``positions [T]`` (rotate-half layout, fp32)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, device=positions.device, dtype=torch.float32) / rot_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+def rotary_cos_sin(positions: Tensor, rot_dim: int, base: float, scaling: dict | None = None,
+                   n_ctx: int = 2048) -> tuple[Tensor, Tensor]:
+    """``cos, sin [..., rot_dim]`` for absolute ``positions`` (``[T]`` or ``[B, T]``; rotate-half
+    layout, fp32), with transformers' RoPE scaling ``scaling`` (see :mod:`.rope`)."""
+    return rope.cos_sin(positions, rot_dim, base, scaling, n_ctx)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the first ``rot_dim`` features of ``x [B, T, H, d_head]`` (GPT-NeoX / Llama
-    ``rotate_half`` convention); the remaining features pass through (partial rotary)."""
+    ``rotate_half`` convention); the remaining features pass through (partial rotary). ``cos``,
+    ``sin`` are ``[T, rot_dim]`` or, per row, ``[B, T, rot_dim]``."""
     rd = cos.shape[-1]
     xr, xp = x[..., :rd], x[..., rd:]
     x1, x2 = xr[..., : rd // 2], xr[..., rd // 2:]
     rotated = torch.cat([-x2, x1], dim=-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    c, s = (cos[None, :, None, :], sin[None, :, None, :]) if cos.dim() == 2 else (cos[:, :, None], sin[:, :, None])
     out = (xr.float() * c + rotated.float() * s).to(x.dtype)
     return torch.cat([out, xp], dim=-1)
 
@@ -67,12 +68,19 @@ class Attention(Mixer):
     """
 
     HOOKS = (
-        HookSpec("hook_q", "[B, L, H, d_head]", "queries (before rotary)"),
-        HookSpec("hook_k", "[B, L, H_kv, d_head]", "keys (before rotary)"),
+        HookSpec("q_norm.hook_scale", "[B, L, H, 1]", "Qwen3's query RMSNorm: sqrt(mean(q²) + eps) per head", "qk_norm"),
+        HookSpec("q_norm.hook_normalized", "[B, L, H, d_head]", "normalised queries before the norm's weight", "qk_norm"),
+        HookSpec("q_norm.hook_out", "[B, L, H, d_head]", "normalised queries (the same tensor as hook_q)", "qk_norm"),
+        HookSpec("hook_q", "[B, L, H, d_head]", "queries (before rotary; after q_norm where there is one)"),
+        HookSpec("k_norm.hook_scale", "[B, L, H_kv, 1]", "Qwen3's key RMSNorm: sqrt(mean(k²) + eps) per head", "qk_norm"),
+        HookSpec("k_norm.hook_normalized", "[B, L, H_kv, d_head]", "normalised keys before the norm's weight", "qk_norm"),
+        HookSpec("k_norm.hook_out", "[B, L, H_kv, d_head]", "normalised keys (the same tensor as hook_k)", "qk_norm"),
+        HookSpec("hook_k", "[B, L, H_kv, d_head]", "keys (before rotary; after k_norm where there is one)"),
         HookSpec("hook_v", "[B, L, H_kv, d_head]", "values"),
         HookSpec("hook_rot_q", "[B, L, H, d_head]", "queries after rotary", "rotary"),
         HookSpec("hook_rot_k", "[B, L, H_kv, d_head]", "keys after rotary", "rotary"),
-        HookSpec("hook_attn_scores", "[B, H, L, L]", "scaled logits incl. FoX's forget bias, masked entries -inf"),
+        HookSpec("hook_attn_scores", "[B, H, L, L]", "scaled (soft-capped) logits incl. FoX's forget bias, masked "
+                 "entries (future, outside a sliding window, padding) -inf"),
         HookSpec("hook_pattern", "[B, H, L, L]", "softmax attention pattern"),
         HookSpec("hook_z", "[B, L, H, d_head]", "per-head output before o (per-group output)"),
         HookSpec("hook_out", "[B, L, d_model]", "the mixer's output"),
@@ -80,16 +88,24 @@ class Attention(Mixer):
     BACKENDS = ("triton", "chunked", "ref")  # of attention_stats (forward uses PyTorch's SDPA)
     whole_sequence_modes = ()  # the KV cache carries every key: all ablations work in step/stream
     is_softmax = True
+    handles_padding = True
     state_spec = StateSpec(None, "k, v [B, H_kv, S, d_head] (KV cache)",
                            "the keys and values each chunk wrote to the KV cache, per query head")
     lrp = LRPRules(uniform=("hook_q / 4, hook_k / 4, hook_v / 2: softmax(q·k)·v",),
                    note="AttnLRP (Achtibat et al. 2024, lxt's efficient rules); cp-lrp detaches hook_q, hook_k",
                    method="attnlrp", family="attention")
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.cfg = cfg
         self.n_heads, self.n_kv, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.window = cfg.window(layer)  # keys a query reads, itself included (None: all earlier keys)
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1 / math.sqrt(self.d_head)
+        self.softcap = cfg.attn_softcap
+        self.padding: Padding | None = None  # set by SeqModel.forward(tokens, attention_mask) for one run
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's features
+            self.q_norm = RMSNorm(self.d_head, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.d_head, cfg.norm_eps)
         self.q = nn.Linear(cfg.d_model, self.n_heads * self.d_head, bias=cfg.attn_bias)
         self.k = nn.Linear(cfg.d_model, self.n_kv * self.d_head, bias=cfg.attn_bias)
         self.v = nn.Linear(cfg.d_model, self.n_kv * self.d_head, bias=cfg.attn_bias)
@@ -103,6 +119,13 @@ class Attention(Mixer):
         self.hook_z = HookPoint()
 
     # -- protocol --------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """The base fields plus what a real checkpoint adds, where set (RoPE scaling, window, caps)."""
+        cfg, out = self.cfg, super().summary()
+        extra = dict(rope_scaling=rope.rope_type(cfg.rope_scaling) if cfg.rope_scaling else None,
+                     sliding_window=self.window, qk_norm=cfg.qk_norm or None, attn_softcap=self.softcap)
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}
+
     @property
     def groups(self) -> Groups:
         return Groups(self.n_heads, self.n_heads, "head")
@@ -141,12 +164,16 @@ class Attention(Mixer):
     def project(self, x: Tensor, pos: int) -> tuple[Tensor, Tensor, Tensor]:
         """``q [B, T, H, dh]``, ``k, v [B, T, H_kv, dh]`` for ``x`` starting at position ``pos``."""
         B, T, _ = x.shape
-        q = self.hook_q(self.q(x).view(B, T, self.n_heads, self.d_head))
-        k = self.hook_k(self.k(x).view(B, T, self.n_kv, self.d_head))
+        q, k = self.q(x).view(B, T, self.n_heads, self.d_head), self.k(x).view(B, T, self.n_kv, self.d_head)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.hook_q(q), self.hook_k(k)
         v = self.hook_v(self.v(x).view(B, T, self.n_kv, self.d_head))
         if self.rotary:
-            positions = torch.arange(pos, pos + T, device=x.device)
-            cos, sin = rotary_cos_sin(positions, self.cfg.rot_dim, self.cfg.rotary_base)
+            positions = (self.padding.positions if self.padding is not None
+                         else torch.arange(pos, pos + T, device=x.device))
+            cos, sin = rotary_cos_sin(positions, self.cfg.rot_dim, self.cfg.rotary_base, self.cfg.rope_scaling,
+                                      self.cfg.n_ctx)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
         return q, k, v
@@ -161,32 +188,48 @@ class Attention(Mixer):
         return t if self.n_kv == self.n_heads else t.repeat_interleave(self.n_heads // self.n_kv, dim=1)
 
     def causal_mask(self, T: int, S: int, device: torch.device) -> Tensor:
-        """``[T, S]`` True where query i (absolute S - T + i) may read key j."""
+        """``[T, S]`` True where query i (absolute S - T + i) may read key j: j <= i and, on a
+        sliding layer, i - j < window; with padding ``[B, 1, T, S]``, pad keys are left out (a pad
+        query reads itself, so its row stays a distribution)."""
         qi = torch.arange(S - T, S, device=device)[:, None]
-        return torch.arange(S, device=device)[None, :] <= qi
+        kj = torch.arange(S, device=device)[None, :]
+        mask = kj <= qi
+        if self.window is not None:
+            mask = mask & (qi - kj < self.window)
+        if self.padding is not None and self.padding.mask.shape[1] == S:
+            mask = mask & (self.padding.mask[:, None, None, :] | (kj == qi))
+        return mask
 
     def scores(self, q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
-        """Masked, scaled logits ``[B, H, T, S]`` for ``q [B, H, T, dh]``, ``k [B, H, S, dh]``."""
+        """Masked, scaled (soft-capped) logits ``[B, H, T, S]`` for ``q [B, H, T, dh]``, ``k [B, H, S, dh]``."""
         T, S = q.shape[2], k.shape[2]
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)
+        s = (q @ k.transpose(-1, -2)) * self.scale
+        if self.softcap is not None:  # Gemma 2: cap * tanh(s / cap), before the mask
+            s = torch.tanh(s / self.softcap) * self.softcap
         if bias is not None:
             s = s + bias
         return s.masked_fill(~self.causal_mask(T, S, q.device), float("-inf"))
 
+    @property
+    def plain_causal(self) -> bool:
+        """Whether the mask is the causal triangle alone (what SDPA's ``is_causal`` does)."""
+        return self.window is None and self.padding is None
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-        """``z [B, H, T, dh]``; explicit when a score/pattern hook is active, fused otherwise."""
-        if hook_active(self.hook_attn_scores) or hook_active(self.hook_pattern):
+        """``z [B, H, T, dh]``; explicit when a score/pattern hook is active or logits are
+        soft-capped (SDPA cannot), fused otherwise."""
+        if hook_active(self.hook_attn_scores) or hook_active(self.hook_pattern) or self.softcap is not None:
             s = self.hook_attn_scores(self.scores(q, k, bias))
             p = self.hook_pattern(torch.softmax(s.float(), dim=-1).to(q.dtype))
             return p @ v
         T, S = q.shape[2], k.shape[2]
-        if bias is None and T == S:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        mask = torch.zeros(T, S, device=q.device, dtype=q.dtype)
-        mask = mask.masked_fill(~self.causal_mask(T, S, q.device), float("-inf"))
+        if bias is None and T == S and self.plain_causal:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        allowed = self.causal_mask(T, S, q.device)
+        mask = torch.zeros(allowed.shape, device=q.device, dtype=q.dtype).masked_fill(~allowed, float("-inf"))
         if bias is not None:
             mask = bias + mask
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: Tensor, state: dict | None = None, pos: int = 0) -> tuple[Tensor, dict | None]:
@@ -226,7 +269,7 @@ class Attention(Mixer):
             return pattern_stats(p, s, v, sink_k, span)
         log_f = self.log_forget(x)
         log_f = None if log_f is None else log_f.transpose(1, 2)
-        return attention_stats(q, k, v, log_f, sink_k, span, 1 / math.sqrt(self.d_head), backend)
+        return attention_stats(q, k, v, log_f, sink_k, span, self.scale, backend, self.window, self.softcap)
 
     @torch.no_grad()
     def pattern(self, x: Tensor) -> Tensor:
@@ -246,15 +289,16 @@ class ForgettingAttention(Attention):
     Protocol: the decay is ``f = exp(hook_log_decay)`` per head (a gate in [0, 1]); ``forget_more``
     multiplies the log decay by c (there is no state write to scale)."""
 
-    HOOKS = Attention.HOOKS[:5] + (HookSpec("hook_log_decay", "[B, L, H]", "log forget gate log f_t (log decay)"),
-                                   ) + Attention.HOOKS[5:]
+    _AFTER = [h.name for h in Attention.HOOKS].index("hook_rot_k") + 1  # the forget gate runs after projection
+    HOOKS = Attention.HOOKS[:_AFTER] + (HookSpec("hook_log_decay", "[B, L, H]", "log forget gate log f_t (log decay)"),
+                                        ) + Attention.HOOKS[_AFTER:]
     decay_hooks = ("hook_log_decay",)
     lrp = LRPRules(uniform=("hook_q / 4, hook_k / 4, hook_v / 2: softmax(q·k + forget bias)·v",),
                    note="AttnLRP; the forget bias enters the logits like q·k (identity rule on logsigmoid); "
                    "cp-lrp detaches it with hook_q, hook_k", method="attnlrp", family="fox")
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
+        super().__init__(cfg, layer)
         self.forget = nn.Linear(cfg.d_model, cfg.n_heads, bias=True)
         self.hook_log_decay = HookPoint()
 
@@ -300,13 +344,19 @@ class Transformer(SeqModel):
         """``n_ctx`` with learned positions (the table has no row past it), else None."""
         return self.cfg.n_ctx if self.cfg.positions == "learned" else None
 
+    def make_mixer(self, layer: int) -> nn.Module:
+        return self.mixer_class(self.cfg)(self.cfg, layer)  # the layer decides its sliding window
+
     def build_extras(self) -> None:
         if self.cfg.positions == "learned":
             self.pos_embed = nn.Embedding(self.cfg.n_ctx, self.cfg.d_model)
             self.hook_pos_embed = HookPoint()
 
     def embed_tokens(self, tokens: Tensor, pos: int) -> Tensor:
-        x = self.hook_embed(self.embed(tokens))
+        x = self.embed(tokens)
+        if self.cfg.embed_scale:  # Gemma: sqrt(d_model), rounded to the activations' dtype as transformers does
+            x = x * torch.tensor(self.cfg.d_model ** 0.5, dtype=x.dtype)
+        x = self.hook_embed(x)
         if self.cfg.positions != "learned":
             return x
         end = pos + tokens.shape[1]
@@ -315,6 +365,15 @@ class Transformer(SeqModel):
                 f"tokens: positions up to {end} exceed the model's context n_ctx={self.cfg.n_ctx} "
                 "(learned position embeddings cannot extrapolate); pass at most "
                 f"{self.cfg.n_ctx - pos} more tokens")
-        positions = torch.arange(pos, end, device=tokens.device)
-        pe = self.pos_embed(positions)[None].expand(tokens.shape[0], -1, -1)  # TL: [B, L, d]
+        if self.padding is not None:  # left padding: each row counts positions from its first token
+            pe = self.pos_embed(self.padding.positions)
+        else:
+            positions = torch.arange(pos, end, device=tokens.device)
+            pe = self.pos_embed(positions)[None].expand(tokens.shape[0], -1, -1)  # TL: [B, L, d]
         return x + self.hook_pos_embed(pe)
+
+    def unembed_resid(self, x: Tensor) -> Tensor:
+        """Logits of the final normalised residual; Gemma 2 soft-caps them."""
+        logits = self.unembed(x)
+        cap = self.cfg.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,7 +44,7 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
         "untrained 2-layer Forgetting Transformer (no positions), byte vocabulary, seed 0"),
     "tiny-mamba": (
         ModelConfig(arch="mamba", vocab_size=256, d_model=64, n_layers=2, n_ctx=512, norm="rmsnorm",
-                    d_state=16, expand=2, pattern_heads=8),
+                    d_state=16, expand=2, n_groups=8),
         "untrained 2-layer Mamba-1, byte vocabulary, seed 0"),
 }
 
@@ -99,11 +100,23 @@ def load(name: str, device: str | torch.device | None = None) -> SeqModel:
     return load_dir(checkpoint_dir(name), device=device)
 
 
+ProbeFn = Callable[[SeqModel, int], float]
+"""An analysis metric of a trained model, ``fn(model, seed) -> value`` (see seqlens.zoo_probes)."""
+CHECKPOINTS_DIR = "checkpoints"
+
+
 def build_organism(name: str, out_dir: str | Path | None = None, progress: bool = True,
-                   resume: bool = True, force: bool = False) -> dict[str, Any]:
+                   resume: bool = True, force: bool = False,
+                   probes: Mapping[str, tuple[ProbeFn, bool]] | None = None) -> dict[str, Any]:
     """Retrain organism ``name`` from its recipe into ``out_dir`` (default: the shipped folder),
     run its extra evaluations and return the recorded metrics. ``out_dir`` must be empty, new or
-    this organism's own earlier output unless ``force`` (see :func:`~seqlens.models.train.train`)."""
+    this organism's own earlier output unless ``force`` (see :func:`~seqlens.models.train.train`).
+
+    ``probes`` maps probe names to ``(fn, higher_is_better)``; it must cover the organism's
+    ``probes`` (the analysis metrics live outside models/: the CLI passes
+    ``seqlens.zoo_probes.PROBES``). They are measured at every evaluation (seed 0) and training
+    stops once every ``stop_when`` target holds. A ``trajectory`` organism also saves the model at
+    every evaluation in ``checkpoints/step-XXXXX/``."""
     from .train import evaluate, train, write_checkpoint
 
     if name in PRESETS:
@@ -111,14 +124,46 @@ def build_organism(name: str, out_dir: str | Path | None = None, progress: bool 
     if name not in organisms():
         raise KeyError(f"name: unknown organism {name!r}; organisms: {sorted(organisms())}")
     org = organisms()[name]
+    missing = sorted(set(org.probes) - set(probes or {}))
+    if missing:
+        raise ValueError(f"probes: organism {name!r} records the analysis metrics {missing}; pass their "
+                         "functions (seqlens.zoo_probes.PROBES, as `seqlens zoo build` does)")
     out = Path(out_dir) if out_dir is not None else checkpoint_dir(name)
-    result = train(org.recipe, out, resume=resume, progress=progress, force=force)
+    on_eval = _on_eval(org, out, probes or {})
+    result = train(org.recipe, out, resume=resume, progress=progress, force=force, on_eval=on_eval)
     metrics = dict(result.metrics)
     for label, overrides in org.extra_evals.items():
         metrics[label] = evaluate(result.model, org.recipe, overrides=overrides)[org.recipe.metric]
     write_checkpoint(out, result.model, org.recipe, metrics,
-                     result.history, result.train_seconds)
+                     result.history, result.train_seconds, stopped_at=result.stopped_at)
     return metrics
+
+
+def _on_eval(org: Organism, out: Path, probes: Mapping[str, tuple[ProbeFn, bool]]):
+    """The training callback of ``org``: its probe metrics, its stop rule, its trajectory saves."""
+    if not org.probes and not org.trajectory:
+        return None
+
+    def on_eval(model: SeqModel, step: int) -> tuple[dict[str, float], bool]:
+        values = {p: float(probes[p][0](model, 0)) for p in org.probes}
+        if org.trajectory:
+            model.save(out / CHECKPOINTS_DIR / f"step-{step:05d}", extra={
+                "step": step, "organism": org.recipe.name, "metrics": values})
+        stop = bool(org.stop_when) and all(
+            values[p] >= target if probes[p][1] else values[p] <= target for p, target in org.stop_when.items())
+        return values, stop
+    return on_eval
+
+
+def trajectory(name: str) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of the checkpoints a trajectory organism saved along training, by step;
+    each folder loads with ``seqlens.load(folder)``."""
+    folder = checkpoint_dir(_check(name)) / CHECKPOINTS_DIR
+    found = [(int(d.name.removeprefix("step-")), d) for d in folder.glob("step-*")
+             if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file()] if folder.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"name: organism {name!r} has no trajectory checkpoints in {folder}")
+    return sorted(found)
 
 
 def table() -> list[dict[str, Any]]:
@@ -135,7 +180,7 @@ def table() -> list[dict[str, Any]]:
         if row["built"]:
             rec = record(name)
             row["value"] = rec["metrics"].get(org.recipe.metric)
-            row["extra"] = {k: rec["metrics"].get(k) for k in org.extra_evals}
+            row["extra"] = {k: rec["metrics"].get(k) for k in [*org.extra_evals, *org.probes]}
             row["train_s"] = rec.get("train_seconds")
         rows.append(row)
     return rows

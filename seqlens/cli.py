@@ -199,7 +199,7 @@ def parse_taps(text: str | None, seq_len: int) -> list[int]:
 def cmd_hooks(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     tokens = random_tokens(model, args.batch, args.seq_len, args.seed)
-    pattern = args.batch * model.cfg.n_heads * args.seq_len**2  # the cached [B, H, L, L] of attention
+    pattern = args.batch * model.n_groups * args.seq_len**2  # the cached [B, H, L, L] of attention
     if model.is_softmax and pattern > MAX_PATTERN:
         raise CLIError(f"--batch / --seq-len: the cached attention pattern would hold {pattern:,} values, "
                        f"above this command's limit of {MAX_PATTERN:,}; use a shorter --seq-len")
@@ -300,8 +300,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         if not args.json:
             print("\npresets (untrained): " + ", ".join(sorted(zoo.PRESETS)))
         return EXIT_OK
+    from seqlens.zoo_probes import PROBES
+
     try:
-        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart, force=args.force)
+        metrics = zoo.build_organism(args.name, out_dir=args.out, resume=not args.restart, force=args.force,
+                                     probes=PROBES)
     except (KeyError, ValueError, TypeError, OSError) as e:
         raise CLIError(error_text(e)) from None
     print(json.dumps(metrics, indent=2))

@@ -58,6 +58,7 @@ __all__ = [
     "StdlibCorpus",
     "corpus_stats",
     "file_split",
+    "plant_repeats",
     "stdlib_corpus",
     "stdlib_files",
     "stdlib_root",
@@ -272,6 +273,46 @@ def _random_windows(data: torch.Tensor, batch: int, seq_len: int, gen: torch.Gen
 
 
 _positive = positive_int  # the shared validator (seqlens.validate)
+
+
+# ----------------------------------------------------------------------------- repeated spans
+
+
+def plant_repeats(windows: torch.Tensor, share: float, min_len: int = 8, max_len: int = 96,
+                  random_share: float = 0.5, seed: SeedLike = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy a span from earlier in the window to a later place in a ``share`` of the windows, so
+    in-context copying (induction) pays in LM training; returns ``(windows, copied)``.
+
+    Per chosen window (each chosen independently with probability ``share``): a span length
+    ``s`` uniform in ``[min_len, max_len]``, a source start ``a`` and a destination ``b >= a + s``
+    (both uniform, spans never overlap), then ``w[b:b+s] = w[a:a+s]``. In a ``random_share`` of the
+    chosen windows the source span is first overwritten with uniform random bytes ``1..255``
+    (never NUL, the corpus' file separator): copying then cannot lean on text statistics, and every
+    byte's embedding sees the copy task (the induction finder scores repeated random bytes).
+    ``copied [B, L]`` marks the destination bytes. The input is not modified.
+    """
+    if windows.dim() != 2:
+        raise ValueError(f"windows: expected a [batch, length] tensor, got shape {list(windows.shape)}")
+    for name, value in (("share", share), ("random_share", random_share)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: expected a float in [0, 1], got {value!r}")
+    min_len, max_len = _positive("min_len", min_len), _positive("max_len", max_len)
+    length = windows.shape[1]
+    if min_len > max_len or 2 * max_len > length:
+        raise ValueError(f"min_len, max_len: expected min_len <= max_len <= length / 2 = {length // 2}, "
+                         f"got {min_len}, {max_len}")
+    gen, out = make_generator(seed), windows.clone()
+    copied = torch.zeros_like(out, dtype=torch.bool)
+    chosen = (torch.rand(len(out), generator=gen) < share).tolist()
+    for i in (i for i, c in enumerate(chosen) if c):
+        s = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
+        a = int(torch.randint(0, length - 2 * s + 1, (1,), generator=gen))
+        b = int(torch.randint(a + s, length - s + 1, (1,), generator=gen))
+        if float(torch.rand(1, generator=gen)) < random_share:
+            out[i, a:a + s] = torch.randint(1, 256, (s,), generator=gen, dtype=out.dtype)
+        out[i, b:b + s] = out[i, a:a + s]
+        copied[i, b:b + s] = True
+    return out, copied
 
 
 # ----------------------------------------------------------------------------- functions

@@ -26,14 +26,12 @@ def trajectory(recipe, seed: int) -> list[dict]:
     from seqlens.circuits import induction_scores
     from seqlens.models.train import train
 
-    prefix: dict[int, float] = {}
-
-    def watch(step: int, model) -> None:
-        prefix[step] = float(induction_scores(model, seed=seed).scores.max())
+    def watch(model, step: int) -> tuple[dict[str, float], bool]:
+        return {"prefix_score": float(induction_scores(model, seed=seed).scores.max())}, False
 
     result = train(recipe, progress=False, on_eval=watch)
     return [{"step": h["step"], "loss": h["loss"], "train_loss": h["train_loss"],
-             "icl_score": h["induction_loss_drop"], "prefix_score": prefix[h["step"]]} for h in result.history]
+             "icl_score": h["induction_loss_drop"], "prefix_score": h["prefix_score"]} for h in result.history]
 
 
 def steepest(rows: list[dict], key: str, sign: float) -> int:

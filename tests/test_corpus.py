@@ -115,3 +115,40 @@ def test_custom_root_selection(tmp_path):
     corpus = C.StdlibCorpus(tmp_path, val_fraction=1.0)
     assert corpus.files() == ["a.py", "pkg/b.py"] and corpus.files("train") == []
     assert corpus.text("val") == b"# a.py\n\0# pkg/b.py\n\0"
+
+
+# ----------------------------------------------------------------------------- repeated spans
+
+
+def test_plant_repeats_copies_an_earlier_span_into_the_chosen_share(stdlib):
+    windows = next(iter(stdlib.batches(400, 256, seed=3, steps=1)))
+    out, copied = C.plant_repeats(windows, share=0.5, min_len=8, max_len=96, random_share=0.5, seed=7)
+    assert torch.equal(windows, next(iter(stdlib.batches(400, 256, seed=3, steps=1))))  # input untouched
+    rows = copied.any(1)
+    assert 0.4 < rows.float().mean() < 0.6  # the share of windows with a repeat (400 draws)
+    assert torch.equal(out[~rows], windows[~rows])  # the other windows are plain text
+    n_random = 0
+    for i in rows.nonzero().flatten().tolist():
+        idx = copied[i].nonzero().flatten()
+        b, s = int(idx[0]), len(idx)
+        assert 8 <= s <= 96 and torch.equal(idx, torch.arange(b, b + s))  # one contiguous span
+        sources = [a for a in range(0, b - s + 1) if torch.equal(out[i, a:a + s], out[i, b:b + s])]
+        assert sources, "the copied span occurs earlier in the window"
+        changed = (out[i] != windows[i]) & ~copied[i]  # bytes outside the copy: a random source span
+        if changed.any():
+            n_random += 1
+            assert (out[i][changed] != 0).all()  # never the NUL file separator
+    assert 0.3 < n_random / int(rows.sum()) < 0.7  # about random_share of the repeats are random bytes
+
+
+def test_plant_repeats_is_seeded_and_checks_its_arguments(stdlib):
+    windows = next(iter(stdlib.batches(8, 64, seed=0, steps=1)))
+    a, b = C.plant_repeats(windows, 1.0, 4, 16, seed=1), C.plant_repeats(windows, 1.0, 4, 16, seed=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[1].any(1).all()  # share 1: every window
+    assert not C.plant_repeats(windows, 0.0, 4, 16, seed=1)[1].any()
+    for kwargs, arg in [({"share": 1.5}, "share"), ({"random_share": -0.1}, "random_share"),
+                        ({"max_len": 40}, "max_len"), ({"min_len": 20, "max_len": 10}, "min_len"),
+                        ({"min_len": 0}, "min_len")]:
+        with pytest.raises(ValueError, match=arg):
+            C.plant_repeats(windows, **{"share": 0.5, "min_len": 4, "max_len": 16, **kwargs})

@@ -5,7 +5,9 @@ For query ``i`` of head ``(b, h)`` the attention logits ("scaled scores") over k
     s_ij = scale · q_i·k_j + (c_i − c_j),     c = cumsum(log_forget) along L
 
 where the bracket is present only for forgetting attention (FoX, Lin et al. 2025, eq. 4; the bias
-is not scaled, as in ``models/transformer.py``), and ``p_ij = softmax_j(s_ij)``. Returned per
+is not scaled, as in ``models/transformer.py``), and ``p_ij = softmax_j(s_ij)``. Options of real
+checkpoints: ``softcap`` (Gemma 2) replaces ``scale · q_i·k_j`` by ``cap · tanh(scale · q_i·k_j / cap)``;
+``window`` (Mistral, Qwen2, Gemma 2 local layers) keeps only keys with ``i − j < window``. Returned per
 ``[B, H, L]`` query (docs/methods.md §2, retrieval heads: the argmax key; §4, attention sinks: the mass
 on the first keys):
 
@@ -146,6 +148,14 @@ def _validate_span(span: tuple[int, int] | Tensor | None, batch: int, seq_len: i
     return rows
 
 
+def _validate_options(window: int | None, softcap: float | None) -> None:
+    if window is not None:
+        positive_int("window", window)
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap: expected a positive finite float or None, got {softcap!r}")
+
+
 def _prepare(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None, sink_k: int,
              span: tuple[int, int] | Tensor | None, scale: float | None):
     """Validate every argument; return ``(c [B, H, L] | None, span [B, 2] | None, scale)`` with
@@ -171,16 +181,22 @@ def _work_dtype(*tensors: Tensor) -> torch.dtype:
 # ----------------------------------------------------------------------------- PyTorch backends
 
 
-def _scores(q: Tensor, k: Tensor, c: Tensor | None, scale: float, rows: slice, n_keys: int) -> Tensor:
+def _scores(q: Tensor, k: Tensor, c: Tensor | None, scale: float, rows: slice, n_keys: int,
+            window: int | None = None, softcap: float | None = None) -> Tensor:
     """Masked scaled scores ``[B, H, len(rows), n_keys]`` of query ``rows`` against keys
     ``[0, n_keys)``, for ``q, k`` already in the work dtype; entries above the causal diagonal
-    are −inf."""
+    (and outside a sliding ``window``) are −inf; ``softcap``: Gemma 2's ``cap · tanh(s / cap)``."""
     s = scale * (q[:, :, rows] @ k[:, :, :n_keys].transpose(-1, -2))
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
     if c is not None:
         s = s + (c[:, :, rows, None] - c[:, :, None, :n_keys])
     qi = torch.arange(q.shape[2], device=q.device)[rows, None]
-    causal = torch.arange(n_keys, device=q.device)[None, :] <= qi
-    return s.masked_fill(~causal, float("-inf"))
+    kj = torch.arange(n_keys, device=q.device)[None, :]
+    allowed = kj <= qi
+    if window is not None:
+        allowed = allowed & (qi - kj < window)
+    return s.masked_fill(~allowed, float("-inf"))
 
 
 def _key_masses(p: Tensor, sink_k: int, spans: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -203,14 +219,16 @@ def _finish(out: Tensor, q: Tensor, stats: dict[str, Tensor | None], backend: st
 @torch.no_grad()
 def attention_stats_ref(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None = None,
                         sink_k: int = 4, span: tuple[int, int] | Tensor | None = None,
-                        scale: float | None = None) -> AttentionStats:
+                        scale: float | None = None, window: int | None = None,
+                        softcap: float | None = None) -> AttentionStats:
     """Reference: the full scores ``[B, H, L, L]`` and ``p = torch.softmax``; every statistic read
     off ``p`` directly (``entropy = −Σ xlogy(p, p)``, ``max_prob = max p``) and ``argmax`` off
     the scores (first index on ties). Arguments and return as :func:`attention_stats`; O(L²)
     memory."""
     c, spans, scale = _prepare(q, k, v, log_forget, sink_k, span, scale)
+    _validate_options(window, softcap)
     dtype = _work_dtype(q, k)
-    s = _scores(q.to(dtype), k.to(dtype), c, scale, slice(None), q.shape[2])
+    s = _scores(q.to(dtype), k.to(dtype), c, scale, slice(None), q.shape[2], window, softcap)
     p = torch.softmax(s, dim=-1)
     sink, span_mass = _key_masses(p, sink_k, spans)
     # argmax of the scores (= of p, but immune to two close scores rounding to one p);
@@ -237,8 +255,8 @@ def _block_stats(s: Tensor, v: Tensor, sink_k: int, spans: Tensor | None):
 @torch.no_grad()
 def attention_stats_chunked(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None = None,
                             sink_k: int = 4, span: tuple[int, int] | Tensor | None = None,
-                            scale: float | None = None,
-                            query_block: int | None = None) -> AttentionStats:
+                            scale: float | None = None, query_block: int | None = None,
+                            window: int | None = None, softcap: float | None = None) -> AttentionStats:
     """Blocks of ``query_block`` query rows (None: :data:`DEFAULT_QUERY_BLOCK`) against their
     causal prefix of keys, statistics from the log-sum-exp (:func:`_block_stats`); equals
     :func:`attention_stats_ref` with O(block · L) working memory. Arguments and return as
@@ -246,12 +264,13 @@ def attention_stats_chunked(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor 
     query_block = DEFAULT_QUERY_BLOCK if query_block is None else query_block
     positive_int("query_block", query_block)
     c, spans, scale = _prepare(q, k, v, log_forget, sink_k, span, scale)
+    _validate_options(window, softcap)
     L, dtype = q.shape[2], _work_dtype(q, k)
     qw, kw, vw = q.to(dtype), k.to(dtype), v.to(dtype)
     outs, parts = [], []
     for start in range(0, L, query_block):
         stop = min(start + query_block, L)
-        s = _scores(qw, kw, c, scale, slice(start, stop), stop)
+        s = _scores(qw, kw, c, scale, slice(start, stop), stop, window, softcap)
         out, stats = _block_stats(s, vw, sink_k, spans)
         outs.append(out.to(q.dtype))
         parts.append(stats)
@@ -287,7 +306,8 @@ def pattern_stats(pattern: Tensor, scores: Tensor, v: Tensor, sink_k: int = 4,
 
 def attention_stats(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None = None,
                     sink_k: int = 4, span: tuple[int, int] | Tensor | None = None,
-                    scale: float | None = None, backend: str = "auto") -> AttentionStats:
+                    scale: float | None = None, backend: str = "auto", window: int | None = None,
+                    softcap: float | None = None) -> AttentionStats:
     """Causal attention output and per-query statistics (see the module docstring).
 
     Args:
@@ -300,6 +320,8 @@ def attention_stats(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None =
             ``[B, 2]`` with one range per row; ``0 ≤ start ≤ end ≤ L``. None: no ``span_mass``.
         scale: Score scale; None means ``1/sqrt(d)``.
         backend: ``"auto"``, ``"triton"``, ``"chunked"`` or ``"ref"``.
+        window: Sliding window: query i reads keys ``i − window < j ≤ i``. None: every earlier key.
+        softcap: Logit soft-cap ``cap · tanh(s / cap)`` of the scaled ``q·k`` (before the forget bias).
 
     Returns:
         :class:`AttentionStats`; statistics are ``[B, H, L]`` float32 (argmax int64), computed
@@ -307,12 +329,13 @@ def attention_stats(q: Tensor, k: Tensor, v: Tensor, log_forget: Tensor | None =
     """
     chosen = resolve_backend("attention_stats", backend, q)
     if chosen == "ref":
-        return attention_stats_ref(q, k, v, log_forget, sink_k, span, scale)
+        return attention_stats_ref(q, k, v, log_forget, sink_k, span, scale, window, softcap)
     if chosen == "chunked":
-        return attention_stats_chunked(q, k, v, log_forget, sink_k, span, scale)
+        return attention_stats_chunked(q, k, v, log_forget, sink_k, span, scale, window=window, softcap=softcap)
     c, spans, scale = _prepare(q, k, v, log_forget, sink_k, span, scale)
+    _validate_options(window, softcap)
     from .attention_stats_triton import attention_stats_triton  # lazy: triton.jit binds at definition
 
     with torch.no_grad():
-        out, stats = attention_stats_triton(q, k, v, c, sink_k, spans, scale)
+        out, stats = attention_stats_triton(q, k, v, c, sink_k, spans, scale, window=window, softcap=softcap)
     return _finish(out, q, stats, "triton")

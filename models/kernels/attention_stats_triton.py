@@ -50,9 +50,10 @@ HALF_BLOCK_N = 32
 def _attention_stats_kernel(
     q_ptr, k_ptr, v_ptr, c_ptr, span_ptr,
     out_ptr, maxp_ptr, ent_ptr, sink_ptr, spanm_ptr, arg_ptr, lse_ptr,
-    H, L, D, DV, sink_k, scale,
+    H, L, D, DV, sink_k, scale, window, softcap,
     s_qb, s_qh, s_ql, s_qd, s_kb, s_kh, s_kl, s_kd, s_vb, s_vh, s_vl, s_vd,
     HAS_FORGET: tl.constexpr, HAS_SPAN: tl.constexpr, HALF: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """Grid ``(cdiv(L, BLOCK_M), B·H)``. ``c [B·H, L]`` float32 contiguous (FoX), ``span [B, 2]``
@@ -85,7 +86,10 @@ def _attention_stats_kernel(
     arg = tl.zeros([BLOCK_M], tl.int64)  # loop-carried: must keep one dtype when compiled
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     stop = tl.minimum(row0 + BLOCK_M, L)  # causal limit of this query block
-    for start_n in range(0, stop, BLOCK_N):
+    first = 0
+    if HAS_WINDOW:  # key blocks wholly before every row's window are skipped
+        first = (tl.maximum(row0 - window + 1, 0) // BLOCK_N) * BLOCK_N
+    for start_n in range(first, stop, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < L
         kb = tl.load(k_base + offs_n[:, None] * s_kl, mask=col_ok[:, None] & (offs_d[None, :] < D),
@@ -94,21 +98,26 @@ def _attention_stats_kernel(
             s = tl.dot(q, tl.trans(kb), out_dtype=tl.float32) * scale
         else:
             s = tl.dot(q, tl.trans(kb.to(tl.float32)), input_precision="ieee") * scale
+        if HAS_SOFTCAP:  # cap · tanh(s / cap), tanh(x) = 1 − 2 / (exp(2x) + 1) (saturates cleanly)
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
         if HAS_FORGET:
             c_k = tl.load(c_ptr + pid_bh * L + offs_n, mask=col_ok, other=0.0)
             s += c_q[:, None] - c_k[None, :]
         valid = (offs_n[None, :] <= offs_m[:, None]) & col_ok[None, :]
+        if HAS_WINDOW:
+            valid = valid & (offs_m[:, None] - offs_n[None, :] < window)
         s = tl.where(valid, s, float("-inf"))
-        # every row has key 0 in the first block, so m_new is finite from there on
         block_max = tl.max(s, 1)
         block_arg = tl.argmax(s, 1, tie_break_left=True)
         arg = tl.where(block_max > m, block_arg.to(tl.int64) + start_n, arg)
         m_new = tl.maximum(m, block_max)
-        alpha = tl.exp(m - m_new)
+        # a row may have no valid key yet (window, or key 0 in a later block): shift by 0, not −inf
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_use)
         # E's shift (m − m_new)·l; before the first key (m = −inf, l = 0) it is 0, not −inf·0
-        shift = (tl.where(l > 0, m, m_new) - m_new) * l
-        p = tl.exp(s - m_new[:, None])
-        centred = tl.where(valid, s - m_new[:, None], 0.0)
+        shift = (tl.where(l > 0, m, m_use) - m_use) * l
+        p = tl.exp(s - m_use[:, None])
+        centred = tl.where(valid, s - m_use[:, None], 0.0)
         e = alpha * (e + shift) + tl.sum(p * centred, 1)
         l = alpha * l + tl.sum(p, 1)
         sink = alpha * sink + tl.sum(tl.where(offs_n[None, :] < sink_k, p, 0.0), 1)
@@ -124,6 +133,7 @@ def _attention_stats_kernel(
         m = m_new
 
     stat = pid_bh * L + offs_m
+    l = tl.where(row_ok, l, 1.0)  # rows past L (never stored) may have no key in a window: no 0 / 0
     out_ptrs = out_ptr + (pid_bh * L + offs_m[:, None]) * DV + offs_dv[None, :]
     tl.store(out_ptrs, (acc / l[:, None]).to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & (offs_dv[None, :] < DV))
@@ -144,7 +154,8 @@ def _tile(n: int) -> int:
 
 def attention_stats_triton(
     q: Tensor, k: Tensor, v: Tensor, c: Tensor | None, sink_k: int, spans: Tensor | None,
-    scale: float, block_m: int | None = None, block_n: int | None = None,
+    scale: float, block_m: int | None = None, block_n: int | None = None, window: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor | None]]:
     """Run the kernel on validated inputs: ``q, k [B, H, L, d]``, ``v [B, H, L, d_v]`` (any
     strides and float dtypes), ``c [B, H, L]`` cumulative log forget or None, ``spans [B, 2]``
@@ -173,8 +184,9 @@ def attention_stats_triton(
         q, k, v, c_arg, span_arg,
         out, stats["max_prob"], stats["entropy"], stats["sink_mass"], stats["span_mass"],
         stats["argmax"], stats["lse"],
-        H, L, d, dv, sink_k, scale, *q.stride(), *k.stride(), *v.stride(),
+        H, L, d, dv, sink_k, scale, window or 0, float(softcap or 1.0), *q.stride(), *k.stride(), *v.stride(),
         HAS_FORGET=c is not None, HAS_SPAN=spans is not None, HALF=half,
+        HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         num_warps=4 if half or max(block_d, block_dv) <= 64 else 8,
     )

@@ -33,15 +33,13 @@ def get_batch(recipe: Recipe, step: int, split: str = "train") -> TaskBatch:
     """The batch for ``step`` (``split="eval"``: the fixed evaluation batch number ``step``)."""
     seed = step_seed(recipe.seed, step, split)
     kwargs = dict(recipe.data_kwargs)
+    stages = kwargs.pop("curriculum", [])
     if split != "train":
         kwargs.update(recipe.eval_kwargs)
+    else:
+        kwargs.update(curriculum_stage(stages, step))
     if recipe.data == "corpus:stdlib":
-        from seqlens.corpus import StdlibCorpus
-
-        windows = next(iter(StdlibCorpus().batches(recipe.batch_size, kwargs.get("seq_len", 128), seed=seed,
-                                                   split="train" if split == "train" else "val", steps=1)))
-        x, y = windows[:, :-1], windows[:, 1:]
-        return TaskBatch(x, y, torch.ones_like(x, dtype=torch.bool), vocab=CORPUS_VOCAB, task=recipe.data)
+        return _corpus_batch(recipe, kwargs, seed, split)
     tb = make_task(recipe.data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
     if split == "train" and recipe.train_on == "all":  # every position but the last (no next token)
         mask = torch.ones_like(tb.loss_mask)
@@ -50,8 +48,51 @@ def get_batch(recipe: Recipe, step: int, split: str = "train") -> TaskBatch:
     return tb
 
 
+def curriculum_stage(stages: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """The data overrides of training ``step`` under a curriculum: ``stages`` (a recipe's
+    ``data_kwargs["curriculum"]``) is a list of ``{"until": STEP, **overrides}`` with increasing
+    ``until``; the first stage whose ``until`` exceeds ``step`` applies, after the last one the
+    plain ``data_kwargs`` (the final task, also used for every evaluation)."""
+    if not isinstance(stages, list):
+        raise ValueError(f"data_kwargs['curriculum']: expected a list of {{'until': step, ...}}, got {stages!r}")
+    last = -1
+    for stage in stages:  # the whole schedule is checked, whatever the step
+        until = stage.get("until") if isinstance(stage, dict) else None
+        if isinstance(until, bool) or not isinstance(until, int) or until <= last:
+            raise ValueError("data_kwargs['curriculum']: expected stages {'until': step, ...} with increasing "
+                             f"integer 'until', got {stage!r}")
+        last = until
+    current = next((stage for stage in stages if step < stage["until"]), {})
+    return {k: v for k, v in current.items() if k != "until"}
+
+
 CORPUS_VOCAB = TaskVocab(256, {}, byte_level=True)
 """Vocabulary of ``corpus:stdlib`` recipes: bytes, no special ids."""
+
+CORPUS_KWARGS = {"seq_len": 128, "repeat_share": 0.0, "repeat_min": 8, "repeat_max": 96, "repeat_random": 0.5}
+"""Data kwargs of ``corpus:stdlib`` recipes and their defaults: window length, and the repeated
+spans planted by :func:`seqlens.corpus.plant_repeats` (share of windows, span lengths, share of
+random-byte spans); ``repeat_share = 0`` is plain text."""
+
+
+def _corpus_batch(recipe: Recipe, kwargs: dict[str, Any], seed: int, split: str) -> TaskBatch:
+    """Random stdlib windows (training or validation split), with repeated spans planted in a
+    ``repeat_share`` of them; ``meta["copied"]`` marks the targets that are copies."""
+    from seqlens.corpus import StdlibCorpus, plant_repeats
+
+    unknown = sorted(set(kwargs) - set(CORPUS_KWARGS))
+    if unknown:
+        raise ValueError(f"data_kwargs: unknown argument(s) {unknown} for corpus:stdlib; known: {sorted(CORPUS_KWARGS)}")
+    kw = {**CORPUS_KWARGS, **kwargs}
+    windows = next(iter(StdlibCorpus().batches(recipe.batch_size, kw["seq_len"], seed=seed,
+                                               split="train" if split == "train" else "val", steps=1)))
+    copied = torch.zeros_like(windows, dtype=torch.bool)
+    if kw["repeat_share"] > 0:
+        windows, copied = plant_repeats(windows, kw["repeat_share"], kw["repeat_min"], kw["repeat_max"],
+                                        kw["repeat_random"], seed=seed + 1)
+    x, y = windows[:, :-1], windows[:, 1:]
+    return TaskBatch(x, y, torch.ones_like(x, dtype=torch.bool), meta={"copied": copied[:, 1:]},
+                     vocab=CORPUS_VOCAB, task=recipe.data)
 
 
 def task_vocab(recipe: Recipe) -> TaskVocab:

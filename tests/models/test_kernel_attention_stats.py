@@ -285,3 +285,43 @@ def test_compiled_kernel_on_gpu(dtype, forget):
     assert_argmax_near_ties_only(got.argmax, want.argmax, q, k, log_f)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-3)
     assert_stats_close(got._replace(argmax=want.argmax), want, **tol)
+
+
+# ----------------------------------------------------------------------------- windows, soft-caps (hfload)
+
+
+@pytest.mark.parametrize("window, softcap", [(5, None), (None, 2.0), (20, 3.0), (1, None), (100, None)])
+@pytest.mark.parametrize("forget", [False, True], ids=["softmax", "fox"])
+@pytest.mark.parametrize("backend", backends("triton", "chunked", "ref"))
+def test_window_and_softcap_equal_explicit_softmax(backend, forget, window, softcap, small_blocks):
+    """Sliding windows (Mistral / Qwen2 / Gemma 2: keys i − window < j ≤ i; the kernel skips key
+    blocks before a query block's windows) and Gemma 2's logit soft-cap, against torch.softmax of
+    explicit masked scores."""
+    L = 77
+    q, k, v, log_f, spans = qkv(L, 16)
+    log_f = log_f if forget else None
+    s = (q @ k.transpose(-1, -2)) / 4.0
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    if forget:
+        c = log_f.cumsum(-1)
+        s = s + c[..., :, None] - c[..., None, :]
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    allowed = (j <= i) if window is None else (j <= i) & (i - j < window)
+    s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, -1)
+    got = attention_stats(q, k, v, log_f, 3, spans, backend=backend, window=window, softcap=softcap)
+    torch.testing.assert_close(got.out, p @ v, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.max_prob, p.amax(-1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.entropy, -torch.special.xlogy(p, p).sum(-1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.sink_mass, p[..., :3].sum(-1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.lse, torch.logsumexp(s, -1), rtol=1e-4, atol=1e-5)
+    assert torch.equal(got.argmax, s.argmax(-1))
+
+
+@pytest.mark.parametrize("bad, message", [(dict(window=0), "window"), (dict(softcap=-1.0), "softcap"),
+                                          (dict(softcap=float("nan")), "softcap")])
+def test_window_and_softcap_errors(bad, message):
+    q, k, v, _, _ = qkv(8, 16)
+    with pytest.raises(ValueError, match=message):
+        attention_stats(q, k, v, backend="chunked", **bad)

@@ -44,14 +44,15 @@ def test_on_eval_sees_every_evaluation_without_changing_training():
     forward in eval mode under no_grad) leaves the trained weights bit-identical."""
     seen: list[tuple[int, bool, bool]] = []
 
-    def watch(step, model):
+    def watch(model, step):
         model(torch.zeros(1, 8, dtype=torch.long))
         seen.append((step, model.training, torch.is_grad_enabled()))
+        return {"watched": float(step)}, False
 
     watched = T.train(tiny_recipe(), progress=False, on_eval=watch)
     plain = T.train(tiny_recipe(), progress=False)
     assert seen == [(6, False, False), (12, False, False)]
-    assert [h["step"] for h in watched.history] == [6, 12]
+    assert [(h["step"], h["watched"]) for h in watched.history] == [(6, 6.0), (12, 12.0)]
     a, b = watched.model.state_dict(), plain.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
