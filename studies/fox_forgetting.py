@@ -5,7 +5,7 @@ of its own data): a head is long-range when f > 0.9 on most tokens (right satura
 local otherwise. Length extrapolation: ``probes.state_collapse`` streams the organism's own data
 (stdlib validation text for text organisms) to ``--factor`` × its training length and reports the
 loss per training-length bucket, for FoX and for the Transformer trained on the same data. Pairs:
-``text-fox`` / ``text-transformer`` and ``passkey-fox`` / ``passkey-transformer``. Reproduced when
+``text-fox`` / ``text-transformer`` and ``fox-passkey`` / ``transformer-passkey``. Reproduced when
 FoX has both local and long-range heads (some, not all, long-range) and its loss beyond the
 training length rises less than the Transformer's.
 
@@ -24,7 +24,7 @@ from seqlens.studies._report import Study, parser
 from seqlens.studies.registry import STUDIES
 
 INFO = STUDIES["fox_forgetting"]
-PAIRS = [("text-fox", "text-transformer"), ("passkey-fox", "passkey-transformer")]
+PAIRS = [("text-fox", "text-transformer"), ("fox-passkey", "transformer-passkey")]
 
 
 def pairs() -> list[tuple[str, str]]:

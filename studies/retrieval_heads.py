@@ -18,7 +18,7 @@ from seqlens.studies._report import Study, parser
 from seqlens.studies.registry import STUDIES
 
 INFO = STUDIES["retrieval_heads"]
-PREFIXES = ("passkey-", "needle-")  # every built passkey / needle organism, whatever its architecture
+KINDS = ("passkey", "needle")  # every built passkey / needle organism, whatever its architecture
 DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 
 
@@ -50,7 +50,7 @@ def reproduced_on(r: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("retrieval_heads", __doc__)
-    p.add_argument("--models", nargs="+", default=None, help="default: every built passkey-* / needle-* organism")
+    p.add_argument("--models", nargs="+", default=None, help="default: every built organism with passkey / needle in its name")
     p.add_argument("--top", type=int, default=2, help="retrieval heads masked")
     p.add_argument("--n-random", type=int, default=10)
     p.add_argument("--trials", type=int, default=8, help="prompts per depth")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.trials, a.n_random, a.top = ["passkey-mamba-n4"], 2, 2, 1
     from seqlens.models import zoo
 
-    a.models = a.models or [n for n in zoo.names() if n.startswith(PREFIXES)]
+    a.models = a.models or [n for n in zoo.names() if any(k in n for k in KINDS)]
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
     for name in a.models:
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{n}: {r['n_retrieval']}/{r['n_heads']} retrieval heads, masking the top {a.top} removes "
         f"{r['fraction_removed_top']:.2f} of the needle accuracy ({r['accuracy']:.2f}), {a.n_random} random masks "
         f"remove {r['fraction_removed_random_mean']:.2f} on average" for n, r in results.items())
-    if not any(m.startswith(PREFIXES) and "transformer" in m for m in results):
-        study.missing.append("passkey-transformer")
-        study.note("no attention passkey organism yet (passkey-transformer): only recurrent channel groups were tested")
+    if not any("transformer" in m for m in results):
+        study.missing.append("transformer-passkey")
+        study.note("no attention passkey organism yet (transformer-passkey): only recurrent channel groups were tested")
     study.finish({"models": results, "reproduced_on": ok}, any(ok.values()), verdict)
     return 0
 
