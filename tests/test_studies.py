@@ -30,8 +30,8 @@ def test_study_smoke_writes_metrics_and_report(name, tmp_path, capsys):
     assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
     metrics = strict_json((tmp_path / "metrics.json").read_text())
     html = (tmp_path / "report.html").read_text()
-    assert "claim" in metrics and "reproduced" in metrics
-    if "study" in metrics:  # the shared format (lrp_faithfulness keeps its own, older layout)
+    assert "measured" in metrics and "settings" in metrics
+    if "study" in metrics:  # the shared format (lrp_faithfulness and sae_frontier keep their own layouts)
         assert metrics["study"] == name and metrics["claim"] == STUDIES[name].claim
         assert metrics["smoke"] is True and metrics["reproduced"] in (True, False, None)
         assert metrics["verdict"] and metrics["measured"] is not None

@@ -20,6 +20,8 @@ LABEL = {True: "reproduced", False: "not reproduced", None: "not measured"}
 def status(metrics: dict | None) -> str:
     if metrics is None:
         return "not run"
+    if "reproduced" not in metrics:  # a measurement without a yes / no claim (sae_frontier)
+        return "run" + (" (smoke)" if metrics.get("settings", {}).get("smoke") else "")
     r = metrics.get("reproduced")
     if isinstance(r, dict):  # per-model verdicts (lrp_faithfulness)
         return f"reproduced on {sum(bool(v) for v in r.values())}/{len(r)}"
