@@ -84,16 +84,16 @@ def all_gather_cat(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def wrap_ddp(module: torch.nn.Module, device: str) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, device: str, find_unused: bool = False) -> torch.nn.Module:
     """``module`` in DistributedDataParallel when distributed (gradients averaged over ranks during
-    backward), else itself. Unused parameters are allowed: MP never uses its encoder, BatchTopK
-    trains without its inference threshold."""
+    backward), else itself. ``find_unused``: some parameters get no gradient (MP never uses its
+    encoder, BatchTopK trains without its inference threshold)."""
     if not is_distributed():
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [torch.device(device).index] if device.startswith("cuda") else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def crash_point(what: str, index: int) -> None:

@@ -267,7 +267,7 @@ def harvest(model, hook: str, tokens: Tensor, positions: Sequence[int] | None = 
     there, so the store is identical whatever the number of ranks.
     """
     hook = check_hook_name(model, hook)
-    tokens = model.check_tokens(tokens)
+    tokens = _check_tokens(model, tokens)
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -289,6 +289,16 @@ def harvest(model, hook: str, tokens: Tensor, positions: Sequence[int] | None = 
         bar.update(x.shape[0])
     bar.close()
     return writer.finish(int(d_in))
+
+
+def _check_tokens(model, tokens: Tensor) -> Tensor:
+    """``model.check_tokens`` on blocks of sequences: the ids keep their (small) dtype instead of
+    becoming one int64 copy of the whole corpus; batches are converted as they run."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.numel() == 0 or tokens.dtype == torch.int64:
+        return model.check_tokens(tokens)
+    for part in tokens.split(4096):
+        model.check_tokens(part)
+    return tokens
 
 
 def _rows(model, hook: str, tokens: Tensor, s0: int, s1: int, pos: list[int] | None,
@@ -318,7 +328,7 @@ def _fingerprint(tokens: Tensor) -> str:
 
     h = hashlib.sha256()
     for chunk in tokens.reshape(-1).split(1 << 24):
-        h.update(chunk.contiguous().numpy().tobytes())
+        h.update(chunk.to('cpu', torch.int64).numpy().tobytes())  # the ids, whatever their dtype or device
     return h.hexdigest()
 
 

@@ -263,7 +263,9 @@ class Trainer:
         self.since_fired = torch.zeros(s.d_sae, dtype=torch.long, device=s.device)
         self.theta = torch.tensor(-1.0, dtype=torch.float64, device=s.device)  # BatchTopK EMA, -1 = unset
         self.dead_after = s.dead_after or 50 * s.batch_size
-        self.objective = wrap_ddp(_Objective(self), s.device)  # gradients averaged over ranks when distributed
+        # gradients averaged over ranks when distributed; MP has no encoder pass, BatchTopK no threshold
+        self.objective = wrap_ddp(_Objective(self), s.device, find_unused=s.architecture in ("matching_pursuit",
+                                                                                          "batchtopk"))
 
     @torch.no_grad()
     def _init(self, sample: Tensor) -> None:
