@@ -345,7 +345,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 
 # benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
-BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae", "lrp": "bench_lrp"}
+BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae", "lrp": "bench_lrp",
+              "peers": "bench_peers"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
