@@ -139,3 +139,32 @@ def test_cli_harvest_and_sae_train_under_torchrun(tmp_path):
                       device="cpu")
     for name, value in one.state_dict().items():
         torch.testing.assert_close(two.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ----------------------------------------------------------------------------- the CLI in one process
+
+
+def test_cli_harvest_reads_npy_and_text_and_reports_bad_input(tmp_path, capsys):
+    import numpy as np
+
+    from seqlens.cli import main
+
+    model = tiny_model()
+    model.save(tmp_path / "model")
+    ids = torch.randint(0, 256, (700,), generator=torch.Generator().manual_seed(5))
+    np.save(tmp_path / "ids.npy", ids.numpy().astype(np.uint16))  # converted, not refused
+    (tmp_path / "ids.txt").write_bytes(bytes(ids.tolist()))
+    args = ["harvest", str(tmp_path / "model"), "--hook", HOOK, "--seq-len", "20", "--max-tokens", "610",
+            "--positions", "0,19", "--quiet"]
+    for name in ("ids.npy", "ids.txt"):
+        assert main([*args, "--data", str(tmp_path / name), "--out", str(tmp_path / name[-3:])]) == 0
+        store = S.ActivationStore.open(tmp_path / name[-3:])
+        ref = S.harvest(model, HOOK, ids[:600].reshape(30, 20), positions=[0, 19], progress=False)
+        assert torch.equal(store.locations(), ref.locations())
+        torch.testing.assert_close(store.to_tensor(), ref.to_tensor(), rtol=0, atol=1e-6)
+    capsys.readouterr()
+    assert main([*args, "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["sae", "train", "--store", str(tmp_path / "npy"), "--d-sae", "8", "--k", "2", "--steps", "2",
+                 "--batch-size", "7", "--out", str(tmp_path / "sae"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2 and S.load(tmp_path / "sae").cfg.d_sae == 8
