@@ -92,7 +92,8 @@ def wrap_ddp(module: torch.nn.Module, device: str, find_unused: bool = False) ->
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    dev = torch.device(device)
+    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 
 
