@@ -179,11 +179,14 @@ def borrowed_rows(out: Path, smoke: bool, repeats: int, skip: set[str]) -> list[
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], flush: bool = False) -> None:
+    if not rows:
+        return
     w = max(len(r["what"]) for r in rows)
     print(f"{'comparison':<{w}}  {'seqlens s':>10}  {'peer s':>10}  {'peer/seqlens':>12}")
     for r in rows:
         print(f"{r['what']:<{w}}  {r['seqlens_s']:>10.4f}  {r['peer_s']:>10.4f}  {r['ratio']:>12.2f}")
+    print(flush=flush)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -205,24 +208,31 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
-    rows, checks = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if "gpt2" not in skip:
-            r, checks["gpt2"] = bench_gpt2(GPT2_TINY if a.smoke else GPT2_SMALL, a.seq_len, a.repeats, Path(tmp, "g"))
-            rows += r
-        if "mamba" not in skip:
-            r, checks["mamba"] = bench_mamba(a.mamba_d_model, a.mamba_layers, a.seq_len, a.pattern_len, a.repeats,
-                                             Path(tmp, "m"))
-            rows += r
-    rows += borrowed_rows(a.out, a.smoke, a.repeats, skip)
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
             "platform": platform.platform(), "repeats": a.repeats, "smoke": a.smoke,
             "versions": {d: _version(d) for d in ("seqlens", "torch", "transformer-lens", "transformers", "nnsight")}}
-    print(f"\nseqlens vs peers, median of {a.repeats} alternating runs; {meta['machine']}; {meta['versions']}")
+    rows, checks = [], {}
+
+    def record(new_rows: list[dict]) -> None:  # each part is printed and saved as soon as it is done
+        rows.extend(new_rows)
+        print_table(new_rows, flush=True)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "metrics.json").write_text(json.dumps({"meta": meta, "checks": checks, "rows": rows}, indent=2))
+
+    print(f"seqlens vs peers, median of {a.repeats} alternating runs; {meta['machine']}; {meta['versions']}",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "gpt2" not in skip:
+            r, checks["gpt2"] = bench_gpt2(GPT2_TINY if a.smoke else GPT2_SMALL, a.seq_len, a.repeats, Path(tmp, "g"))
+            record(r)
+        if "mamba" not in skip:
+            r, checks["mamba"] = bench_mamba(a.mamba_d_model, a.mamba_layers, a.seq_len, a.pattern_len, a.repeats,
+                                             Path(tmp, "m"))
+            record(r)
+    record(borrowed_rows(a.out, a.smoke, a.repeats, skip))
+    print("\nall rows:")
     print_table(rows)
     print("checks:", json.dumps(checks))
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "metrics.json").write_text(json.dumps({"meta": meta, "checks": checks, "rows": rows}, indent=2))
     return 0
 
 
