@@ -474,7 +474,7 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     batches = _Batches(store, s.batch_size, s.seed)
     sample = store.rows(batches._order(0)[:min(len(store), 4096)]) * scale
     trainer = Trainer(s, store.d_in, sample)
-    log = TrainingLog(settings={**asdict(s), "n_rows": len(store), "scaling_factor": scale,
+    log = TrainingLog(settings={**asdict(s), "n_rows": len(store), "scaling_factor": scale, "ranks": size,
                                 **{k_: store.info.get(k_) for k_ in ("hook_name", "model_name")}})
     start = _resume(trainer, log, checkpoint_dir, s) if checkpoint_dir is not None else 0
     bar = progress_bar(progress if rank == 0 else False, total=s.steps, desc=f"train {architecture} SAE", unit="step")
