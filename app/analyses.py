@@ -84,6 +84,29 @@ def finder_tokens(model_key: str, data: DataKey) -> tuple[tuple[int, ...], ...] 
     raise ValueError(f"unknown data source {data!r}")
 
 
+@contextmanager
+def shared_patterns(model) -> Iterator[None]:
+    """Inside the block ``model.mixer_pattern(tokens, layer)`` is computed once per (tokens,
+    layer) and shared by every finder run there: each finder reads every layer's (implicit)
+    attention, which on recurrent models costs far more than the scoring. ``model`` is this
+    session's own copy (``state.load_model``), so nothing is shared with another session; the
+    memo goes with the block. Callers get a clone (a finder may edit its pattern in place)."""
+    memo: dict[tuple, Any] = {}
+    compute = model.mixer_pattern
+
+    def mixer_pattern(tokens, layer):
+        key = (layer, tokens.dtype, tuple(tokens.shape), tokens.detach().cpu().numpy().tobytes())
+        if key not in memo:
+            memo[key] = compute(tokens, layer)
+        return memo[key].clone()
+
+    model.mixer_pattern = mixer_pattern  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del model.mixer_pattern
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def finder_scores(model_key: str, name: str, data: DataKey):
     """``(FINDERS[name](model, tokens=...), warnings it raised)``: a HeadScores Result and the
