@@ -448,3 +448,32 @@ def train_feature_sae(model_key: str, hook: str, architecture: str, d_sae: int, 
                                           batch_size=min(256, len(store)), seed=0, progress=progress,
                                           log_every=max(1, steps // 50))
     return key
+
+
+# ----------------------------------------------------------------------------- memory held (States page)
+
+
+@st.cache_data(show_spinner="Measuring the memory the model carries ...", max_entries=16)
+def state_memory(model_key: str, n_tokens: int, chunk: int = 32, seed: int = 0) -> tuple[list[int], list[int]]:
+    """``(positions, floats held)``: the size of the state the model carries
+    (``model.forward_chunk``'s ``ModelState``: a KV cache or a fixed-size recurrent state, every
+    layer) after reading each chunk of ``n_tokens`` seeded random tokens, as it runs, not as a
+    formula says."""
+    import torch
+
+    model = load_model(model_key)
+    n_tokens = min(int(n_tokens), int(model.cfg.n_ctx))  # learned positions end at n_ctx
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, int(model.cfg.vocab_size), (1, n_tokens), generator=g).to(model.device)
+    state = model.init_state(1)
+    positions, held = [0], [_numel(state.layers)]
+    with torch.no_grad():
+        for start in range(0, n_tokens, chunk):
+            _, state = model.forward_chunk(tokens[:, start:start + chunk], state)
+            positions.append(min(start + chunk, n_tokens))
+            held.append(_numel(state.layers))
+    return positions, held
+
+
+def _numel(layers) -> int:
+    return sum(int(v.numel()) for layer in layers for v in layer.values() if hasattr(v, "numel"))

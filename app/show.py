@@ -50,9 +50,35 @@ def downloads(key: str, fig=None, result=None) -> None:
                             type="tertiary", icon=":material/download:")
 
 
-def result_figure(fig, key: str, result=None, note: str | None = None) -> None:
-    """``st.plotly_chart(fig)`` with the PNG button named after ``key``; under it ``note``, the
-    settings the Result was computed on, and the downloads."""
+def wrap_title(text: str, width: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` characters at spaces."""
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def tidy(fig, title_chars: int = 48):
+    """Plotly layout fixes the browser showed: a long title wraps (it ran under the chart's
+    toolbar, which sits top right) and sits left, with room above the plot for its lines; axis
+    titles, tick labels and colour-bar ticks get the margins they need (nothing cut off)."""
+    title = fig.layout.title.text or ""
+    lines = wrap_title(title.replace("<br>", " "), title_chars) if title else []
+    top = 30 + 20 * len(lines)
+    margin = fig.layout.margin
+    fig.update_layout(margin={"t": max(top, margin.t or 0), "l": margin.l, "r": max(margin.r or 0, 20),
+                              "b": margin.b})
+    if lines:
+        fig.update_layout(title={"text": "<br>".join(lines), "x": 0, "xanchor": "left", "y": 1, "yanchor": "top",
+                                 "pad": {"t": 8}, "font": {"size": 14}})
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def result_figure(fig, key: str, result=None, note: str | None = None, title_chars: int = 48) -> None:
+    """``st.plotly_chart(fig)`` (tidied, :func:`tidy`) with the PNG button named after ``key``;
+    under it ``note``, the settings the Result was computed on, and the downloads."""
+    tidy(fig, title_chars)
     config = {"toImageButtonOptions": {"format": "png", "filename": key, "scale": 2}, "displaylogo": False}
     st.plotly_chart(fig, key=key, config=config)
     settings = getattr(result, "settings", None)

@@ -50,8 +50,8 @@ PAGES = {"model": "", "attention": "attention", "heads": "heads", "sinks": "sink
          "features": "features", "attribution": "attribution", "compare": "compare"}  # file stem -> URL path
 # buttons pressed, in order, before a page's screenshot (analyses that run on request); a button
 # that is absent or disabled on the model is skipped
-ACTIONS = {"heads": ["Run finders", "Run causal check"], "states": ["Run collapse probe"],
-           "attribution": ["Run token flipping"], "compare": ["Compare"]}
+ACTIONS = {"heads": ["Run finders", "Run causal check"], "sinks": ["Run calibration"],
+           "states": ["Run collapse probe"], "attribution": ["Run token flipping"], "compare": ["Compare"]}
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
