@@ -93,6 +93,7 @@ def shared_patterns(model) -> Iterator[None]:
     memo goes with the block. Callers get a clone (a finder may edit its pattern in place)."""
     memo: dict[tuple, Any] = {}
     compute = model.mixer_pattern
+    previous = vars(model).get("mixer_pattern")  # an enclosing wrapper, restored on the way out
 
     def mixer_pattern(tokens, layer):
         key = (layer, tokens.dtype, tuple(tokens.shape), tokens.detach().cpu().numpy().tobytes())
@@ -104,7 +105,10 @@ def shared_patterns(model) -> Iterator[None]:
     try:
         yield
     finally:
-        del model.mixer_pattern
+        if previous is None:
+            del model.mixer_pattern
+        else:
+            model.mixer_pattern = previous
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -279,14 +279,17 @@ class Browser:
     async def report(self) -> dict:
         return await self.evaluate(REPORT_JS)
 
-    async def screenshot(self, out: Path, full_page: bool = True) -> None:
-        """Save a PNG of the window, or (``full_page``) of the whole page, at most 8000 px high."""
+    async def screenshot(self, out: Path, full_page: bool = True, scale: float = 1.0) -> None:
+        """Save a PNG of the window, or (``full_page``) of the whole page, at most 8000 px high;
+        ``scale`` < 1 shrinks the image (small PNGs for the docs)."""
+        height = self.height
         if full_page:
-            height = min(int(await self.evaluate(SCROLL_HEIGHT_JS) or self.height), 8000)
+            height = max(min(int(await self.evaluate(SCROLL_HEIGHT_JS) or self.height), 8000), self.height)
             await self.call("Emulation.setDeviceMetricsOverride", width=self.width,
-                            height=max(height, self.height), deviceScaleFactor=1, mobile=False)
+                            height=height, deviceScaleFactor=1, mobile=False)
             await asyncio.sleep(1.5)  # let plotly re-lay out at the new size
-        shot = await self.call("Page.captureScreenshot", format="png")
+        clip = {"x": 0, "y": 0, "width": self.width, "height": height, "scale": scale}
+        shot = await self.call("Page.captureScreenshot", format="png", clip=clip)
         out.write_bytes(base64.b64decode(shot["data"]))
         await self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
                         deviceScaleFactor=1, mobile=False)
@@ -311,20 +314,20 @@ def page_url(base: str, page: str, model: str | None) -> str:
 
 
 async def shoot_page(browser: Browser, url: str, target: Path, actions: list[str], timeout: float,
-                     settle: float, full_page: bool) -> str:
+                     settle: float, full_page: bool, scale: float = 1.0) -> str:
     """One page: load, press ``actions`` in order, screenshot; the last readiness state."""
     state = await browser.goto(url, timeout, settle)
     for label in actions:
         what, state = await browser.press(label, timeout, settle)
         if what != "clicked":
             print(f"     {label!r}: {what}")
-    await browser.screenshot(target, full_page)
+    await browser.screenshot(target, full_page, scale)
     return state
 
 
 async def shoot_pages(browser: Browser, base: str, pages: list[str], out: Path, timeout: float,
                       settle: float, full_page: bool, model: str | None = None,
-                      actions: list[str] | None = None) -> bool:
+                      actions: list[str] | None = None, scale: float = 1.0) -> bool:
     await browser.connect()
     try:
         await browser.goto(page_url(base, "model", model), timeout, settle)  # imports, model load
@@ -333,7 +336,8 @@ async def shoot_pages(browser: Browser, base: str, pages: list[str], out: Path, 
             target = out / f"{page}.png"
             t0 = time.monotonic()
             state = await shoot_page(browser, page_url(base, page, model), target,
-                                     ACTIONS.get(page, []) if actions is None else actions, timeout, settle, full_page)
+                                     ACTIONS.get(page, []) if actions is None else actions, timeout, settle,
+                                     full_page, scale)
             good = state.startswith("ready") and target.is_file()
             print(f"{'ok  ' if good else 'FAIL'} {target} ({time.monotonic() - t0:.1f} s, {state.split(':')[0]})")
             ok &= good
@@ -357,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-timeout", type=float, default=300.0, help="seconds to wait for a page to finish")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds a page must stay unchanged")
     parser.add_argument("--size", default="1400,1000", help="window size W,H (default 1400,1000)")
+    parser.add_argument("--scale", type=float, default=1.0, help="image scale (e.g. 0.6 for the docs' PNGs)")
     parser.add_argument("--browser", default=None, help="Chromium executable (default: found on PATH)")
     parser.add_argument("--server-timeout", type=float, default=120.0, help="seconds to wait for the server")
     args = parser.parse_args(argv)
@@ -379,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             browser = Browser(chromium, args.size, Path(profile))
             try:
                 ok = asyncio.run(shoot_pages(browser, base, args.pages or list(PAGES), out, args.page_timeout,
-                                             args.settle, not args.window_only, args.model, args.actions))
+                                             args.settle, not args.window_only, args.model, args.actions,
+                                             args.scale))
             finally:
                 browser.close()
         return 0 if ok else 1
