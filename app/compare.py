@@ -21,7 +21,7 @@ DEFAULT_ORGANISMS = ["mqar-transformer", "mqar-mamba", "mqar-gla", "mqar-lstm", 
 def _panels(names: list[str], **kwargs: Any):
     from plotly.subplots import make_subplots
 
-    return make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.04, **kwargs)
+    return make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.05, **kwargs)
 
 
 def heatmaps_figure(mats: dict[str, Any], title: str, zmin: float, zmax: float, x_title: str, y_title: str,
@@ -37,8 +37,9 @@ def heatmaps_figure(mats: dict[str, Any], title: str, zmin: float, zmax: float, 
                                  colorbar={"title": colorbar, "len": 0.9}, name=name,
                                  hovertemplate=f"{name}<br>{x_title} %{{x}}<br>{y_title} %{{y}}<br>%{{z:.3f}}"
                                                "<extra></extra>"), row=1, col=i)
-        fig.update_xaxes(title_text=x_title, row=1, col=i)
-        fig.update_yaxes(autorange="reversed" if y_title == "query" else True, row=1, col=i)
+        step = 1 if x_title == "head" else None  # integer ticks for layers and heads
+        fig.update_xaxes(title_text=x_title, dtick=step, row=1, col=i)
+        fig.update_yaxes(autorange="reversed" if y_title == "query" else True, dtick=step, row=1, col=i)
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_layout(title={"text": title, "x": 0, "xanchor": "left"}, height=height,
                       margin={"l": 50, "r": 20, "t": 80, "b": 50})

@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+TOOLBAR_PX = 34  # the chart toolbar's height: titles start below it, never under it
 MAX_VALUE_CHARS = 60  # a setting longer than this is shortened in the caption (the JSON has it all)
 SKIP_SETTINGS = ("per_set", "sets")  # bulky tables that belong in the JSON download, not the caption
 
@@ -38,16 +39,18 @@ def downloads(key: str, fig=None, result=None) -> None:
     Result (JSON; CSV of its ``to_frame()``). Files are built on click, not on every rerun."""
     items = []
     if fig is not None:
-        items.append(("Figure (HTML)", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
-                      f"{key}.html", "text/html"))
+        items.append(("HTML", "the figure, self-contained (opens offline)",
+                      lambda: fig.to_html(include_plotlyjs=True, full_html=True), f"{key}.html", "text/html"))
     if result is not None and hasattr(result, "to_json"):
-        items.append(("Result (JSON)", result.to_json, f"{key}.json", "application/json"))
+        items.append(("JSON", "the Result with its settings (Result.from_json reads it back)", result.to_json,
+                      f"{key}.json", "application/json"))
         if hasattr(result, "to_frame"):
-            items.append(("Table (CSV)", lambda: _frame_csv(result) or b"", f"{key}.csv", "text/csv"))
-    cols = st.columns(len(items) + 2)
-    for col, (label, data, name, mime) in zip(cols, items):
-        col.download_button(label, data, file_name=name, mime=mime, key=f"dl_{key}_{name}", on_click="ignore",
-                            type="tertiary", icon=":material/download:")
+            items.append(("CSV", "the Result's table (to_frame)", lambda: _frame_csv(result) or b"",
+                          f"{key}.csv", "text/csv"))
+    with st.container(horizontal=True, gap="small"):  # short labels: they fit the narrowest column
+        for label, what, data, name, mime in items:
+            st.download_button(label, data, file_name=name, mime=mime, key=f"dl_{key}_{name}", on_click="ignore",
+                               type="tertiary", icon=":material/download:", help=f"Download {what}.")
 
 
 def wrap_title(text: str, width: int) -> list[str]:
@@ -63,13 +66,13 @@ def tidy(fig, title_chars: int = 48):
     titles, tick labels and colour-bar ticks get the margins they need (nothing cut off)."""
     title = fig.layout.title.text or ""
     lines = wrap_title(title.replace("<br>", " "), title_chars) if title else []
-    top = 30 + 20 * len(lines)
+    top = TOOLBAR_PX + 20 * len(lines) + 16
     margin = fig.layout.margin
     fig.update_layout(margin={"t": max(top, margin.t or 0), "l": margin.l, "r": max(margin.r or 0, 20),
                               "b": margin.b})
     if lines:
         fig.update_layout(title={"text": "<br>".join(lines), "x": 0, "xanchor": "left", "y": 1, "yanchor": "top",
-                                 "pad": {"t": 8}, "font": {"size": 14}})
+                                 "pad": {"t": TOOLBAR_PX}, "font": {"size": 14}})
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
     return fig
