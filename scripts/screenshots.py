@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds a page must stay unchanged")
     parser.add_argument("--size", default="1400,1000", help="window size W,H (default 1400,1000)")
     parser.add_argument("--scale", type=float, default=1.0, help="image scale (e.g. 0.6 for the docs' PNGs)")
+    parser.add_argument("--palette", action="store_true",
+                        help="re-save each PNG with a 256-colour palette (about 3x smaller; Pillow, a Streamlit "
+                             "dependency)")
     parser.add_argument("--browser", default=None, help="Chromium executable (default: found on PATH)")
     parser.add_argument("--server-timeout", type=float, default=120.0, help="seconds to wait for the server")
     args = parser.parse_args(argv)
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     port = args.port or free_port()
-    log = out / "streamlit.log"
+    log = Path(tempfile.gettempdir()) / f"seqlens-screenshots-{port}.log"  # not in OUT (docs/img stays clean)
     proc = start_server(port, log)
     try:
         if not wait_healthy(port, proc, args.server_timeout):
@@ -388,9 +391,20 @@ def main(argv: list[str] | None = None) -> int:
                                              args.scale))
             finally:
                 browser.close()
+        if args.palette:
+            for page in args.pages or list(PAGES):
+                palette_png(out / f"{page}.png")
         return 0 if ok else 1
     finally:
         stop_server(proc)
+
+
+def palette_png(path: Path) -> None:
+    """Re-save ``path`` with a 256-colour palette (screenshots have few colours: ~3x smaller)."""
+    from PIL import Image
+
+    if path.is_file():
+        Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 if __name__ == "__main__":
