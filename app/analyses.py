@@ -435,6 +435,17 @@ def feature_report(model_key: str, sae_key: str, feature: int, n_seqs: int):
     return sae.feature_report(load_model(model_key), s, feature, tokens, positions=_positions(s))
 
 
+@st.cache_data(show_spinner="Collecting every feature's top tokens ...", max_entries=16)
+def feature_table(model_key: str, sae_key: str, n_seqs: int):
+    """``sae.feature_table(model, s, tokens)`` on ``n_seqs`` validation windows: the browser's
+    frequencies, max activations, top tokens and contexts (its search and sort)."""
+    from seqlens.probes import sae
+
+    s = get_sae(sae_key)
+    tokens = as_tensor(feature_text(model_key, n_seqs))
+    return sae.feature_table(load_model(model_key), s, tokens, positions=_positions(s))
+
+
 def train_feature_sae(model_key: str, hook: str, architecture: str, d_sae: int, k: int, steps: int,
                       n_seqs: int) -> str:
     """``sae.harvest`` on ``n_seqs`` training-split windows, then ``sae.train_sae(..., seed=0)``;

@@ -16,7 +16,7 @@ What "the OV circuit" is, per architecture (recorded as ``settings["ov"]`` by th
   group norm's *weight* (a constant diagonal) between them. Omitted: the group norm's ``1/rms``
   and the SiLU output gate, per-token factors outside the implicit attention (docs/methods.md §7).
   With those two set to 1, ``hook_out = Σ_h α_h @ (x @ W_OV^h)`` holds exactly.
-- **Mamba** — ``cfg.pattern_heads`` contiguous groups of the ``d_inner`` channels (the grouping of
+- **Mamba** — ``cfg.n_groups`` contiguous groups of the ``d_inner`` channels (the grouping of
   ``SeqModel.mixer_pattern``): the x-branch rows of ``in_proj`` of the group, then the group's
   ``out_proj`` columns. Linearised: the depthwise conv is replaced by its DC gain ``Σ_k w_{d,k}``
   per channel (its response to a constant input; it carries the conv's sign, which identity

@@ -504,7 +504,7 @@ def search_calibration_heads(model, task: Any = None, tau: float = 0.1, beta: fl
         raise NotApplicableError(f"search_calibration_heads: arch {model.cfg.arch!r} has no softmax attention "
                                  "heads to calibrate (see calibrate_sinks)")
     _check_tau_beta(tau, beta)
-    metric, layers, H = resolve_task(model, task), _search_layers(model, exclude_layers), model.cfg.n_heads
+    metric, layers, H = resolve_task(model, task), _search_layers(model, exclude_layers), model.n_groups
     per_head = torch.full((model.cfg.n_layers, H), float("nan"), dtype=torch.float64)
     with _explicit_attention(model):
         baseline = metric(model)

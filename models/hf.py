@@ -19,6 +19,8 @@ Supported ``model_type`` values and how they map onto :class:`~seqlens.models.co
                ``up_proj -> fc_in``, ``down_proj -> fc_out``).
 ``mistral``    Llama without biases; accepted only without sliding-window attention.
 ``mamba``      Mamba-1: parameter names are ours already (``blocks.{l}.mixer.*``).
+``mamba2``     Mamba-2 (SSD): transformers' parameter names (``in_proj conv1d dt_bias A_log D norm
+               out_proj``); only the default ``time_step_limit`` (no clamp of Δ).
 =============  ==================================================================================
 
 Every Hugging Face weight is checked against the shape that ``config.json`` implies before it is
@@ -463,7 +465,7 @@ def _llama_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------- Mamba
 
 
-def _pattern_heads(d_inner: int) -> int:
+def _channel_groups(d_inner: int) -> int:
     """Channel groups for implicit-attention patterns: the largest of 8, 4, 2, 1 dividing d_inner."""
     return next(h for h in (8, 4, 2, 1) if d_inner % h == 0)
 
@@ -485,7 +487,7 @@ def _mamba_config(hf: dict[str, Any], label: str) -> ModelConfig:
         d_state=hf.get("state_size", 16), d_conv=hf.get("conv_kernel", 4), expand=d_inner // d,
         dt_rank=math.ceil(d / 16) if rank == "auto" else int(rank),
         conv_bias=hf.get("use_conv_bias", True), proj_bias=hf.get("use_bias", False),
-        pattern_heads=_pattern_heads(d_inner))
+        n_groups=_channel_groups(d_inner))
 
 
 def _mamba_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -519,6 +521,73 @@ def _mamba_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
     return state
 
 
+# ----------------------------------------------------------------------------- Mamba-2
+
+
+def _mamba2_config(hf: dict[str, Any], label: str) -> ModelConfig:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise NotImplementedError(f"{ARG}: {label}: Mamba-2 with hidden_act={hf['hidden_act']!r} is not "
+                                  "implemented; only 'silu'")
+    limit = [_json_float(v, "time_step_limit", label) for v in hf.get("time_step_limit") or (0.0, math.inf)]
+    if len(limit) != 2 or limit[0] > 0.0 or math.isfinite(limit[1]):
+        raise NotImplementedError(f"{ARG}: {label}: Mamba-2 with time_step_limit={list(limit)} is not "
+                                  "implemented; only the default (0, inf) (no clamp of Δ)")
+    d = _required(hf, "hidden_size", label)
+    expand = hf.get("expand", 2)
+    if not float(expand).is_integer():
+        raise NotImplementedError(f"{ARG}: {label}: Mamba-2 expand={expand} is not an integer")
+    return _make_config(
+        label, arch="mamba2", vocab_size=_required(hf, "vocab_size", label), d_model=d,
+        n_layers=_required(hf, "num_hidden_layers", label), n_ctx=MAMBA_N_CTX, norm="rmsnorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), tied_embeddings=hf.get("tie_word_embeddings", False),
+        d_state=hf.get("state_size", 128), d_conv=hf.get("conv_kernel", 4), expand=int(expand),
+        n_heads=_required(hf, "num_heads", label), n_bc_groups=hf.get("n_groups", 1),
+        conv_bias=hf.get("use_conv_bias", True), proj_bias=hf.get("use_bias", False))
+
+
+def _json_float(value: Any, key: str, label: str) -> float:
+    """A float from config.json, where transformers writes infinities as ``{"__float__":
+    "Infinity"}`` (JSON has no inf)."""
+    if isinstance(value, dict) and set(value) == {"__float__"}:
+        value = value["__float__"]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{ARG}: {label}: {CONFIG_FILE}'s {key!r} holds {value!r}, not a number") from None
+
+
+def _mamba2_layer(w: Weights, layer: int, cfg: ModelConfig) -> dict[str, Tensor]:
+    src, dst = f"layers.{layer}", f"blocks.{layer}.mixer"
+    d, inner, H = cfg.d_model, cfg.d_inner, cfg.n_heads
+    conv_dim = inner + 2 * cfg.n_bc_groups * cfg.d_state
+    m = f"{src}.mixer"
+    state = {
+        **_norm(w, f"{src}.norm", f"blocks.{layer}.ln1", d, bias=False),
+        **_linear(w, f"{m}.in_proj", f"{dst}.in_proj", inner + conv_dim + H, d, bias=cfg.proj_bias),
+        f"{dst}.conv1d.weight": w.take(f"{m}.conv1d.weight", (conv_dim, 1, cfg.d_conv)),
+        **{f"{dst}.{p}": w.take(f"{m}.{p}", (H,)) for p in ("dt_bias", "A_log", "D")},
+        f"{dst}.norm.weight": w.take(f"{m}.norm.weight", (inner,)),
+        **_linear(w, f"{m}.out_proj", f"{dst}.out_proj", d, inner, bias=cfg.proj_bias),
+    }
+    if cfg.conv_bias:
+        state[f"{dst}.conv1d.bias"] = w.take(f"{m}.conv1d.bias", (conv_dim,))
+    return state
+
+
+def _mamba2_weights(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
+    state = _mamba_weights_shared(w, cfg)
+    for layer in range(cfg.n_layers):
+        state.update(_mamba2_layer(w, layer, cfg))
+    return state
+
+
+def _mamba_weights_shared(w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
+    """Embedding, final norm and head of a Mamba-2 checkpoint (laid out as Mamba's)."""
+    embed = "embedding.weight" if w.has("embedding.weight") else "embeddings.weight"
+    return {"embed.weight": w.take(embed, (cfg.vocab_size, cfg.d_model)),
+            **_norm(w, "norm_f", "ln_final", cfg.d_model, bias=False), **_head(w, ("lm_head.weight",), cfg)}
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -537,4 +606,5 @@ FAMILIES: dict[str, Family] = {
     "llama": Family("model.", _llama_config, _llama_weights),
     "mistral": Family("model.", _llama_config, _llama_weights),
     "mamba": Family("backbone.", _mamba_config, _mamba_weights),
+    "mamba2": Family("backbone.", _mamba2_config, _mamba2_weights),
 }

@@ -52,9 +52,7 @@ def hook_table(cfg: ModelConfig) -> list[tuple[str, HookSpec]]:
 def dims(cfg: ModelConfig, batch: int, length: int, taps: int) -> dict[str, int]:
     """Values of the symbols shape expressions use."""
     return {"B": batch, "L": length, "T": taps, "d_model": cfg.d_model, "d_mlp": cfg.mlp_dim,
-            "H": cfg.n_heads, "H_kv": cfg.kv_heads, "d_head": cfg.head_dim, "D": cfg.d_inner,
-            "N": cfg.d_state, "D_h": cfg.hidden_dim, "d_k": cfg.key_dim // cfg.n_heads,
-            "d_v": cfg.value_dim // cfg.n_heads, "value_dim": cfg.value_dim, "V": cfg.vocab_size}
+            "V": cfg.vocab_size, **cfg.mixer.symbols(cfg.d_model)}
 
 
 def shape_of(expr: str, values: dict[str, int]) -> tuple[int, ...]:
@@ -103,7 +101,7 @@ def markdown() -> str:
              "of the module classes (tests check that it is up to date and that these are exactly the hooks",
              "that fire). Shapes: B batch, L sequence length, T tapped positions, H heads, H_kv key/value",
              "heads, D Mamba's d_inner, N its d_state, D_h the recurrent hidden width, d_k / d_v per-head",
-             "key / value widths of GLA.",
+             "key / value widths of GLA, P Mamba-2's head width (d_inner / H), G its B/C groups.",
              "",
              "TransformerLens' names also resolve on softmax attention models (`run_with_cache`, its",
              "`names_filter` and cache lookups, `run_with_hooks`): `blocks.{l}.attn.X` is",

@@ -25,7 +25,7 @@ the other recurrent mixers (former names in brackets): ``hook_input_gate`` (i; `
 into ``out_proj``; ``hook_h``), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
 ``hook_state [B, T, 2, D_h]`` with ``[:, :, 0] = h`` and ``[:, :, 1] = c``.
 
-Protocol: "heads" are ``cfg.pattern_heads`` contiguous channel groups of h. h also feeds the
+Protocol: "heads" are ``cfg.n_groups`` contiguous channel groups of h. h also feeds the
 recurrence (an edit there replays the loop), so head ablation acts on the read-out only: at
 ``hook_out`` the group's term ``h[g] @ W_out[:, g]ᵀ`` is replaced by ``h'[g] @ W_out[:, g]ᵀ`` with
 ``h' = 0`` (zero), the mean of h over ``reference`` (mean), or ``o_t ⊙ tanh(mean_{s≤t} g_s)``
@@ -84,7 +84,7 @@ class LSTMMixer(Mixer):
     )
     supports_state_taps = True
     state_key = None  # hook_state reports h and c together, see tap_value
-    state_spec = StateSpec("c", "[B, D_h]", "cell c [B, D_h], heads = cfg.pattern_heads channel groups")
+    state_spec = StateSpec("c", "[B, D_h]", "cell c [B, D_h], heads = cfg.n_groups channel groups")
     decay_hooks = ("hook_decay",)
     memory_hook = "hook_c"
     lrp = LRPRules(detach=("hook_input_gate", "hook_decay", "hook_out_gate"),
@@ -106,7 +106,7 @@ class LSTMMixer(Mixer):
     # -- protocol (module docstring) -------------------------------------------------------
     @property
     def groups(self) -> Groups:
-        return channel_groups(self.cfg.pattern_heads, self.hidden_dim)
+        return channel_groups(self.cfg.n_groups, self.hidden_dim)
 
     def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
         """Replace the group's read-out term at hook_out (h itself, which feeds the recurrence, is
@@ -243,12 +243,12 @@ class LSTMMixer(Mixer):
 
     @torch.no_grad()
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
-        """The conditional decomposition averaged over ``cfg.pattern_heads`` contiguous channel
+        """The conditional decomposition averaged over ``cfg.n_groups`` contiguous channel
         groups of the cell (signed mean of α), ``[B, H, L, L]``; channel blocks of at most about
         ``budget`` elements."""
         seq = self.sequence(x)
         alpha = lambda sl: decay_attention(seq["f"][..., sl], seq["i"][..., sl])  # noqa: E731
-        return grouped_pattern(alpha, self.hidden_dim, self.cfg.pattern_heads, tuple(x.shape[:2]),
+        return grouped_pattern(alpha, self.hidden_dim, self.cfg.n_groups, tuple(x.shape[:2]),
                                budget, x.device)
 
 

@@ -18,7 +18,7 @@ the per-group output; ``hook_ssm_out`` before), ``hook_out_gate [B, L, D]`` (SiL
 gate branch; ``hook_gate`` before), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``,
 ``hook_state [B, T, D, N]``.
 
-Protocol (``MambaMixer``): "heads" are ``cfg.pattern_heads`` contiguous channel groups of d_inner.
+Protocol (``MambaMixer``): "heads" are ``cfg.n_groups`` contiguous channel groups of d_inner.
 Zero / mean ablations act on the group's channels of ``hook_z`` (the scan state is not touched);
 "uniform" replaces α by uniform causal weights, ``z[t, d] = mean_{s≤t} u[s, d] + D_d u[t, d]``
 (``u`` = ``hook_conv``, the D skip kept). The decay is ``exp(Δ_t A)`` per state element (from
@@ -60,7 +60,7 @@ class MambaMixer(Mixer):
     BACKENDS = ("triton", "chunked", "ref")
     supports_state_taps = True
     state_key = "ssm"
-    state_spec = StateSpec("ssm", "[B, D, N]", "ssm [B, d_inner, d_state], heads = cfg.pattern_heads "
+    state_spec = StateSpec("ssm", "[B, D, N]", "ssm [B, d_inner, d_state], heads = cfg.n_groups "
                            "channel groups of d_inner", linear=True)
     decay_hooks = ("hook_delta",)
     memory_hook = "hook_z"
@@ -164,11 +164,11 @@ class MambaMixer(Mixer):
     def summary(self) -> dict:
         cfg = self.cfg
         return dict(d_inner=cfg.d_inner, d_state=cfg.d_state, d_conv=cfg.d_conv, dt_rank=cfg.dt_rank_,
-                    pattern_heads=cfg.pattern_heads)
+                    n_groups=cfg.n_groups)
 
     @property
     def groups(self) -> Groups:
-        return channel_groups(self.cfg.pattern_heads, self.d_inner)
+        return channel_groups(self.cfg.n_groups, self.d_inner)
 
     def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
         if mode != "uniform":
@@ -226,12 +226,12 @@ class MambaMixer(Mixer):
 
     @torch.no_grad()
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
-        """Implicit attention averaged over ``cfg.pattern_heads`` contiguous channel groups (the
-        signed mean of α over each group's ``d_inner / pattern_heads`` channels): ``[B, H, L, L]``.
+        """Implicit attention averaged over ``cfg.n_groups`` contiguous channel groups (the
+        signed mean of α over each group's ``d_inner / n_groups`` channels): ``[B, H, L, L]``.
         Channels are processed in blocks so the ``[B, d, N, L, L]`` decay tensor stays under
         ``budget`` elements."""
         p = self.ssm_inputs(x, None)
-        return grouped_pattern(lambda sl: self._alpha(p, sl), self.d_inner, self.cfg.pattern_heads,
+        return grouped_pattern(lambda sl: self._alpha(p, sl), self.d_inner, self.cfg.n_groups,
                                tuple(x.shape[:2]), budget // self.d_state, x.device)
 
 

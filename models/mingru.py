@@ -37,7 +37,7 @@ Edits to ``hook_input_gate`` / ``hook_decay`` / ``hook_candidate`` feed the scan
 read-out: editing it changes the mixer output only, not later ``h_t`` nor the carried state (the
 scan has already run); intervene on the recurrence through the gates or candidate.
 
-Protocol: "heads" are ``cfg.pattern_heads`` contiguous channel groups of h. Zero / mean ablations
+Protocol: "heads" are ``cfg.n_groups`` contiguous channel groups of h. Zero / mean ablations
 act on the group's channels of ``hook_z``; "uniform": ``h[t, d] = mean_{s≤t} h̃[s, d]``. The
 decay is ``hook_decay``; ``forget_more`` on minGRU sets ``z' = 1 − (1 − z)^c`` and scales h̃ by
 ``b_scale · z / z'`` (the write ``z·h̃`` unchanged by c), on minLSTM ``f'^c`` and ``i' · b_scale``.
@@ -114,7 +114,7 @@ class MinRNNMixer(Mixer):
     BACKENDS = ("triton", "loop", "chunked", "ref")
     supports_state_taps = True
     state_key = "h"
-    state_spec = StateSpec("h", "[B, D_h]", "h [B, D_h], heads = cfg.pattern_heads channel groups", linear=True)
+    state_spec = StateSpec("h", "[B, D_h]", "h [B, D_h], heads = cfg.n_groups channel groups", linear=True)
     decay_hooks = ("hook_decay",)
     memory_hook = "hook_z"
     lrp = LRPRules(detach=("hook_decay", "hook_input_gate"),
@@ -138,7 +138,7 @@ class MinRNNMixer(Mixer):
     # -- protocol (module docstring) ---------------------------------------------------------------
     @property
     def groups(self) -> Groups:
-        return channel_groups(self.cfg.pattern_heads, self.hidden_dim)
+        return channel_groups(self.cfg.n_groups, self.hidden_dim)
 
     def ablation_hooks(self, site: AblationSite, mode: str) -> HookList:
         if mode != "uniform":
@@ -206,12 +206,12 @@ class MinRNNMixer(Mixer):
 
     @torch.no_grad()
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
-        """Implicit attention averaged over ``cfg.pattern_heads`` contiguous channel groups of the
+        """Implicit attention averaged over ``cfg.n_groups`` contiguous channel groups of the
         hidden state (signed mean of α over each group), ``[B, H, L, L]``; computed in channel
         blocks of at most about ``budget`` elements."""
         a, w, _ = self.coefficients(x)
         alpha = lambda sl: decay_attention(a[..., sl], w[..., sl])  # noqa: E731
-        return grouped_pattern(alpha, self.hidden_dim, self.cfg.pattern_heads, tuple(x.shape[:2]),
+        return grouped_pattern(alpha, self.hidden_dim, self.cfg.n_groups, tuple(x.shape[:2]),
                                budget, x.device)
 
 

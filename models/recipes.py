@@ -32,11 +32,14 @@ def _mqar_models() -> dict[str, ModelConfig]:
     return {
         "transformer": ModelConfig(arch="transformer", n_layers=2, n_heads=4, d_mlp=128, **LLAMA, **base),
         "mamba": ModelConfig(arch="mamba", n_layers=4, d_state=16, expand=2, norm="rmsnorm", **base),
+        # Mamba-2: 8 heads of 16 channels, one B/C group (~113k parameters without embeddings)
+        "mamba2": ModelConfig(arch="mamba2", n_layers=4, d_state=16, expand=2, n_heads=8, n_bc_groups=1,
+                              norm="rmsnorm", **base),
         "gla": ModelConfig(arch="gla", n_layers=2, n_heads=4, d_key=64, d_value=64, d_mlp=128,
                            **RECURRENT, **base),
-        "mingru": ModelConfig(arch="mingru", n_layers=2, d_hidden=128, pattern_heads=8, d_mlp=128,
+        "mingru": ModelConfig(arch="mingru", n_layers=2, d_hidden=128, n_groups=8, d_mlp=128,
                               **RECURRENT, **base),
-        "lstm": ModelConfig(arch="lstm", n_layers=2, d_hidden=64, pattern_heads=8, d_mlp=128,
+        "lstm": ModelConfig(arch="lstm", n_layers=2, d_hidden=64, n_groups=8, d_mlp=128,
                             **RECURRENT, **base),
     }
 
@@ -92,9 +95,9 @@ def _text_organisms() -> dict[str, Organism]:
     models = {
         "transformer": ModelConfig(arch="transformer", n_layers=4, n_heads=4, d_mlp=256, **LLAMA, **base),
         "mamba": ModelConfig(arch="mamba", n_layers=4, d_state=16, norm="rmsnorm", **base),
-        "mingru": ModelConfig(arch="mingru", n_layers=4, d_hidden=192, pattern_heads=8, d_mlp=256,
+        "mingru": ModelConfig(arch="mingru", n_layers=4, d_hidden=192, n_groups=8, d_mlp=256,
                               **RECURRENT, **base),
-        "lstm": ModelConfig(arch="lstm", n_layers=3, d_hidden=128, pattern_heads=8, d_mlp=256,
+        "lstm": ModelConfig(arch="lstm", n_layers=3, d_hidden=128, n_groups=8, d_mlp=256,
                             **RECURRENT, **base),
     }
     return {f"text-{arch}": Organism(Recipe(

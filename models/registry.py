@@ -16,6 +16,7 @@ ARCH_CLASSES: dict[str, tuple[str, str]] = {
     "transformer": ("transformer", "Transformer"),
     "fox": ("transformer", "Transformer"),
     "mamba": ("mamba", "Mamba"),
+    "mamba2": ("mamba2", "Mamba2"),
     "gla": ("gla", "GLA"),
     "retnet": ("gla", "GLA"),
     "mingru": ("mingru", "MinGRU"),

@@ -43,7 +43,7 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
         "untrained 2-layer Forgetting Transformer (no positions), byte vocabulary, seed 0"),
     "tiny-mamba": (
         ModelConfig(arch="mamba", vocab_size=256, d_model=64, n_layers=2, n_ctx=512, norm="rmsnorm",
-                    d_state=16, expand=2, pattern_heads=8),
+                    d_state=16, expand=2, n_groups=8),
         "untrained 2-layer Mamba-1, byte vocabulary, seed 0"),
 }
 

@@ -87,7 +87,7 @@ def _fixed_state(model) -> bool:
 
 def n_state_heads(model) -> int:
     """Heads the statistics are reported for: ``model.n_groups`` (attention / GLA heads, or
-    ``cfg.pattern_heads`` channel groups of Mamba's d_inner / minGRU, minLSTM, LSTM's D_h)."""
+    ``cfg.n_groups`` channel groups of Mamba's d_inner / minGRU, minLSTM, LSTM's D_h)."""
     _check_model(model)
     return model.n_groups
 

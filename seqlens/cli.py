@@ -198,7 +198,7 @@ def parse_taps(text: str | None, seq_len: int) -> list[int]:
 def cmd_hooks(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     tokens = random_tokens(model, args.batch, args.seq_len, args.seed)
-    pattern = args.batch * model.cfg.n_heads * args.seq_len**2  # the cached [B, H, L, L] of attention
+    pattern = args.batch * model.n_groups * args.seq_len**2  # the cached [B, H, L, L] of attention
     if model.is_softmax and pattern > MAX_PATTERN:
         raise CLIError(f"--batch / --seq-len: the cached attention pattern would hold {pattern:,} values, "
                        f"above this command's limit of {MAX_PATTERN:,}; use a shorter --seq-len")

@@ -57,7 +57,7 @@ def test_info_json(capsys):
     triton_runs = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
     assert ("triton" in scan) == triton_runs
     assert set(info["kernel_backends"]) == {"selective_scan", "gated_linear_attention", "linear_recurrence",
-                                            "attention_stats"}
+                                            "attention_stats", "ssd"}
 
 
 # ----------------------------------------------------------------------------- hooks

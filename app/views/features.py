@@ -1,7 +1,8 @@
 """Features page: a sparse autoencoder on the current model (a shipped one, or one trained here
-with progress), its metrics on held-out stdlib text, and a feature browser (sorted by firing
-frequency) with each feature's top contexts, activation histogram and logit effects / state reads.
-Every number shown is returned by seqlens.probes.sae (through app/analyses.py)."""
+with progress), its metrics on held-out stdlib text, and a feature browser (text search over every
+feature's top tokens and contexts, sorted by firing frequency or max activation) with each feature's
+top contexts, activation histogram and logit effects / state reads. Every number shown is returned
+by seqlens.probes.sae (through app/analyses.py)."""
 
 import streamlit as st
 
@@ -77,17 +78,30 @@ if "heldout_metrics" in meta:
         st.json(meta["heldout_metrics"])
 
 # ----------------------------------------------------------------------------- feature browser
-freq = metrics.feature_frequency
-order = sorted(range(len(freq)), key=lambda i: -float(freq[i]))  # the library's frequencies, sorted
-rows = [{"feature": i, "frequency": float(freq[i])} for i in order]
+SORTS = {"frequency, most first": ("frequency", True), "frequency, least first": ("frequency", False),
+         "max activation": ("max_activation", True)}
 st.subheader("Feature browser")
+table = None
+with state.errors_shown("Feature table"):
+    table = analyses.feature_table(model_key, sae_key, int(n_seqs))
 c1, c2 = st.columns([1, 2])
-c1.dataframe(rows, hide_index=True, height=360)
-live = [r["feature"] for r in rows if r["frequency"] > 0] or order
-feature = c2.selectbox("Feature (most frequent first)", live, key="w_features_feature")
+query = c1.text_input("Search top tokens and contexts", key="w_features_search",
+                      help="Case-insensitive substring of a feature's top-activating tokens or of the text around "
+                           "its largest activation.")
+sort = c1.selectbox("Sort by", list(SORTS), key="w_features_sort")
+found = live = []
+if table is not None:
+    found = table.search(query, table.order(*SORTS[sort]))  # the library's table, sorted then filtered
+    live = [i for i in found if float(table.frequency[i]) > 0] or found
+    c1.caption(f"{len(found)} of {len(table.top_context)} features match; {len(live)} fire on this text.")
+    c1.dataframe(table.to_frame(found), hide_index=True, height=360, key="features_table")
+    if not live:
+        c2.info(f"No feature's top tokens or context contain {query!r}.")
 report = None
-with state.errors_shown("Feature report", c2):
-    report = analyses.feature_report(model_key, sae_key, int(feature), int(n_seqs))
+if live:
+    feature = c2.selectbox(f"Feature ({sort})", live, key="w_features_feature")
+    with state.errors_shown("Feature report", c2):
+        report = analyses.feature_report(model_key, sae_key, int(feature), int(n_seqs))
 if report is not None:
     c2.markdown(report.html(), unsafe_allow_html=True)
     st.plotly_chart(report.figure(), key="features_report", use_container_width=True)

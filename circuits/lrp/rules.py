@@ -45,7 +45,8 @@ class _IdentityRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         out = fn(pre)
-        safe = torch.where(pre == 0, torch.full_like(pre, EPS), pre)
+        eps = max(EPS, torch.finfo(pre.dtype).tiny)  # 1e-12 is 0 in float16: keep the guard non-zero
+        safe = torch.where(pre == 0, torch.full_like(pre, eps), pre)
         ctx.save_for_backward(out / safe)
         return out
 
@@ -152,6 +153,25 @@ def mamba_hooks(prefix: str, mixer, method: str, seen: dict) -> HookList:
             (f"{prefix}.hook_out_gate", gate)]
 
 
+def mamba2_hooks(prefix: str, mixer, method: str, seen: dict) -> HookList:
+    """MambaLRP on Mamba-2: Δ, B, C detached (the scan and its D skip are linear in x), SiLU(conv)
+    of the x channels and SiLU(z) by the identity rule (recomputed from the captured pre-conv x
+    and the mixer input), the gate product y ⊙ SiLU(z) by the uniform rule, the gated norm's 1/rms
+    detached (the norm is then linear); linear layers and the conv plain."""
+    def conv(u: Tensor, hook) -> Tensor:
+        D, GN = mixer.d_inner, mixer.n_bc_groups * mixer.d_state
+        b_in, c_in = mixer.in_proj(seen["x"]).split([D, D, GN, GN, mixer.n_heads], dim=-1)[2:4]
+        pre, _ = mixer.conv(torch.cat([seen["xs"], b_in, c_in], -1).transpose(1, 2), None)
+        return identity_rule(F.silu, pre[:, :D].transpose(1, 2)).unflatten(-1, u.shape[-2:])
+
+    def gate(g: Tensor, hook) -> Tensor:
+        return divide_gradient(identity_rule(F.silu, mixer.in_proj(seen["x"])[..., :mixer.d_inner]), 2)
+    return [(f"{prefix}.hook_x", capture_hook(seen, "xs")), (f"{prefix}.hook_conv", conv),
+            (f"{prefix}.hook_delta", detach_hook), (f"{prefix}.hook_B", detach_hook),
+            (f"{prefix}.hook_C", detach_hook), (f"{prefix}.hook_z", divide_hook(2)),
+            (f"{prefix}.hook_out_gate", gate), (f"{prefix}.norm.hook_scale", detach_hook)]
+
+
 def linear_attention_hooks(prefix: str, mixer, method: str, seen: dict) -> HookList:
     """GLA / RetNet: decays detached; (q·k)·v by AttnLRP's uniform rule (Q ÷4, K ÷4, V ÷2); the
     group norm's 1/rms detached (by :func:`norm_hooks`); the SiLU output gate by the identity rule
@@ -192,10 +212,10 @@ def lstm_cell(mixer) -> Callable:
 
 
 FAMILIES: dict[str, Callable[..., HookList]] = {
-    "attention": attention_hooks, "fox": fox_hooks, "mamba": mamba_hooks,
+    "attention": attention_hooks, "fox": fox_hooks, "mamba": mamba_hooks, "mamba2": mamba2_hooks,
     "linear_attention": linear_attention_hooks, "minrnn": minrnn_hooks,
 }
-NEEDS_INPUT = ("fox", "mamba", "linear_attention", "minrnn")  # rules that recompute from the mixer input
+NEEDS_INPUT = ("fox", "mamba", "mamba2", "linear_attention", "minrnn")  # rules that recompute from the mixer input
 
 
 def auto_method(model) -> str:

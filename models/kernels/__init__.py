@@ -3,6 +3,7 @@ beside it and a Triton kernel for CUDA (see :mod:`.dispatch` for how backends ar
 
 - :func:`selective_scan` — Mamba-1 selective scan (mamba-ssm's layout), state taps;
 - :func:`gated_linear_attention` — chunked GLA / RetNet (flash-linear-attention's layout), taps;
+- :func:`ssd_scan` — Mamba-2's state-space-dual scan (per-head scalar decay), state taps;
 - :func:`linear_recurrence` — ``h_t = a_t ⊙ h_{t−1} + b_t`` (minGRU / minLSTM / HGRN), taps;
 - :func:`attention_stats` — softmax / forgetting attention output plus per-row statistics
   (max probability, entropy, sink and span mass, argmax key) without the L×L matrix.
@@ -24,6 +25,7 @@ from .linear_recurrence import (
     linear_recurrence_chunked,
     linear_recurrence_ref,
 )
+from .ssd import SSDResult, ssd_chunked, ssd_ref, ssd_scan
 from .selective_scan import (
     DEFAULT_CHUNK_SIZE,
     ScanOutput,
@@ -38,6 +40,7 @@ __all__ = [
     "AttentionStats",
     "GLAResult",
     "RecurrenceOutput",
+    "SSDResult",
     "ScanOutput",
     "attention_stats",
     "attention_stats_chunked",
@@ -53,5 +56,8 @@ __all__ = [
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",
+    "ssd_chunked",
+    "ssd_ref",
+    "ssd_scan",
     "triton_available",
 ]

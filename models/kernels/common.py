@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["GLAResult", "ScanOutput", "TapPositions", "check_shape", "compute_dtype", "package_scan",
-           "validate_scan_inputs", "validate_tap_positions"]
+__all__ = ["GLAResult", "SSDResult", "ScanOutput", "TapPositions", "check_shape", "compute_dtype", "package_scan",
+           "validate_scan_inputs", "validate_ssd_inputs", "validate_tap_positions"]
 
 TapPositions = Tensor | Sequence[int]
 
@@ -156,3 +156,40 @@ def package_scan(
     if not return_final_state and taps is None:
         return y
     return ScanOutput(y, final_state if return_final_state else None, taps)
+
+
+# --------------------------------------------------------------------------- #
+# Mamba-2 (SSD)
+# --------------------------------------------------------------------------- #
+
+
+class SSDResult(NamedTuple):
+    """``y [Bt, L, H, P]`` (without the D skip), ``final_state [Bt, H, P, N]`` and ``taps [Bt,
+    T, H, P, N]`` (states right after the tapped positions; None when none were asked for)."""
+
+    y: Tensor
+    final_state: Tensor
+    taps: Tensor | None
+
+
+def validate_ssd_inputs(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                        initial_state: Tensor | None) -> torch.dtype:
+    """Check shapes (named in the errors) and dtypes; return the compute dtype."""
+    if x.dim() != 4:
+        raise ValueError(f"x: expected shape [batch, seq_len, heads, head_dim], got {list(x.shape)}")
+    Bt, L, H, P = x.shape
+    if B.dim() != 4:
+        raise ValueError(f"B: expected shape [batch, seq_len, groups, d_state], got {list(B.shape)}")
+    G, N = B.shape[2], B.shape[3]
+    check_shape("dt", dt, ("batch", "seq_len", "heads"), (Bt, L, H))
+    check_shape("A", A, ("heads",), (H,))
+    check_shape("B", B, ("batch", "seq_len", "groups", "d_state"), (Bt, L, G, N))
+    check_shape("C", C, ("batch", "seq_len", "groups", "d_state"), (Bt, L, G, N))
+    if G == 0 or H % G:
+        raise ValueError(f"B: its {G} groups must divide the {H} heads of x")
+    if initial_state is not None:
+        check_shape("initial_state", initial_state, ("batch", "heads", "head_dim", "d_state"), (Bt, H, P, N))
+    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("initial_state", initial_state)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name}: expected a real floating point tensor, got dtype {t.dtype}")
+    return compute_dtype(x, dt, A, B, C, initial_state)

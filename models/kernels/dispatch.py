@@ -20,6 +20,7 @@ from torch import Tensor
 #: backends each operation implements besides "auto", fastest PyTorch path first
 BACKENDS: dict[str, tuple[str, ...]] = {
     "selective_scan": ("triton", "chunked", "ref"),
+    "ssd": ("triton", "chunked", "ref"),
     "gated_linear_attention": ("triton", "chunked", "ref"),
     "linear_recurrence": ("triton", "loop", "chunked", "ref"),
     "attention_stats": ("triton", "chunked", "ref"),

@@ -16,14 +16,14 @@ Modules: :mod:`.arch` (the architectures), :mod:`.io` (SAELens format), :mod:`.s
 
 from seqlens.probes.sae.arch import (ARCHITECTURES, SAE, JumpReLUSAE, MatchingPursuitSAE, SAEConfig, StandardSAE,
                                      TopKSAE, make_sae, matching_pursuit)
-from seqlens.probes.sae.features import FeatureReport, feature_report
+from seqlens.probes.sae.features import FeatureReport, FeatureTable, feature_report, feature_table
 from seqlens.probes.sae.io import list_shipped, load, save
 from seqlens.probes.sae.store import ActivationStore, harvest
 from seqlens.probes.sae.metrics import SAEMetrics, evaluate, splice
 from seqlens.probes.sae.train import TrainingLog, train_sae
 
 __all__ = [
-    "ARCHITECTURES", "ActivationStore", "FeatureReport", "JumpReLUSAE", "MatchingPursuitSAE", "SAE", "SAEConfig",
-    "SAEMetrics", "StandardSAE", "TopKSAE", "TrainingLog", "evaluate", "feature_report", "harvest", "list_shipped",
-    "load", "make_sae", "matching_pursuit", "save", "splice", "train_sae",
+    "ARCHITECTURES", "ActivationStore", "FeatureReport", "FeatureTable", "JumpReLUSAE", "MatchingPursuitSAE", "SAE",
+    "SAEConfig", "SAEMetrics", "StandardSAE", "TopKSAE", "TrainingLog", "evaluate", "feature_report", "feature_table",
+    "harvest", "list_shipped", "load", "make_sae", "matching_pursuit", "save", "splice", "train_sae",
 ]

@@ -164,3 +164,119 @@ def feature_report(model, sae: SAE, feature: int, tokens: Tensor, hook: str | No
     elif hook.endswith(RESIDUAL_SUFFIXES) and sae.cfg.d_in == model.cfg.d_model:
         report.logit_top, report.logit_bottom = logit_effects(model, sae.W_dec[feature].detach(), n_logits)
     return report
+
+
+# ----------------------------------------------------------------------------- the browser's table
+
+SORT_KEYS = ("frequency", "max_activation")
+
+
+@dataclass(kw_only=True)
+class FeatureTable(Result):
+    """Every latent of an SAE at a glance, for a feature browser. Per latent ``i``:
+    ``frequency[i]`` (share of samples it fires on), ``max_activation[i]``, ``top_tokens[i]`` (the
+    distinct tokens at its ``top`` largest activations, largest first) and ``top_context[i]`` (the
+    text around its largest activation; "" for a latent that never fired)."""
+
+    hook: str
+    n_samples: int
+    frequency: Tensor
+    max_activation: Tensor
+    top_tokens: list[list[str]] = field(default_factory=list)
+    top_context: list[str] = field(default_factory=list)
+
+    def order(self, by: str = "frequency", descending: bool = True) -> list[int]:
+        """Latent indices sorted by ``by`` ("frequency" or "max_activation"); ties by index."""
+        if by not in SORT_KEYS:
+            raise ValueError(f"by: expected one of {list(SORT_KEYS)}, got {by!r}")
+        key = getattr(self, by).double()
+        return torch.argsort(-key if descending else key, stable=True).tolist()
+
+    def search(self, query: str, among: list[int] | None = None) -> list[int]:
+        """The latents (of ``among``, in its order; default all) whose top tokens or top context
+        contain ``query`` (case-insensitive); an empty query matches every latent."""
+        if not isinstance(query, str):
+            raise TypeError(f"query: expected a string, got {type(query).__name__}")
+        among = list(range(len(self.top_context))) if among is None else among
+        q = query.lower()
+        return [i for i in among if not q or q in self.top_context[i].lower()
+                or any(q in t.lower() for t in self.top_tokens[i])]
+
+    def to_frame(self, features: list[int] | None = None):
+        """``feature, frequency, max_activation, top_tokens, top_context`` for ``features`` (default all)."""
+        import pandas as pd
+
+        features = list(range(len(self.top_context))) if features is None else features
+        rows = [{"feature": i, "frequency": float(self.frequency[i]), "max_activation": float(self.max_activation[i]),
+                 "top_tokens": " ".join(repr(t) for t in self.top_tokens[i]), "top_context": self.top_context[i]}
+                for i in features]
+        return pd.DataFrame(rows, columns=["feature", "frequency", "max_activation", "top_tokens", "top_context"])
+
+    def figure(self):
+        """Max activation against firing frequency, one point per latent (hover: its top tokens)."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(x=self.frequency.tolist(), y=self.max_activation.tolist(), mode="markers",
+                                   text=[" ".join(repr(t) for t in ts) for ts in self.top_tokens],
+                                   customdata=list(range(len(self.top_tokens))),
+                                   hovertemplate="feature %{customdata}<br>%{text}<extra></extra>"))
+        fig.update_layout(title=f"latents of the SAE at {self.hook}", xaxis_title="firing frequency",
+                          yaxis_title="max activation", xaxis_type="log")
+        return fig
+
+
+@torch.no_grad()
+def _running_top(sae: SAE, store, top: int, batch_size: int = 4096) -> tuple[Tensor, Tensor, Tensor]:
+    """``(fires [d_sae], values [top, d_sae], rows [top, d_sae])``: firing counts and each latent's
+    ``top`` largest activations with their global row indices, streamed over the store's shards."""
+    dev, d = sae.W_dec.device, sae.cfg.d_sae
+    fires = torch.zeros(d, dtype=torch.long)
+    values = torch.full((0, d), -float("inf"))
+    rows = torch.zeros(0, d, dtype=torch.long)
+    start = 0
+    for acts, _ in store.iter_shards():
+        for x in acts.split(batch_size):
+            f = sae.encode(x.to(dev, torch.float32)).float().cpu()
+            fires += (f > 0).sum(0)
+            idx = torch.arange(start, start + len(f))[:, None].expand_as(f)
+            values, pick = torch.cat([values, f]).topk(min(top, len(values) + len(f)), dim=0)
+            rows = torch.cat([rows, idx]).gather(0, pick)
+            start += len(f)
+    return fires, values, rows
+
+
+def feature_table(model, sae: SAE, tokens: Tensor, hook: str | None = None, positions: list[int] | None = None,
+                  top: int = 5, window: int = 8, batch_size: int = 16, progress: Progress = False) -> FeatureTable:
+    """The :class:`FeatureTable` of every latent of ``sae`` on ``tokens [B, L]`` (one harvest of
+    ``hook``, default the SAE's ``metadata["hook_name"]``; ``positions`` as in :func:`harvest`)."""
+    if not isinstance(sae, SAE):
+        raise TypeError(f"sae: expected a seqlens SAE, got {type(sae).__name__}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top: expected a positive integer, got {top!r}")
+    hook = hook or sae.cfg.metadata.get("hook_name")
+    if hook is None:
+        raise ValueError("hook: the SAE's metadata names no hook_name; pass hook=...")
+    tokens = model.check_tokens(tokens)
+    store = harvest(model, hook, tokens, positions=positions, batch_size=batch_size, progress=progress)
+    if store.d_in != sae.cfg.d_in:
+        raise ValueError(f"hook: {hook!r} gives vectors of size {store.d_in}, the SAE expects d_in={sae.cfg.d_in}")
+    fires, values, rows = _running_top(sae, store, top)
+    loc, toks = store.locations(), tokens.cpu()
+    top_tokens, top_context = [], []
+    for i in range(sae.cfg.d_sae):
+        hits = [int(r) for v, r in zip(values[:, i].tolist(), rows[:, i].tolist()) if v > 0]
+        texts = [token_text(model, int(toks[loc[r, 0], loc[r, 1]])) for r in hits]
+        top_tokens.append(list(dict.fromkeys(texts)))  # distinct, largest activation first
+        top_context.append("" if not hits else _window_text(model, toks, loc[hits[0]], window))
+    n = max(len(store), 1)
+    return FeatureTable(hook=hook, n_samples=len(store), frequency=fires.float() / n,
+                        max_activation=values[0].clamp_min(0) if len(values) else torch.zeros(sae.cfg.d_sae),
+                        top_tokens=top_tokens, top_context=top_context,
+                        settings={"model_name": getattr(model, "name", None) or model.cfg.arch,
+                                  "architecture": sae.architecture, "top": top})
+
+
+def _window_text(model, tokens: Tensor, where: Tensor, window: int) -> str:
+    seq, pos = int(where[0]), int(where[1])
+    lo, hi = max(0, pos - window), min(tokens.shape[1], pos + 3)
+    return "".join(token_text(model, int(t)) for t in tokens[seq, lo:hi])

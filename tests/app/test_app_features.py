@@ -60,3 +60,30 @@ def test_side_by_side_attention_and_recurrent_saes():
     assert {"features_cmp_text-transformer/resid-l1", "features_cmp_text-mamba/resid-l1"} <= set(charts)
     fvus = [f["value"][list(f["metric"]).index("fvu")] for f in (d.value for d in at.dataframe) if "metric" in f]
     assert len(fvus) == 2 and all(v < 0.5 for v in fvus)
+
+
+def test_feature_browser_search_and_sort():
+    """The browser lists every feature by frequency (most first, or least first); a search keeps
+    exactly the rows whose top context or top tokens contain the query, and the feature picker
+    offers only those."""
+    at = open_app("features", model="text-mamba")
+    at.number_input(key="w_features_n_seqs").set_value(2).run()
+    no_problem(at)
+    full = at.dataframe[0].value
+    assert list(full.columns) == ["feature", "frequency", "max_activation", "top_tokens", "top_context"]
+    assert full["frequency"].tolist() == sorted(full["frequency"], reverse=True)
+    at.selectbox(key="w_features_sort").set_value("frequency, least first").run()
+    assert at.dataframe[0].value["frequency"].tolist() == sorted(full["frequency"])
+    context = next(c for c in full["top_context"] if sum(ch.isalpha() for ch in c) >= 3)
+    query = next(context[i:i + 3] for i in range(len(context)) if context[i:i + 3].isalpha()).upper()
+    at.text_input(key="w_features_search").set_value(query).run()
+    no_problem(at)
+    hits = at.dataframe[0].value
+    want = full[full["top_context"].str.lower().str.contains(query.lower(), regex=False)
+                | full["top_tokens"].str.lower().str.contains(query.lower(), regex=False)]
+    assert 0 < len(hits) < len(full) and sorted(hits["feature"]) == sorted(want["feature"])
+    assert set(at.selectbox(key="w_features_feature").options) <= {str(f) for f in hits["feature"]}
+    at.text_input(key="w_features_search").set_value("no feature reads this ~~~").run()
+    no_problem(at)
+    assert len(at.dataframe[0].value) == 0
+    assert any(i.value.startswith("No feature's top tokens or context contain") for i in at.info)

@@ -22,7 +22,7 @@ MODES = ["zero", "mean", "uniform"]
 ATOL = 1e-5
 # the activation each family's zero / mean ablation edits (LSTM: read-out only, see ablation.py)
 FAMILIES = {"transformer": "attention", "fox": "attention", "gla": "linear", "retnet": "linear",
-            "mamba": "mamba", "mingru": "minrnn", "minlstm": "minrnn", "lstm": "lstm"}
+            "mamba": "mamba", "mamba2": "mamba2", "mingru": "minrnn", "minlstm": "minrnn", "lstm": "lstm"}
 
 
 def family(model) -> str:
@@ -30,7 +30,7 @@ def family(model) -> str:
     return FAMILIES[model.cfg.arch]
 
 
-SITE = {"attention": "hook_z", "linear": "hook_z", "mamba": "hook_z", "minrnn": "hook_z"}
+SITE = {"attention": "hook_z", "linear": "hook_z", "mamba": "hook_z", "mamba2": "hook_z", "minrnn": "hook_z"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,8 @@ def out_columns(model, layer: int, head: int) -> tuple[torch.nn.Linear, slice]:
         return mixer.o, slice(head * mixer.d_head, (head + 1) * mixer.d_head)
     if fam == "linear":
         return mixer.o_proj, slice(head * mixer.d_v, (head + 1) * mixer.d_v)
+    if fam == "mamba2":  # heads of head_dim channels; the gated norm's rms is held (see Mamba2Mixer)
+        return mixer.out_proj, slice(head * mixer.head_dim, (head + 1) * mixer.head_dim)
     width = mixer.d_inner if fam == "mamba" else mixer.hidden_dim
     g = width // n_heads(model)
     return mixer.out_proj, slice(head * g, (head + 1) * g)
@@ -242,7 +244,7 @@ def test_every_arch_changes_logits_and_only_touches_its_group(models, x, ref, na
             assert torch.equal(cache[mix + LSTM_HOOK[k]], clean[mix + LSTM_HOOK[k]]), k
     else:  # the site's units (heads of hook_z, channels otherwise) moved to the last axis
         a, a0 = (c[mix + SITE[fam]] for c in (cache, clean))
-        if fam in ("attention", "linear"):
+        if fam in ("attention", "linear", "mamba2"):
             a, a0, cols = a.movedim(2, -1), a0.movedim(2, -1), head
         keep = torch.ones(a.shape[-1], dtype=torch.bool)
         keep[cols] = False

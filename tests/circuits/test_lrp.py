@@ -17,6 +17,7 @@ from seqlens.testing.planted import DH, V, planted_model
 LLAMA = dict(mlp="gated", norm="rmsnorm", positions="rotary", act="silu")
 CONSERVATIVE = {  # arch -> (config extras, the rule set that must conserve)
     "mamba": ({}, "mambalrp"),
+    "mamba2": (dict(norm="rmsnorm"), "mambalrp"),
     "mingru": (dict(positions="none"), "lrp"),
     "minlstm": (dict(positions="none"), "lrp"),
     "lstm": (dict(positions="none"), "lrp"),
@@ -503,3 +504,52 @@ def test_declared_detach_hooks_are_the_ones_detached(arch):
     for l, mixer in enumerate(model.mixers):
         for name in type(mixer).lrp.detach:
             assert (f"blocks.{l}.mixer.{name}", detach_hook) in installed, name
+
+
+def test_batches_on_models_converted_from_hugging_face():
+    """A GPT-2 (learned positions, biases), a Llama and a Mamba built by ``transformers`` (random
+    weights, no download), converted: a batch of three with its own positions and targets gives
+    each sequence's single-sequence relevance, and the explained logit is ``transformers``' own."""
+    transformers = pytest.importorskip("transformers")
+    from seqlens.models.hf import from_hf
+
+    torch.manual_seed(0)
+    models = {
+        "gpt2": transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)),
+        "llama": transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=48, tie_word_embeddings=False)),
+        "mamba": transformers.MambaForCausalLM(transformers.MambaConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8, time_step_rank=4)),
+    }
+    toks, targets, positions = tokens(3, 12, seed=3), [5, 17, 60], [4, -1, 7]
+    for name, hf in models.items():
+        hf.eval()
+        model = from_hf(hf)
+        both = lrp.attribute(model, toks, target=targets, position=positions)
+        with torch.no_grad():
+            ref = hf(toks).logits
+        for b, (t, p) in enumerate(zip(targets, [4, 11, 7])):
+            one = lrp.attribute(model, toks[b], target=t, position=p)
+            assert torch.allclose(both.relevance[b], one.relevance[0], atol=1e-5, rtol=1e-4), name
+            assert both.logit[b] == pytest.approx(float(ref[b, p, t]), abs=1e-4), name
+            if both.position_relevance is not None:
+                assert torch.allclose(both.position_relevance[b], one.position_relevance[0], atol=1e-5, rtol=1e-4)
+        assert both.method == ("mambalrp" if name == "mamba" else "attnlrp")
+        assert (both.position_relevance is not None) == (name == "gpt2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_identity_rule_passes_relevance_and_stays_finite_at_zero(dtype):
+    """The identity rule: pre·∂pre = f(pre)·∂out element-wise; an exact zero pre-activation (where
+    the guard against 0/0 acts, 1e-12 being 0 in float16) gives finite gradients in every dtype."""
+    from seqlens.circuits.lrp.rules import identity_rule
+
+    pre = torch.tensor([-2.0, -0.5, 0.0, 0.25, 3.0], dtype=dtype, requires_grad=True)
+    out = identity_rule(torch.nn.functional.silu, pre)
+    upstream = torch.tensor([1.0, -2.0, 3.0, 0.5, 2.0], dtype=dtype)
+    (g,) = torch.autograd.grad((out * upstream).sum(), pre)
+    assert torch.isfinite(g).all(), g
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert torch.allclose((pre * g).float(), (out * upstream).float().detach(), atol=tol, rtol=tol)

@@ -147,7 +147,7 @@ def test_ov_matrices_rebuild_linear_attention_without_per_token_factors(name):
 def test_every_architecture_has_finite_scores(name):
     model = tiny_models.make(name)
     cfg = model.cfg
-    H = cfg.n_heads if cfg.arch in ("transformer", "fox", "gla", "retnet") else cfg.pattern_heads
+    H = cfg.n_groups
     assert ov_matrices(model, 1).shape == (H, cfg.d_model, cfg.d_model)
     for full in (True, False):
         res = copying_scores(model, full=full)

@@ -167,7 +167,7 @@ def test_mamba_implicit_attention_rebuilds_ssm_output():
         assert rel < 1e-3, f"layer {layer}: relative rebuild error {rel:.2e}"
         # the head pattern is the signed mean of α over each contiguous channel group
         pattern = model.mixer_pattern(toks, layer)
-        H = model.cfg.pattern_heads
+        H = model.cfg.n_groups
         grouped = alpha.view(2, H, -1, 40, 40).mean(2)
         torch.testing.assert_close(pattern, grouped, atol=1e-6, rtol=1e-4)
         assert pattern.triu(1).abs().max() == 0
@@ -399,7 +399,7 @@ def test_config_validation():
         ModelConfig(arch="rnn")
     with pytest.raises(ValueError, match="n_kv_heads"):
         ModelConfig(n_heads=4, n_kv_heads=3)
-    with pytest.raises(ValueError, match="pattern_heads"):
+    with pytest.raises(ValueError, match="n_groups"):
         ModelConfig(arch="mamba", d_model=32, pattern_heads=3)
     with pytest.raises(ValueError, match="unknown fields"):
         ModelConfig.from_dict({"arch": "mamba", "bogus": 1})

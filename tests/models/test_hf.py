@@ -177,7 +177,7 @@ def test_converted_configs(converted) -> None:
     assert (llama.kv_heads, llama.rotary_base, llama.tied_embeddings, llama.mlp) == (2, 500.0, False, "gated")
     mamba = converted("mamba")[1].cfg
     assert (mamba.arch, mamba.d_inner, mamba.d_state) == ("mamba", 96, 12)
-    assert (mamba.dt_rank_, mamba.pattern_heads, mamba.norm) == (4, 8, "rmsnorm")
+    assert (mamba.dt_rank_, mamba.n_groups, mamba.norm) == (4, 8, "rmsnorm")
     assert mamba.meta["model_type"] == "mamba" and mamba.meta["path"] is not None
 
 

@@ -18,6 +18,7 @@ from seqlens.models.kernels.linear_recurrence import (
     mingru_scan,
     mingru_scan_ref,
 )
+from seqlens.testing.recurrence import random_recurrence
 from seqlens.testing.tiny import make, tokens
 
 triton_lr = pytest.importorskip("seqlens.models.kernels.linear_recurrence_triton")
@@ -208,3 +209,47 @@ def test_compiled_kernel_on_gpu(dtype):
     a, b, h0 = inputs(1000, dtype=dtype, seed=10, signed=True, device="cuda", dim=300)
     assert linear_recurrence(a, b, h0).h.is_cuda
     assert_same(run("auto", a, b, h0, [0, 500, 999]), run("ref", a, b, h0, [0, 500, 999]))
+
+
+# ----------------------------------------------------------------------------- minGRU's log-space scan
+# (moved from test_mingru.py: one file per op)
+
+
+@pytest.mark.parametrize("L", [1, 37, 200])  # 200 spans several log-space chunks
+def test_scan_equals_sequential_reference(L):
+    a, b, h0 = random_recurrence(L, torch.float64)
+    exact = mingru_scan_ref(a, b, h0)
+    torch.testing.assert_close(mingru_scan(a, b, h0), exact, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(mingru_scan(a, b), mingru_scan_ref(a, b), atol=1e-12, rtol=1e-12)
+    h32 = mingru_scan(a.float(), b.float(), h0.float())
+    assert h32.dtype == torch.float32
+    torch.testing.assert_close(h32, exact.float(), atol=1e-5, rtol=0)
+
+
+def test_scan_gradients_equal_reference():
+    a, b, h0 = random_recurrence(70, torch.float64, seed=1)
+    weights = torch.randn(a.shape, dtype=torch.float64)
+    grads = []
+    for scan in (mingru_scan, mingru_scan_ref):
+        args = [t.clone().requires_grad_() for t in (a, b, h0)]
+        (scan(*args) * weights).sum().backward()
+        grads.append([t.grad for t in args])
+    for name, got, want in zip(("a", "b", "h0"), *grads):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9, msg=f"d/d{name}")
+
+
+def test_scan_zero_state_saturated_and_negative_inputs():
+    a, b, h0 = random_recurrence(40, torch.float32, seed=2)
+    # a zero initial state (log 0 = −∞) equals no initial state
+    torch.testing.assert_close(mingru_scan(a, b, torch.zeros_like(h0)), mingru_scan(a, b))
+    # a fully reset gate (a = 0) forgets everything: h = b exactly, with finite gradients
+    a0 = torch.zeros_like(a).requires_grad_()
+    h = mingru_scan(a0, b, h0)
+    assert torch.equal(h, b)
+    h.sum().backward()
+    assert torch.isfinite(a0.grad).all()
+    # negative writes (possible after a hook edit) are handled exactly
+    b_signed = b - b.mean()
+    torch.testing.assert_close(mingru_scan(a, b_signed, h0), mingru_scan_ref(a, b_signed, h0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="a: the log-space scan needs decays"):
+        mingru_scan(-a, b, h0)

@@ -107,7 +107,7 @@ def test_conditional_decomposition_rebuilds_the_cell():
         i, f = cache[f"blocks.{layer}.mixer.hook_input_gate"], cache[f"blocks.{layer}.mixer.hook_decay"]
         assert torch.isclose(alpha[1, 3, 20, 10], i[1, 10, 3] * f[1, 11:21, 3].prod())
         pattern = model.mixer_pattern(toks, layer)
-        grouped = alpha.view(2, model.cfg.pattern_heads, -1, 40, 40).mean(2)
+        grouped = alpha.view(2, model.cfg.n_groups, -1, 40, 40).mean(2)
         torch.testing.assert_close(pattern, grouped, atol=1e-6, rtol=1e-5)
         assert pattern.triu(1).abs().max() == 0
         torch.testing.assert_close(block.mixer.pattern(x, budget=1), pattern, atol=1e-7, rtol=1e-6)

@@ -1,6 +1,7 @@
-"""minGRU / minLSTM: the log-space scan equals its sequential twin, the mixers follow the paper's
-equations, planted gates do what they should, implicit attention rebuilds the hidden state, hooks
-fire with their documented shapes, and channel ablations change only what they should."""
+"""minGRU / minLSTM (the log-space scan itself is tested in test_kernel_linear_recurrence.py): the
+mixers follow the paper's equations, planted gates do what they should, implicit attention rebuilds
+the hidden state, hooks fire with their documented shapes, and channel ablations change only what they
+should."""
 
 from __future__ import annotations
 
@@ -11,65 +12,12 @@ from seqlens.models.mingru import (
     MinGRUMixer,
     MinLSTMMixer,
     decay_attention,
-    mingru_scan,
-    mingru_scan_ref,
-    positive_activation,
 )
+from seqlens.models.kernels.linear_recurrence import mingru_scan_ref
+from seqlens.testing.recurrence import random_recurrence
 from seqlens.testing.tiny import CONFIGS, make, tokens
 
 MIN_RNNS = ["mingru", "minlstm"]
-
-
-def random_recurrence(L: int, dtype: torch.dtype, seed: int = 0, D: int = 6, B: int = 2):
-    """Gates a = 1 − z, writes b = z ⊙ h̃ as minGRU makes them, and a nonzero initial state."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.sigmoid(2 * torch.randn(B, L, D, generator=g, dtype=torch.float64))
-    cand = positive_activation(torch.randn(B, L, D, generator=g, dtype=torch.float64))
-    h0 = torch.randn(B, D, generator=g, dtype=torch.float64)
-    return (1 - z).to(dtype), (z * cand).to(dtype), h0.to(dtype)
-
-
-# ----------------------------------------------------------------------------- scan
-
-
-@pytest.mark.parametrize("L", [1, 37, 200])  # 200 spans several log-space chunks
-def test_scan_equals_sequential_reference(L):
-    a, b, h0 = random_recurrence(L, torch.float64)
-    exact = mingru_scan_ref(a, b, h0)
-    torch.testing.assert_close(mingru_scan(a, b, h0), exact, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(mingru_scan(a, b), mingru_scan_ref(a, b), atol=1e-12, rtol=1e-12)
-    h32 = mingru_scan(a.float(), b.float(), h0.float())
-    assert h32.dtype == torch.float32
-    torch.testing.assert_close(h32, exact.float(), atol=1e-5, rtol=0)
-
-
-def test_scan_gradients_equal_reference():
-    a, b, h0 = random_recurrence(70, torch.float64, seed=1)
-    weights = torch.randn(a.shape, dtype=torch.float64)
-    grads = []
-    for scan in (mingru_scan, mingru_scan_ref):
-        args = [t.clone().requires_grad_() for t in (a, b, h0)]
-        (scan(*args) * weights).sum().backward()
-        grads.append([t.grad for t in args])
-    for name, got, want in zip(("a", "b", "h0"), *grads):
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9, msg=f"d/d{name}")
-
-
-def test_scan_zero_state_saturated_and_negative_inputs():
-    a, b, h0 = random_recurrence(40, torch.float32, seed=2)
-    # a zero initial state (log 0 = −∞) equals no initial state
-    torch.testing.assert_close(mingru_scan(a, b, torch.zeros_like(h0)), mingru_scan(a, b))
-    # a fully reset gate (a = 0) forgets everything: h = b exactly, with finite gradients
-    a0 = torch.zeros_like(a).requires_grad_()
-    h = mingru_scan(a0, b, h0)
-    assert torch.equal(h, b)
-    h.sum().backward()
-    assert torch.isfinite(a0.grad).all()
-    # negative writes (possible after a hook edit) are handled exactly
-    b_signed = b - b.mean()
-    torch.testing.assert_close(mingru_scan(a, b_signed, h0), mingru_scan_ref(a, b_signed, h0), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="a: the log-space scan needs decays"):
-        mingru_scan(-a, b, h0)
 
 
 def test_decay_attention_matches_products():
@@ -174,7 +122,7 @@ def test_implicit_attention_rebuilds_hidden(name):
         assert rel < 1e-3, f"layer {layer}: relative rebuild error {rel:.2e}"
         torch.testing.assert_close(block.mixer.implicit_attention(x, slice(8, 20)), alpha[:, 8:20])
         pattern = model.mixer_pattern(toks, layer)
-        grouped = alpha.view(2, model.cfg.pattern_heads, -1, 40, 40).mean(2)
+        grouped = alpha.view(2, model.cfg.n_groups, -1, 40, 40).mean(2)
         torch.testing.assert_close(pattern, grouped.float(), atol=1e-6, rtol=1e-5)
         assert pattern.triu(1).abs().max() == 0
         torch.testing.assert_close(block.mixer.pattern(x, budget=1), pattern, atol=1e-7, rtol=1e-6)

@@ -24,7 +24,7 @@ from seqlens.testing.tiny import CONFIGS, RECURRENT, make, tokens
 
 NL, OTHER, L = 10, 1, 64
 LINEAR = ["mamba", "gla", "retnet", "mingru", "minlstm"]
-KEY = {"mamba": "ssm", "gla": "S", "retnet": "S", "mingru": "h", "minlstm": "h", "lstm": "c"}
+KEY = {"mamba": "ssm", "mamba2": "ssm", "gla": "S", "retnet": "S", "mingru": "h", "minlstm": "h", "lstm": "c"}
 
 
 def hand_built(decay: float):

@@ -72,6 +72,9 @@ def test_report_of_a_state_sae_names_the_state_entries_it_reads():
         assert w[tuple(r["index"])].item() == pytest.approx(r["weight"])
     assert abs(rep.state_reads[0]["weight"]) == pytest.approx(w.abs().max().item())
     assert all(c["pos"] in (7, 15) for c in rep.contexts)
+    table = S.feature_table(model, sae, TOKENS, positions=[7, 15])  # the browser's table on a state hook
+    assert torch.allclose(table.frequency, S.evaluate(sae, X).feature_frequency)
+    assert table.top_context[f] and table.order("frequency")[0] == int(table.frequency.argmax())
 
 
 def test_feature_report_errors():
@@ -81,3 +84,45 @@ def test_feature_report_errors():
         S.feature_report(model, sae, 8, TOKENS)
     with pytest.raises(ValueError, match="d_in=12"):
         S.feature_report(model, random_sae("topk", metadata={"hook_name": "blocks.0.hook_resid_post"}), 0, TOKENS)
+
+
+def test_feature_table_finds_the_planted_token_detector_by_search():
+    """The browser's table: the planted detector's top token is the detected token, a search for
+    it finds latent 0, and frequencies equal evaluate's."""
+    model = tiny("transformer")
+    sae, t = token_detector(model)
+    tokens = TOKENS.clone()
+    tokens[:, 5] = t
+    table = S.feature_table(model, sae, tokens, top=4)
+    text = token_text(model, t)
+    assert table.top_tokens[0] == [text]
+    assert text in table.top_context[0]
+    assert 0 in table.search(text) and 0 in table.search(text.upper())
+    assert table.search("") == list(range(8))
+    X = S.harvest(model, "hook_embed", tokens, progress=False).to_tensor()
+    f = sae.encode(X).detach()
+    assert torch.allclose(table.frequency, S.evaluate(sae, X).feature_frequency)
+    assert torch.allclose(table.max_activation, f.max(0).values.clamp_min(0))
+    assert table.order("frequency")[0] == int(table.frequency.argmax())
+    assert table.order("max_activation", descending=False)[0] == int(table.max_activation.argmin())
+    frame = table.to_frame([0])
+    assert frame["feature"].tolist() == [0] and frame["top_context"][0] == table.top_context[0]
+    assert len(table.figure().data) == 1
+    with pytest.raises(ValueError, match="by: expected one of"):
+        table.order("name")
+
+
+def test_running_top_streams_like_the_full_matrix():
+    """Each latent's largest activations and their rows, kept over small batches, equal a top-k
+    of the whole code matrix."""
+    from seqlens.probes.sae.features import _running_top
+
+    sae = random_sae("topk", d_in=12, d_sae=20, k=4)
+    X = torch.randn(50, 12, generator=torch.Generator().manual_seed(1))
+    store = S.ActivationStore.from_tensor(X)
+    fires, values, rows = _running_top(sae, store, top=3, batch_size=7)
+    f = sae.encode(X).detach()
+    want = f.topk(3, dim=0)
+    assert torch.equal(fires, (f > 0).sum(0))
+    assert torch.allclose(values, want.values)
+    assert torch.allclose(f.gather(0, rows), want.values)  # rows hold those values (ties may reorder)
