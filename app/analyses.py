@@ -84,6 +84,33 @@ def finder_tokens(model_key: str, data: DataKey) -> tuple[tuple[int, ...], ...] 
     raise ValueError(f"unknown data source {data!r}")
 
 
+@contextmanager
+def shared_patterns(model) -> Iterator[None]:
+    """Inside the block ``model.mixer_pattern(tokens, layer)`` is computed once per (tokens,
+    layer) and shared by every finder run there: each finder reads every layer's (implicit)
+    attention, which on recurrent models costs far more than the scoring. ``model`` is this
+    session's own copy (``state.load_model``), so nothing is shared with another session; the
+    memo goes with the block. Callers get a clone (a finder may edit its pattern in place)."""
+    memo: dict[tuple, Any] = {}
+    compute = model.mixer_pattern
+    previous = vars(model).get("mixer_pattern")  # an enclosing wrapper, restored on the way out
+
+    def mixer_pattern(tokens, layer):
+        key = (layer, tokens.dtype, tuple(tokens.shape), tokens.detach().cpu().numpy().tobytes())
+        if key not in memo:
+            memo[key] = compute(tokens, layer)
+        return memo[key].clone()
+
+    model.mixer_pattern = mixer_pattern  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        if previous is None:
+            del model.mixer_pattern
+        else:
+            model.mixer_pattern = previous
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def finder_scores(model_key: str, name: str, data: DataKey):
     """``(FINDERS[name](model, tokens=...), warnings it raised)``: a HeadScores Result and the
@@ -436,3 +463,32 @@ def train_feature_sae(model_key: str, hook: str, architecture: str, d_sae: int, 
                                           batch_size=min(256, len(store)), seed=0, progress=progress,
                                           log_every=max(1, steps // 50))
     return key
+
+
+# ----------------------------------------------------------------------------- memory held (States page)
+
+
+@st.cache_data(show_spinner="Measuring the memory the model carries ...", max_entries=16)
+def state_memory(model_key: str, n_tokens: int, chunk: int = 32, seed: int = 0) -> tuple[list[int], list[int]]:
+    """``(positions, floats held)``: the size of the state the model carries
+    (``model.forward_chunk``'s ``ModelState``: a KV cache or a fixed-size recurrent state, every
+    layer) after reading each chunk of ``n_tokens`` seeded random tokens, as it runs, not as a
+    formula says."""
+    import torch
+
+    model = load_model(model_key)
+    n_tokens = min(int(n_tokens), int(model.cfg.n_ctx))  # learned positions end at n_ctx
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, int(model.cfg.vocab_size), (1, n_tokens), generator=g).to(model.device)
+    state = model.init_state(1)
+    positions, held = [0], [_numel(state.layers)]
+    with torch.no_grad():
+        for start in range(0, n_tokens, chunk):
+            _, state = model.forward_chunk(tokens[:, start:start + chunk], state)
+            positions.append(min(start + chunk, n_tokens))
+            held.append(_numel(state.layers))
+    return positions, held
+
+
+def _numel(layers) -> int:
+    return sum(int(v.numel()) for layer in layers for v in layer.values() if hasattr(v, "numel"))

@@ -175,6 +175,7 @@ def sidebar_model_picker() -> str | None:
     directory is chosen but not typed in yet)."""
     sb = st.sidebar
     sb.header("Model")
+    _model_from_url(sb)
     source = sb.radio("Source", SOURCES, key=persistent("model_source", SOURCES[0], SOURCES), horizontal=True)
     remember("model_source", source)
     if source == SOURCES[0]:
@@ -198,6 +199,20 @@ def sidebar_model_picker() -> str | None:
         key = f"dir:{path.strip()}" if path.strip() else None
     st.session_state[MODEL_KEY] = key
     return key
+
+
+def _model_from_url(sb) -> None:
+    """Open the zoo organism a URL names (``/heads?model=text-mamba``): links and the screenshot
+    script address a page on a model. Applied once per value, so the sidebar stays in charge."""
+    wanted = st.query_params.get("model")
+    if not wanted or st.session_state.get("_url_model") == wanted:
+        return
+    st.session_state["_url_model"] = wanted
+    if wanted not in zoo_names():
+        sb.warning(f"URL parameter model={wanted!r} is not a zoo organism; the sidebar's choice is kept.")
+        return
+    for key, value in (("model_source", SOURCES[0]), ("zoo_name", wanted)):
+        st.session_state[key] = st.session_state["w_" + key] = value
 
 
 def current_model():

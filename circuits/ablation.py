@@ -32,6 +32,7 @@ chunk's own mean is not the input's). Both are raised when the mixer is called w
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -265,11 +266,22 @@ class CausalCheck(Result):
 
 def random_head_sets(pool: list[tuple[int, int]], k: int, n: int, seed: int | torch.Generator = 0
                      ) -> list[list[tuple[int, int]]]:
-    """``n`` draws of ``k`` distinct heads, each uniformly from ``pool`` (sorted within a draw)."""
+    """``n`` different draws of ``k`` distinct heads, each uniformly from ``pool`` (sorted within a
+    draw; a set already drawn is drawn again, so no control is counted twice). When at most ``n``
+    such sets exist, every one of them, in order: with few heads the controls are enumerated."""
     if k > len(pool):
         raise ValueError(f"heads: {k} heads to match but only {len(pool)} other heads to draw from")
+    if math.comb(len(pool), k) <= n:
+        return [list(c) for c in itertools.combinations(sorted(pool), k)]
     g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
-    return [sorted(pool[int(i)] for i in torch.randperm(len(pool), generator=g)[:k]) for _ in range(n)]
+    seen: set[tuple] = set()
+    draws = []
+    while len(draws) < n:  # ends: more than n sets exist
+        draw = tuple(sorted(pool[int(i)] for i in torch.randperm(len(pool), generator=g)[:k]))
+        if draw not in seen:
+            seen.add(draw)
+            draws.append(list(draw))
+    return draws
 
 
 def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_random: int = 10,
@@ -294,6 +306,7 @@ def causal_check(model, heads: Iterable[tuple[int, int]], task: Any = None, n_ra
     values = _evaluate(model, metric, [None, targets, *draws], mode, reference, progress)
     settings = {"model": model.name, "arch": model.cfg.arch, "mode": mode,
                 "n_random": n_random, "seed": seed, "task": metric.name,
+                "distinct_sets": math.comb(len(pool), len(targets)),
                 "reference": None if reference is None else list(reference.shape)}
     return CausalCheck(baseline=values[0], ablated=values[1], random=values[2:], heads=targets,
                        random_heads=draws, metric=metric.name, higher_is_better=metric.higher_is_better,

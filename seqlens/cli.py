@@ -4,6 +4,8 @@
     seqlens hooks MODEL [--json]      every hook name with its shape, in execution order
     seqlens demo [MODEL]              load a model and check forward == step == stream
     seqlens app [--expose] [--model-dir DIR] [STREAMLIT_OPTIONS]   the dashboard (127.0.0.1 by default)
+    seqlens harvest MODEL --hook H --out DIR     activations to an on-disk store (torchrun-ready)
+    seqlens sae train --store DIR --d-sae M ...  an SAE on a store, data-parallel under torchrun
     seqlens study list | NAME [--smoke] [--out DIR] [...]   the paper studies (one per paper)
 
 ``MODEL`` is a zoo name (``seqlens info`` lists them) or a local checkpoint directory (seqlens
@@ -347,7 +349,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 
 # benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
-BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae", "lrp": "bench_lrp"}
+BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae", "lrp": "bench_lrp",
+              "peers": "bench_peers"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -355,6 +358,135 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"seqlens.studies.{BENCHMARKS[args.name]}")
     return module.main(args.bench_args)
+
+
+# ----------------------------------------------------------------------------- harvest / sae train
+# Both run unchanged under `torchrun --nproc-per-node N` (docs/scale.md): every rank joins the
+# process group torchrun describes, harvests its shards / trains on its share of each batch, and
+# rank 0 alone prints (and saves the SAE).
+
+TOKEN_DTYPES = ("int64", "int32", "int16", "uint8")
+
+
+def corpus_tokens(model, data: str, seq_len: int, max_tokens: int):
+    """``[n, seq_len]`` token ids from ``data`` ("stdlib": the stdlib corpus' train split; a ``.npy``
+    file of token ids, memory-mapped; any other file: text, tokenized for ``model``), cut into
+    consecutive windows, at most ``max_tokens`` tokens in all."""
+    import numpy as np
+    import torch
+
+    from seqlens.text import encode, is_byte_level
+
+    if seq_len <= 0 or max_tokens < seq_len:
+        raise CLIError(f"--seq-len / --max-tokens: expected 0 < seq_len <= max_tokens, got {seq_len} / {max_tokens}")
+    if data == "stdlib":
+        from seqlens.corpus import StdlibCorpus
+
+        corpus = StdlibCorpus()
+        flat = corpus.tokens("train") if is_byte_level(model) else torch.tensor(
+            encode(corpus.text("train").decode("utf-8", "replace"), model.tokenizer), dtype=torch.int32)
+    elif not os.path.isfile(data):
+        raise CLIError(f"--data: expected 'stdlib' or a file, got {data!r}")
+    elif data.endswith(".npy"):
+        ids = np.load(data, mmap_mode="r")
+        if ids.ndim != 1 or ids.dtype.name not in TOKEN_DTYPES + ("uint16", "uint32"):
+            raise CLIError(f"--data: {data} must hold a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
+        ids = ids[:max_tokens]
+        flat = torch.from_numpy(np.asarray(ids, dtype=np.int32) if ids.dtype.name not in TOKEN_DTYPES else ids)
+    else:
+        with open(data, "rb") as f:
+            raw = f.read()
+        flat = (torch.frombuffer(bytearray(raw), dtype=torch.uint8) if is_byte_level(model) else
+                torch.tensor(encode(raw.decode("utf-8", "replace"), model.tokenizer), dtype=torch.int32))
+    n = min(max_tokens, len(flat)) // seq_len
+    if n == 0:
+        raise CLIError(f"--seq-len: {data} holds {len(flat):,} tokens, fewer than one sequence of {seq_len}")
+    return flat[:n * seq_len].reshape(n, seq_len)
+
+
+def cmd_harvest(args: argparse.Namespace) -> int:
+    import torch
+
+    from seqlens.probes.sae import distributed as D
+    from seqlens.probes.sae.store import harvest
+
+    device = D.init_from_env(args.device)
+    try:
+        model = load_model(args.model).to(device).eval()
+        tokens = corpus_tokens(model, args.data, args.seq_len, args.max_tokens)
+        positions = None if args.positions is None else [int(p) for p in args.positions.split(",") if p.strip()]
+        store = harvest(model, args.hook, tokens, positions=positions, batch_size=args.batch_size, out=args.out,
+                        shard_size=args.shard_size, dtype=getattr(torch, args.dtype), progress=not args.quiet)
+        if D.world()[0] == 0:
+            print(json.dumps({"out": str(args.out), "rows": len(store), "d_in": store.d_in, "shards": store.n_shards,
+                              "ranks": D.world()[1], "hook": args.hook, "sequences": tokens.shape[0]}, indent=2))
+    finally:
+        D.shutdown()
+    return EXIT_OK
+
+
+def cmd_sae(args: argparse.Namespace) -> int:
+    from seqlens.probes.sae import distributed as D
+    from seqlens.probes.sae.store import ActivationStore
+    from seqlens.probes.sae.train import train_sae
+
+    device = D.init_from_env(args.device)
+    try:
+        store = ActivationStore.open(args.store)
+        options = {} if args.l1_coefficient is None else {"l1_coefficient": args.l1_coefficient}
+        sae = train_sae(store, architecture=args.architecture, d_sae=args.d_sae, k=args.k, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device,
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                        normalize_activations=args.normalize, progress=not args.quiet, **options)
+        if D.world()[0] == 0:
+            sae.save(args.out)
+            log = sae.training_log
+            print(json.dumps({"out": str(args.out), "architecture": args.architecture, "d_sae": args.d_sae,
+                              "steps": args.steps, "ranks": D.world()[1], "final_loss": log.loss[-1],
+                              "final_l0": log.l0[-1], "final_fvu": log.fvu[-1]}, indent=2))
+    finally:
+        D.shutdown()
+    return EXIT_OK
+
+
+def add_scale_commands(sub) -> None:
+    """``harvest`` and ``sae train`` (kept together so the parser edit stays local)."""
+    p = sub.add_parser("harvest", help="harvest one hook's activations into an on-disk store (torchrun-ready)")
+    p.add_argument("model", metavar="MODEL", help="zoo name or local checkpoint directory")
+    p.add_argument("--hook", required=True, help="hook name (see `seqlens hooks MODEL`)")
+    p.add_argument("--data", default="stdlib", help="'stdlib' (default), a .npy of token ids, or a text file")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--max-tokens", type=int, default=2**20, help="tokens to harvest at most (default 2**20)")
+    p.add_argument("--out", required=True, help="store directory (rerun the same command to resume)")
+    p.add_argument("--positions", default=None, help="comma-separated positions to keep (default all)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
+    p.add_argument("--shard-size", type=int, default=65536, help="rows per shard file (default 65536)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_harvest)
+
+    p = sub.add_parser("sae", help="sparse autoencoders: `sae train` on an activation store (torchrun-ready)")
+    ssub = p.add_subparsers(dest="sae_command", metavar="SAE_COMMAND", required=True)
+    t = ssub.add_parser("train", help="train an SAE on a store written by `seqlens harvest`")
+    t.add_argument("--store", required=True, help="activation store directory")
+    t.add_argument("--architecture", default="topk",
+                   choices=["standard", "topk", "batchtopk", "jumprelu", "matching_pursuit"])
+    t.add_argument("--d-sae", type=int, required=True, help="number of latents")
+    t.add_argument("--k", type=int, default=None, help="codes per sample (topk, batchtopk) / MP steps")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=1024, help="global batch (split over the ranks)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--l1-coefficient", type=float, default=None, help="standard SAEs (default 1.0)")
+    t.add_argument("--normalize", default=None, choices=["none", "expected_average_only_in"],
+                   help="input scaling (default: the architecture's)")
+    t.add_argument("--out", required=True, help="SAE directory (SAELens format), written by rank 0")
+    t.add_argument("--checkpoint-dir", default=None, help="resumable training state (shared by the ranks)")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda:LOCAL_RANK when available)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sae)
 
 
 # ----------------------------------------------------------------------------- app
@@ -549,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="`list`, or a study name (see `seqlens study list`)")
     p.add_argument("study_args", nargs=argparse.REMAINDER, help="arguments of the study (see NAME --help)")
     p.set_defaults(func=cmd_study)
+
+    add_scale_commands(sub)
     return parser
 
 

@@ -7,6 +7,9 @@ that produced them (model, hook names, seed, kernel backend, ...). It offers thr
 - ``figure()``: a plotly Figure (never imports Streamlit; the app only displays it),
 - ``to_json()`` / ``from_json()``: a JSON string; tensors become nested lists and are rebuilt as
   tensors by ``from_json`` (fields annotated as tensors, see :meth:`Result._tensor_fields`).
+
+In a notebook a Result shows itself (``_repr_html_``): its type and settings, the first rows of
+its table and its figure (plotly.js is inlined once per kernel, so saved notebooks open offline).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from torch import Tensor
 
 R = TypeVar("R", bound="Result")
+REPR_ROWS = 10  # table rows a Result shows in a notebook
+_PLOTLY_JS_SENT = [False]  # plotly.js goes into the first figure a kernel shows, then is reused
 
 _TENSOR_TAG = "__tensor__"
 
@@ -68,6 +73,27 @@ class Result:
         """A ``plotly.graph_objects.Figure`` of the numbers (subclasses override)."""
         raise NotImplementedError(f"{type(self).__name__}.figure is not implemented")
 
+    def _repr_html_(self) -> str:
+        """Notebook view: the type, the settings it was computed on, the first
+        :data:`REPR_ROWS` rows of :meth:`to_frame` and :meth:`figure` (each part only if the
+        subclass implements it)."""
+        import html
+
+        settings = "; ".join(f"{k} = {_short(v)}" for k, v in self.settings.items() if v is not None)
+        parts = [f"<b>{type(self).__name__}</b>", f"<div style='font-size:12px;color:#555'>{html.escape(settings)}</div>"]
+        try:
+            frame = self.to_frame()
+            more = f"<div style='font-size:12px'>{len(frame)} rows; the first {REPR_ROWS}</div>" \
+                if len(frame) > REPR_ROWS else ""
+            parts.append(frame.head(REPR_ROWS).to_html(index=False, max_cols=12) + more)
+        except NotImplementedError:
+            pass
+        try:
+            parts.append(_figure_html(self.figure()))
+        except NotImplementedError:
+            pass
+        return "\n".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-serialisable values, plus ``"type"`` (the class name)."""
         return {"type": type(self).__name__, **to_jsonable({f.name: getattr(self, f.name)
@@ -89,3 +115,15 @@ class Result:
         if unknown:
             raise ValueError(f"text: unknown fields {sorted(unknown)} for {cls.__name__}")
         return cls(**{k: from_jsonable(v) for k, v in data.items()})
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = f"tensor{list(value.shape)}" if isinstance(value, Tensor) else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _figure_html(fig) -> str:
+    """The figure as an HTML fragment; plotly.js inlined only the first time (no network)."""
+    first = not _PLOTLY_JS_SENT[0]
+    _PLOTLY_JS_SENT[0] = True
+    return fig.to_html(full_html=False, include_plotlyjs=True if first else False)

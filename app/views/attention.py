@@ -6,14 +6,16 @@ import streamlit as st
 from seqlens.app import analyses, state
 from seqlens.app.hover import token_hover_html
 from seqlens.app.prompt import prompt_input
+from seqlens.app.show import method_line, result_figure
 
 HOVER_MAX_VALUES = 300_000  # all heads go into the hover view up to H·L² values, else the chosen head
 
 model_key, model = state.current_model()
 cfg = model.cfg
 st.title("Attention")
-st.caption("Softmax attention patterns for attention models; for recurrent models (Mamba, GLA, minGRU, LSTM) "
-           "the implicit attention of the mixer (METHODS.md §7), per head or channel group.")
+method_line("How much each token (row: query) draws on each earlier token (column: key) in one layer: softmax "
+            "attention for attention models; for recurrent models (Mamba, GLA, minGRU, LSTM) the implicit "
+            "attention of the mixer, per head or channel group. Hover a token in the token view.", "§7")
 
 prompt = prompt_input(model_key, model)
 if prompt is None:
@@ -48,6 +50,6 @@ with state.errors_shown("Attention patterns"):
         st.iframe(token_hover_html(shown, prompt.labels, names,
                                    caption=f"{model_key.partition(':')[2]} · layer {layer} · {kind}"))
     with tab_grid:
-        st.plotly_chart(res.figure(cols=2), key="attn_grid")
+        result_figure(res.figure(cols=2), "attn_grid", res, title_chars=90)
         if res.signed:
             st.caption("Raw implicit attention: signed weights (red/blue), rows need not sum to 1.")

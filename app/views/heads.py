@@ -6,6 +6,7 @@ import streamlit as st
 from seqlens.app import analyses, state
 from seqlens.app.hover import token_hover_html
 from seqlens.app.prompt import prompt_input
+from seqlens.app.show import method_line, result_figure
 from seqlens.circuits import FINDERS, ablation
 
 TASK, DEFAULT, PROMPT = "Task data", "Finder defaults", "Prompt"
@@ -13,8 +14,10 @@ TASK, DEFAULT, PROMPT = "Task data", "Finder defaults", "Prompt"
 model_key, model = state.current_model()
 recipe = model.recipe
 st.title("Heads")
-st.caption("Every registered head finder scores each (layer, head) from the model's (implicit) attention; "
-           "for recurrent models heads are the mixer's channel groups.")
+method_line("One heatmap per head finder: how strongly each (layer, head) shows that family's pattern in the "
+            "model's (implicit) attention on the data named under it; recurrent models' heads are the mixer's "
+            "channel groups. Below: a head's pattern and a causal check (ablate it, compare with random heads).",
+            "§1-§4 (finders), §7 (implicit attention), §2 (causal check)")
 
 # ----------------------------------------------------------------------------- data and finders
 sources = ([TASK] if recipe is not None else []) + [DEFAULT, PROMPT]
@@ -60,13 +63,14 @@ done = runs.setdefault((model_key, data), {})
 if st.button("Run finders", type="primary", key="heads_run",
              help="Results are cached: finders already run on this model and data return at once."):
     bar = st.progress(0.0, text="Running finders ...")
-    for i, name in enumerate(chosen):
-        bar.progress(i / len(chosen), text=f"Running {name} ({i + 1}/{len(chosen)}) ...")
-        try:
-            res, warns = analyses.finder_scores(model_key, name, data)
-            done[name] = ("ok", res, warns)
-        except Exception as e:  # noqa: BLE001 — one failing finder must not hide the others
-            done[name] = ("error", state.error_text(e), [])
+    with analyses.shared_patterns(model):  # each layer's (implicit) attention once for all finders
+        for i, name in enumerate(chosen):
+            bar.progress(i / len(chosen), text=f"Running {name} ({i + 1}/{len(chosen)}) ...")
+            try:
+                res, warns = analyses.finder_scores(model_key, name, data)
+                done[name] = ("ok", res, warns)
+            except Exception as e:  # noqa: BLE001 — one failing finder must not hide the others
+                done[name] = ("error", state.error_text(e), [])
     bar.progress(1.0, text=f"{sum(done[n][0] == 'ok' for n in chosen)} of {len(chosen)} finders done")
 
 results = {n: done[n][1] for n in chosen if n in done and done[n][0] == "ok"}
@@ -83,10 +87,10 @@ for name, msg in failed.items():
 cols = st.columns(2)
 for k, (name, res) in enumerate(results.items()):
     with cols[k % 2]:
-        fig = res.figure(height=300, margin={"l": 40, "r": 10, "t": 50, "b": 40})
+        fig = res.figure(height=320, margin={"l": 40, "r": 10, "t": 50, "b": 40})
         fig.update_xaxes(dtick=1)
         fig.update_yaxes(dtick=1)
-        st.plotly_chart(fig, key=f"finder_{name}")
+        result_figure(fig, f"finder_{name}", res)
         for msg in dict.fromkeys(warned.get(name, [])):
             st.warning(f"{name}: {msg}")
         st.caption("top: " + ", ".join(f"L{l}H{h} {v:.3f}" for (l, h), v in res.top(3)))
@@ -119,7 +123,7 @@ if results:
         st.caption(f"{head_label} on {where} ({len(ids)} tokens).")
         left, right = st.columns([1, 1])
         with left:
-            st.plotly_chart(res.figure(heads=[head], cols=1, height_per_row=460, title=""), key="head_pattern")
+            result_figure(res.figure(heads=[head], cols=1, height_per_row=460, title=""), "head_pattern", res)
         with right:
             st.iframe(token_hover_html(pat[None], labels, [head_label], caption=f"{head_label} · hover a token"))
 
@@ -162,9 +166,14 @@ if stored is not None and stored[0] == check_key:
     m1, m2, m3 = st.columns(3)
     m1.metric(f"Baseline {res.metric}", f"{res.baseline:.4f}",
               help="higher is better" if res.higher_is_better else "lower is better")
-    m2.metric(f"Drop, {len(res.heads)} target heads ablated", f"{res.drop:+.4f}",
+    n_target = len(res.heads)
+    m2.metric(f"Drop, {n_target} target head{'s' if n_target != 1 else ''} ablated", f"{res.drop:+.4f}",
               help="How much worse the metric gets (positive = the ablation hurt).")
     m3.metric(f"Drop, random heads (mean ± std, n={len(res.random)})",
               f"{res.random_drop_mean:+.4f} ± {res.random_drop_std:.4f}" if res.random else "—")
-    st.plotly_chart(res.figure(height=380), key="causal_figure")
+    possible = res.settings.get("distinct_sets")
+    if possible is not None and possible <= len(res.random):
+        st.caption(f"Only {possible} distinct random head set{'s' if possible != 1 else ''} of {n_target} exist "
+                   f"among the other heads: each was ablated once.")
+    result_figure(res.figure(height=400), "causal_figure", res)
     st.dataframe(res.to_frame(), hide_index=True, width="stretch")

@@ -5,6 +5,11 @@ import streamlit as st
 
 from seqlens.models.summary import arch_summary
 from seqlens.app import analyses, state
+from seqlens.app.show import method_line
+
+# the field names ("data kwargs", "recorded ...") were cut at the default column width
+FIELD_COLUMNS = {"field": st.column_config.TextColumn("field", width="medium"),
+                 "value": st.column_config.TextColumn("value", width="large")}
 
 model_key, model = state.current_model()
 cfg = model.cfg
@@ -20,8 +25,11 @@ if model_key.startswith("zoo:"):
 else:
     st.caption(f"Local checkpoint {model_key[4:]}")
 
+method_line("What the open model is: its architecture and size, how it was trained (zoo organisms: the "
+            "recipe and the metric recorded after training), and every hook point an analysis can read, with "
+            "its shape. Every other page works on this model (the sidebar switches it).", "§7 (mixers), docs/hooks.md")
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Architecture", cfg.arch + ("" if model.is_softmax else " (recurrent)"))
+c1.metric("Architecture", cfg.arch, help="softmax attention" if model.is_softmax else "recurrent: a fixed-size state")
 c2.metric("Parameters", f"{summary['parameters']:,}")
 c3.metric("Layers × heads", f"{cfg.n_layers} × {model.n_groups}")
 if recipe is not None and recipe.metric in metrics:
@@ -33,7 +41,7 @@ left, right = st.columns([1, 1])
 with left:
     st.subheader("Configuration")
     st.dataframe(pd.DataFrame({"field": list(summary), "value": [str(v) for v in summary.values()]}),
-                 hide_index=True, width="stretch")
+                 hide_index=True, width="stretch", column_config=FIELD_COLUMNS)
 with right:
     st.subheader("Training")
     if recipe is None:
@@ -43,7 +51,7 @@ with right:
                 "batch size": recipe.batch_size, "seed": recipe.seed, "metric": recipe.metric}
         rows.update({f"recorded {k}": f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in metrics.items()})
         st.dataframe(pd.DataFrame({"field": list(rows), "value": [str(v) for v in rows.values()]}),
-                     hide_index=True, width="stretch")
+                     hide_index=True, width="stretch", column_config=FIELD_COLUMNS)
         if recipe.description and not model_key.startswith("zoo:"):  # zoo models show it under the title
             st.caption(recipe.description)
     tok = model.tokenizer

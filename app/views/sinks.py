@@ -5,6 +5,7 @@ import streamlit as st
 
 from seqlens.app import analyses, state
 from seqlens.app.prompt import prompt_input, task_rows, token_labels
+from seqlens.app.show import method_line, result_figure
 from seqlens.circuits import sinks as sinks_lib
 
 TASK, PROMPT = "Task data", "Prompt"
@@ -14,8 +15,10 @@ model_key, model = state.current_model()
 cfg = model.cfg
 recipe = model.recipe
 st.title("Attention sinks")
-st.caption("Mass each head puts on the first token, the first k tokens and on later 'hidden' sinks "
-           "(StreamingLLM; ACT, Yu et al. 2024). Recurrent models are scored on their implicit attention.")
+method_line("Left: the attention mass each head puts on the first token (an attention sink, StreamingLLM); "
+            "right: the table, with the first-k mass and later 'hidden' sinks (ACT, Yu et al. 2024). Recurrent "
+            "models are scored on their implicit attention. Below: ACT calibration of chosen heads, on request.",
+            "§4 (sinks, ACT), §7 (implicit attention)")
 
 # ----------------------------------------------------------------------------- data
 sources = ([TASK] if recipe is not None else []) + [PROMPT]
@@ -44,17 +47,15 @@ if res is None:
 
 left, right = st.columns([1, 1])
 with left:
-    fig = res.figure(height=360)
+    fig = res.figure(height=380)
     fig.update_xaxes(dtick=1)
     fig.update_yaxes(dtick=1)
-    st.plotly_chart(fig, key="sink_figure")
-    st.caption(f"{len(rows)} sequence(s) of {len(rows[0])} tokens; τ = {res.settings.get('tau', 0.1)}, "
-               f"k = {res.settings.get('k', 4)}.")
+    result_figure(fig, "sink_figure", res, note=f"{len(rows)} sequence(s) of {len(rows[0])} tokens.")
 with right:
     frame = res.to_frame()
     frame.insert(0, "head_id", [f"L{l}H{h}" for l, h in zip(frame["layer"], frame["head"])])
     st.dataframe(frame.drop(columns=["layer", "head"]).rename(columns={"score": "mass on token 0"}),
-                 hide_index=True, width="stretch", height=360)
+                 hide_index=True, width="stretch", height=min(380, 38 + 35 * len(frame)))  # no empty row
 
 heads = [f"L{l}H{h}" for l in range(res.n_layers) for h in range(res.n_heads)]
 top = [f"L{l}H{h}" for (l, h), _ in res.top(res.n_layers * res.n_heads)]
@@ -64,7 +65,7 @@ if res.received is not None:
                         help="Heads ordered by mass on token 0.")
     state.remember("sinks_head", pick)
     l, h = (int(x) for x in pick[1:].split("H"))
-    st.plotly_chart(res.received_figure(l, h, height=320), key="received_figure")
+    result_figure(res.received_figure(l, h, height=340), "received_figure", res, title_chars=90)
 
 # ----------------------------------------------------------------------------- ACT calibration
 st.subheader("ACT calibration: before / after")
@@ -94,7 +95,7 @@ if recipe is not None:
                     st.session_state.pop("w_sinks_calib_heads", None)
         stored = st.session_state.get("sinks_search_result")
         if stored is not None and stored[0] == model_key:
-            st.plotly_chart(stored[1].figure(height=320), key="search_figure")
+            result_figure(stored[1].figure(height=340), "search_figure", stored[1], title_chars=90)
 
 # default: the heads with the most hidden sinks (what ACT recalibrates), else the strongest sinks
 hidden = res.hidden_sinks or [[[] for _ in range(res.n_heads)] for _ in range(res.n_layers)]
@@ -113,6 +114,13 @@ if not chosen:
     st.info("Pick heads to calibrate.")
     st.stop()
 pairs = tuple(sorted(parse(c) for c in chosen))
+calib_key = (model_key, rows, pairs, float(tau), float(beta))
+if st.button("Run calibration", type="primary", key="sinks_calib_run",
+             help="Evaluates the task metric twice and recomputes the chosen heads' patterns (cached)."):
+    st.session_state["sinks_calib_ran"] = calib_key
+if st.session_state.get("sinks_calib_ran") != calib_key:
+    st.info("Press **Run calibration** to compare the model before / after calibrating these heads.")
+    st.stop()
 
 if recipe is not None:
     with state.errors_shown("Task metric"):
@@ -132,6 +140,6 @@ with state.errors_shown("Calibration"):
                f"{calib.sinks[calib.index(head)] or 'none'}.")
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(calib.figure(head), key="calib_patterns")
+        result_figure(calib.figure(head), "calib_patterns", calib, title_chars=60)
     with right:
-        st.plotly_chart(calib.received_figure(head), key="calib_received")
+        result_figure(calib.received_figure(head), "calib_received", calib, title_chars=40)

@@ -4,9 +4,11 @@ past the training length with the Stuffed Mamba mitigations (before / after), pa
 interpretable cells with their highlighted text. Everything runs on a button, cached per model and
 settings (``analyses``); long runs draw the library's progress."""
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from seqlens.app import analyses, state
+from seqlens.app.show import method_line, result_figure, tidy
 from seqlens.probes import collapse
 from seqlens.probes.outliers import is_byte_model
 
@@ -19,6 +21,7 @@ FIT_LENGTHS = [64, 128, 256, 512, 1024]
 FIT_DEPTHS = [0.0, 0.5, 1.0]
 MAX_TOKENS = 65536  # the longest stream the collapse probe runs from the page
 MAX_CELL_TEXT = 65536  # bytes of the user's own text the interpretable-cells probe runs on
+MEMORY_TOKENS = 512  # tokens streamed for the memory-carried figure (capped at n_ctx)
 MITIGATIONS = {"normalize_states": "Normalize states", "forget_more": "Forget more", "state_window": "State window"}
 
 model_key, model = state.current_model()
@@ -28,9 +31,10 @@ label = state.model_label(model_key)
 runs = st.session_state.setdefault("states_runs", {})  # what -> the arguments last run (model key first)
 
 st.title("States")
-st.caption("What a model's recurrent state holds and how it fails past the training length "
-           "(Stuffed Mamba, Chen et al. 2024; Karpathy et al. 2015). Attention models have no fixed-size "
-           "state: where a probe needs one it says so.")
+method_line("What a model carries from token to token (a fixed-size recurrent state, or an attention model's "
+            "growing KV cache), how it fails past the training length (Stuffed Mamba, Chen et al. 2024), how much "
+            "it can hold (passkey, lag decoding) and what its gates and cells do (Karpathy et al. 2015).",
+            "§5 (collapse and capacity)")
 
 
 def widget(kind, label_, *args, key, default=None, options=None, where=st, **kwargs):
@@ -78,6 +82,18 @@ tab_collapse, tab_capacity, tab_gates = st.tabs(["Collapse", "Capacity", "Gates"
 
 # ============================================================================= collapse
 with tab_collapse:
+    st.subheader("Memory carried vs tokens read")
+    with state.errors_shown("Memory carried"):
+        positions, held = analyses.state_memory(model_key, MEMORY_TOKENS)
+        growth = (held[-1] - held[1]) / max(positions[-1] - positions[1], 1)
+        fig = go.Figure(go.Scatter(x=positions, y=held, mode="lines+markers", name=label))
+        fig.update_layout(title=f"{label}: floats in the carried state after each chunk of seeded random tokens",
+                          xaxis_title="tokens read", yaxis_title="floats held (every layer)", height=320,
+                          yaxis_rangemode="tozero")
+        result_figure(fig, "state_memory", note=(
+            f"A KV cache: it grows by {growth:,.0f} floats per token, without bound (up to n_ctx = {cfg.n_ctx})."
+            if growth > 0 else f"A fixed-size state: {held[-1]:,} floats whatever the length."
+            ) + " Measured on model.forward_chunk's state, chunk by chunk.")
     st.subheader("State collapse")
     st.caption(f"Streams a long input through the model in chunks of {collapse.DEFAULT_CHUNK} tokens, carrying "
                f"the state, and records the state's statistics and the next-token loss per chunk. Training "
@@ -112,7 +128,7 @@ with tab_collapse:
         every_head = c1.toggle("Every head", key="states_collapse_heads", help="One RMS line per head, "
                                "not the mean over each layer's heads.")
         log_x = c2.toggle("Log position axis", value=True, key="states_collapse_logx")
-        st.plotly_chart(base.figure(heads=every_head, log_x=log_x, height=560), key="collapse_figure")
+        result_figure(base.figure(heads=every_head, log_x=log_x, height=560), "collapse_figure", base, title_chars=90)
         s = base.settings
         st.caption(f"Rule (loss_margin = {s['loss_margin']} nats, rms_ratio = {s['rms_ratio']}): {s['rule']}.")
         st.caption(f"Input: {s['source_description']}; loss over {s['loss_positions']}; state: {s['state']}; "
@@ -174,7 +190,7 @@ with tab_collapse:
                           "Press **Run with mitigations** for the before / after comparison.")) is not None:
         comp, notes = out
         with state.errors_shown("Mitigation"):
-            st.plotly_chart(comp.figure(log_x=True, height=560), key="collapse_compare")
+            result_figure(comp.figure(log_x=True, height=560), "collapse_compare", comp, title_chars=90)
             st.dataframe(comp.to_frame(), hide_index=True, width="stretch")
             if "clipped" in notes:
                 st.caption(f"normalize_states rescaled {notes['clipped']} (chunk, row, layer, head) states.")
@@ -214,7 +230,7 @@ with tab_capacity:
                 half = sweep.length_at(0.5)
                 c2.metric("Length at 50 %", "—" if half is None else f"{half:.0f}",
                           help="Where the depth-averaged accuracy first drops below 0.5 (log-interpolated).")
-                st.plotly_chart(sweep.figure(height=360), key="passkey_figure")
+                result_figure(sweep.figure(height=380), "passkey_figure", sweep, title_chars=90)
                 with st.expander("Cells"):
                     st.dataframe(sweep.to_frame(), hide_index=True, width="stretch")
 
@@ -261,7 +277,7 @@ with tab_capacity:
             with state.errors_shown("Capacity fit"):
                 for msg in warns:
                     st.warning(msg)
-                st.plotly_chart(fit.figure(height=420), key="capacity_fit")
+                result_figure(fit.figure(height=420), "capacity_fit", fit, title_chars=90)
                 st.dataframe(fit.to_frame(), hide_index=True, width="stretch")
                 if fit.exactly_determined:
                     st.caption("Two points for two parameters per fit: R² is undefined (NaN).")
@@ -288,11 +304,13 @@ with tab_capacity:
             curves[label] = curve
             span = curve.span(0.9)
             st.metric("Span (accuracy ≥ 0.9)", "—" if span is None else f"{span} tokens")
-            st.plotly_chart(curve.figure(height=360), key="lag_figure")
+            result_figure(curve.figure(height=380), "lag_figure", curve, title_chars=90,
+                          note=f"{curve.settings.get('n_seqs', n_seqs)} sequences: the span is that of this data "
+                               "(the docs' numbers use their own settings).")
             if len(curves) > 1:
                 from seqlens.probes import lag_curves_figure
 
-                st.plotly_chart(lag_curves_figure(curves, height=360), key="lag_compare")
+                st.plotly_chart(tidy(lag_curves_figure(curves, height=380), 90), key="lag_compare")
                 st.caption("Memory curves of every model run in this session.")
 
 # ============================================================================= gates
@@ -300,7 +318,7 @@ with tab_gates:
     st.subheader("Gate saturation")
     gate_msg = analyses.gate_problem(model_key)
     if gate_msg is not None:
-        st.info(f"Not applicable: {gate_msg}")
+        st.info(f"Not applicable: {gate_msg}.")
     else:
         st.caption("Fraction of gate values below `low` (left-saturated) and above `high` (right-saturated) "
                    "per layer and gate, on the model's default data (Karpathy et al. 2015, §4.2).")
@@ -314,8 +332,10 @@ with tab_gates:
         if sat is not None:
             with state.errors_shown("Gate saturation"):
                 left, right = st.columns(2)
-                left.plotly_chart(sat.figure(height=380), key="gate_figure")
-                right.plotly_chart(sat.figure(kind="units", height=380), key="gate_units")
+                with left:
+                    result_figure(sat.figure(height=400), "gate_figure", sat)
+                with right:
+                    result_figure(sat.figure(kind="units", height=400), "gate_units", sat)
                 st.dataframe(sat.to_frame(), hide_index=True, width="stretch")
                 st.caption(f"{sat.n_tokens} tokens of {sat.settings.get('data', 'the default data')}.")
                 for layer, gammas in sat.constants.items():
@@ -367,11 +387,12 @@ with tab_gates:
                 if all(c != c for _, c in top):  # NaN: the feature is constant over this text
                     st.warning(f"{feature} is constant over this text: no unit correlates with it. Pick another "
                                "feature or a longer text.")
+                # the heatmap gets the full width: in a third of it the unit labels and colour bar were cut
+                result_figure(report.figure(), "cells_figure", report, title_chars=90)
                 left, right = st.columns([1, 2])
                 with left:
                     st.dataframe([{"rank": i + 1, "unit": u, "corr": c} for i, (u, c) in enumerate(top)],
                                  hide_index=True, width="stretch")
-                    st.plotly_chart(report.figure(), key="cells_figure")
                 with right:
                     lo, hi, default = shown_bounds(len(report.tokens))
                     if not lo <= st.session_state.get("states_cells_shown", default) <= hi:
@@ -379,4 +400,7 @@ with tab_gates:
                     shown = int(st.number_input("Bytes shown", min_value=lo, max_value=hi, value=default, step=500,
                                                 key="states_cells_shown"))
                     # the top unit of a feature is shown with its correlation; another one by name
-                    st.html(report.html(feature if unit == units[0] else unit, max_bytes=shown))
+                    # the coloured text wraps and scrolls inside its column (long lines overflowed it)
+                    st.html(f'<div style="max-width:100%;max-height:520px;overflow:auto;overflow-wrap:anywhere;'
+                            f'white-space:pre-wrap">{report.html(feature if unit == units[0] else unit, max_bytes=shown)}'
+                            '</div>')

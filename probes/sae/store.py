@@ -153,15 +153,14 @@ class ActivationStore:
 
 
 class _ShardWriter:
-    """Accumulates rows and writes a shard file whenever ``shard_size`` rows are buffered (to disk
-    when ``directory`` is set, else kept in memory); the index is written last, atomically."""
+    """Accumulates rows into in-memory shards of ``shard_size`` rows (on-disk stores are written
+    shard by shard by :func:`_harvest_to_disk`)."""
 
-    def __init__(self, directory: Path | None, shard_size: int, info: dict[str, Any]):
-        self.directory, self.shard_size, self.info = directory, shard_size, info
+    def __init__(self, shard_size: int, info: dict[str, Any]):
+        self.shard_size, self.info = shard_size, info
         self.buffer: list[tuple[Tensor, Tensor]] = []
         self.buffered = 0
         self.shards: list[tuple[Tensor, Tensor]] = []
-        self.names: list[str] = []
         self.rows: list[int] = []
         self.norm_sum = 0.0
 
@@ -175,18 +174,11 @@ class _ShardWriter:
     def _flush(self, n: int) -> None:
         acts = torch.cat([a for a, _ in self.buffer])
         loc = torch.cat([l for _, l in self.buffer])
-        head, rest = (acts[:n].contiguous(), loc[:n].contiguous()), (acts[n:], loc[n:])
+        rest = (acts[n:], loc[n:])
         self.buffer = [rest] if rest[0].shape[0] else []
         self.buffered = rest[0].shape[0]
         self.rows.append(n)
-        if self.directory is None:
-            self.shards.append(head)
-            return
-        from safetensors.torch import save_file
-
-        name = f"shard_{len(self.names):05d}.safetensors"
-        _atomic_write(self.directory / name, lambda tmp: save_file({"acts": head[0], "locations": head[1]}, tmp))
-        self.names.append(name)
+        self.shards.append((acts[:n].contiguous(), loc[:n].contiguous()))
 
     def finish(self, d_in: int) -> ActivationStore:
         if self.buffered:
@@ -194,12 +186,7 @@ class _ShardWriter:
         n = sum(self.rows)
         info = {**self.info, "n_rows": n,
                 "scaling_factor": math.sqrt(d_in) / (self.norm_sum / n) if self.norm_sum > 0 else 1.0}
-        if self.directory is None:
-            return ActivationStore(d_in=d_in, shard_rows=self.rows, info=info, shards=self.shards)
-        info = {"format": FORMAT, "d_in": d_in, "shards": self.names, "shard_rows": self.rows, **info}
-        text = json.dumps(info, indent=1)
-        _atomic_write(self.directory / INDEX_FILE, lambda tmp: Path(tmp).write_text(text))
-        return ActivationStore.open(self.directory)
+        return ActivationStore(d_in=d_in, shard_rows=self.rows, info=info, shards=self.shards)
 
 
 def check_hook_name(model, hook: str) -> str:
@@ -272,34 +259,192 @@ def harvest(model, hook: str, tokens: Tensor, positions: Sequence[int] | None = 
     ``model.tap_states(positions)`` and flattened (its trailing shape is ``info["vector_shape"]``).
     ``batch_size`` sequences run at once; ``out``: a directory for an on-disk store (safetensors
     shards of ``shard_size`` rows plus ``index.json``, each written atomically), else in memory.
+
+    On-disk harvests are resumable and data-parallel: shard ``i`` always holds rows
+    ``[i·shard_size, (i+1)·shard_size)``; under ``torchrun`` rank ``r`` of ``W`` writes the shards
+    ``i ≡ r (mod W)``, and a rerun after a crash skips the shards already on disk (the same
+    settings and tokens are required). The index is written last, by rank 0, once every shard is
+    there, so the store is identical whatever the number of ranks.
     """
     hook = check_hook_name(model, hook)
-    tokens = model.check_tokens(tokens)
+    tokens = _check_tokens(model, tokens)
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     B, L = tokens.shape
     pos = _positions(positions, L, is_state_hook(hook))
-    directory = None
-    if out is not None:
-        directory = Path(out)
-        if (directory / INDEX_FILE).exists():
-            raise FileExistsError(f"out: {str(directory)!r} already holds an activation store; pick a new directory")
-        directory.mkdir(parents=True, exist_ok=True)
     info = {"hook_name": hook, "model_name": getattr(model, "name", None) or model.cfg.arch,
             "arch": model.cfg.arch, "positions": pos, "context_size": L, "n_sequences": B,
             "dtype": str(dtype).removeprefix("torch.")}
-    writer = _ShardWriter(directory, shard_size, info)
+    if out is not None:
+        return _harvest_to_disk(model, hook, tokens, pos, batch_size, Path(out), shard_size, dtype, info, progress)
+    writer = _ShardWriter(shard_size, info)
     d_in, T = None, len(pos) if pos is not None else L
     bar = progress_bar(progress, total=B, desc=f"harvest {hook}", unit="seq")
     for start in range(0, B, batch_size):
-        chunk = tokens[start:start + batch_size].to(model.device)
-        x = _grab_batch(model, hook, chunk, pos)
+        x, loc = _rows(model, hook, tokens, start, min(B, start + batch_size), pos, dtype)
         info.setdefault("vector_shape", list(x.shape[2:]))
         d_in = math.prod(x.shape[2:])
-        seq = torch.arange(start, start + chunk.shape[0]).repeat_interleave(T)
-        p = torch.tensor(pos if pos is not None else list(range(L))).repeat(chunk.shape[0])
-        writer.add(x.reshape(-1, d_in).to("cpu", dtype), torch.stack([seq, p], 1))
-        bar.update(chunk.shape[0])
+        writer.add(x.reshape(-1, d_in), loc)
+        bar.update(x.shape[0])
     bar.close()
     return writer.finish(int(d_in))
+
+
+def _check_tokens(model, tokens: Tensor) -> Tensor:
+    """``model.check_tokens`` on blocks of sequences: the ids keep their (small) dtype instead of
+    becoming one int64 copy of the whole corpus; batches are converted as they run."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.numel() == 0 or tokens.dtype == torch.int64:
+        return model.check_tokens(tokens)
+    for part in tokens.split(4096):
+        model.check_tokens(part)
+    return tokens
+
+
+def _rows(model, hook: str, tokens: Tensor, s0: int, s1: int, pos: list[int] | None,
+          dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Activations ``[s1 - s0, T, ...]`` (on the CPU, in ``dtype``) of sequences ``s0:s1`` and their
+    locations ``[(s1 - s0)·T, 2]``."""
+    L = tokens.shape[1]
+    x = _grab_batch(model, hook, tokens[s0:s1].to(model.device), pos).to("cpu", dtype)
+    T = len(pos) if pos is not None else L
+    seq = torch.arange(s0, s1).repeat_interleave(T)
+    p = torch.tensor(pos if pos is not None else list(range(L))).repeat(s1 - s0)
+    return x, torch.stack([seq, p], 1)
+
+
+# ----------------------------------------------------------------------------- on-disk, resumable, data-parallel
+
+PLAN_FILE = "harvest.json"  # the settings of an unfinished on-disk harvest; folded into the index at the end
+
+
+def _shard_name(i: int) -> str:
+    return f"shard_{i:05d}.safetensors"
+
+
+def _fingerprint(tokens: Tensor) -> str:
+    """sha256 of the token ids: a resumed harvest must run on exactly the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for chunk in tokens.reshape(-1).split(1 << 24):
+        h.update(chunk.to('cpu', torch.int64).numpy().tobytes())  # the ids, whatever their dtype or device
+    return h.hexdigest()
+
+
+def _start_plan(directory: Path, plan: dict[str, Any]) -> None:
+    """Rank 0: refuse a finished store or another run's leftovers, drop the temporary files a
+    killed run left behind, and record ``plan`` (or check it against the recorded one)."""
+    if (directory / INDEX_FILE).exists():
+        raise FileExistsError(f"out: {str(directory)!r} already holds an activation store; pick a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / PLAN_FILE
+    if path.is_file():
+        _check_plan(path, plan)
+    else:
+        if any(directory.glob("shard_*.safetensors")):  # shards whose settings nobody recorded: never reused
+            raise FileExistsError(f"out: {str(directory)!r} holds shard files but no {PLAN_FILE}; pick a new "
+                                  "directory")
+        text = json.dumps(plan, indent=1)
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    for tmp in directory.glob(".shard_*.tmp"):  # a killed writer's unfinished file: never a shard
+        tmp.unlink(missing_ok=True)
+
+
+def _check_plan(path: Path, plan: dict[str, Any]) -> None:
+    try:
+        theirs = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if theirs != json.loads(json.dumps(plan)):
+        diff = sorted(k for k in set(plan) | set(theirs) if plan.get(k) != theirs.get(k))
+        raise ValueError(f"out: {str(path.parent)!r} holds an unfinished harvest with other settings ({diff}); "
+                         "rerun it with its own settings or pick a new directory")
+
+
+def _shard_meta(path: Path) -> dict[str, str] | None:
+    """The metadata of a finished shard file, or None when there is none (or it is unreadable)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - a damaged file is rewritten, never trusted
+        return None
+
+
+def _write_shard(directory: Path, i: int, acts: Tensor, loc: Tensor, vector_shape: list[int]) -> None:
+    from safetensors.torch import save_file
+
+    from seqlens.probes.sae.distributed import crash_point
+
+    meta = {"rows": str(acts.shape[0]), "norm_sum": repr(float(acts.float().norm(dim=-1).sum())),
+            "vector_shape": json.dumps(vector_shape)}
+
+    def write(tmp: str) -> None:
+        save_file({"acts": acts.contiguous(), "locations": loc.contiguous()}, tmp, metadata=meta)
+        crash_point("shard", i)  # the file is written but not yet renamed: a kill here must not count
+
+    _atomic_write(directory / _shard_name(i), write)
+
+
+def _harvest_to_disk(model, hook: str, tokens: Tensor, pos: list[int] | None, batch_size: int, directory: Path,
+                     shard_size: int, dtype: torch.dtype, info: dict[str, Any], progress: Progress) -> ActivationStore:
+    from seqlens.probes.sae.distributed import barrier, world
+
+    rank, size = world()
+    B, L = tokens.shape
+    T = len(pos) if pos is not None else L
+    n_rows = B * T
+    n_shards = -(-n_rows // shard_size)
+    plan = {**info, "shard_size": shard_size, "n_rows": n_rows, "tokens_sha256": _fingerprint(tokens)}
+    if rank == 0:
+        _start_plan(directory, plan)
+    barrier()
+    if rank != 0:
+        _check_plan(directory / PLAN_FILE, plan)
+    rows = [min(shard_size, n_rows - i * shard_size) for i in range(n_shards)]
+    todo = [i for i in range(rank, n_shards, size)
+            if (_shard_meta(directory / _shard_name(i)) or {}).get("rows") != str(rows[i])]
+    bar = progress_bar(progress if rank == 0 else False, total=len(todo), desc=f"harvest {hook}", unit="shard")
+    for i in todo:
+        r0, r1 = i * shard_size, i * shard_size + rows[i]
+        s0, s1 = r0 // T, -(-r1 // T)  # the sequences holding rows r0:r1 (edge ones are cut)
+        parts = [_rows(model, hook, tokens, s, min(s1, s + batch_size), pos, dtype) for s in range(s0, s1, batch_size)]
+        x = torch.cat([a for a, _ in parts])
+        vector_shape = list(x.shape[2:])
+        acts = x.reshape(-1, math.prod(vector_shape))[r0 - s0 * T:r1 - s0 * T]
+        loc = torch.cat([l for _, l in parts])[r0 - s0 * T:r1 - s0 * T]
+        _write_shard(directory, i, acts, loc, vector_shape)
+        bar.update(1)
+    bar.close()
+    barrier()
+    if rank == 0:
+        _write_index(directory, plan, rows)
+    barrier()
+    return ActivationStore.open(directory)
+
+
+def _write_index(directory: Path, plan: dict[str, Any], rows: list[int]) -> None:
+    """Rank 0, after every rank is done: check every shard is there and complete, then write the
+    index (atomically, last) and drop the plan."""
+    metas = [_shard_meta(directory / _shard_name(i)) for i in range(len(rows))]
+    bad = [i for i, (m, r) in enumerate(zip(metas, rows)) if m is None or m.get("rows") != str(r)]
+    if bad:
+        raise RuntimeError(f"harvest: shards {bad[:5]} of {str(directory)!r} are missing or incomplete after "
+                           "every rank finished; rerun the same command to complete them")
+    from safetensors import safe_open
+
+    with safe_open(str(directory / _shard_name(0)), "pt") as f:
+        d_in = int(f.get_slice("acts").get_shape()[1])
+    norm_sum = sum(float(m["norm_sum"]) for m in metas)
+    info = {k: v for k, v in plan.items() if k not in ("shard_size", "tokens_sha256")}
+    info = {"format": FORMAT, "d_in": d_in, "shards": [_shard_name(i) for i in range(len(rows))],
+            "shard_rows": rows, **info, "vector_shape": json.loads(metas[0]["vector_shape"]),
+            "scaling_factor": math.sqrt(d_in) / (norm_sum / plan["n_rows"]) if norm_sum > 0 else 1.0,
+            "shard_size": plan["shard_size"], "tokens_sha256": plan["tokens_sha256"]}
+    text = json.dumps(info, indent=1)
+    _atomic_write(directory / INDEX_FILE, lambda tmp: Path(tmp).write_text(text))
+    (directory / PLAN_FILE).unlink(missing_ok=True)

@@ -21,6 +21,15 @@ Unit-norm decoders are kept so by removing the gradient's component along each r
 step and renormalising after it (OpenAI's ``unit_norm_decoder_``). A latent is dead when it did
 not fire on the last ``dead_after`` training samples. Batches are a function of (seed, step) only,
 so a run resumed from its checkpoint directory reproduces the uninterrupted run exactly.
+
+Under torch.distributed (``torchrun``; :mod:`.distributed`) training is data-parallel: rank ``r``
+of ``W`` takes the ``r``-th contiguous ``B / W`` rows of the same global batch and the loss module
+runs in DistributedDataParallel (gradients averaged over ranks). What is not a per-row mean is
+reduced across ranks so that W processes reproduce the single-process run: the TopK losses'
+normaliser ``mean ‖x − mean(x)‖²``, BatchTopK's ``k · B`` cut and threshold, the dead-latent
+counters (a latent fired if it fired on any rank) and the logged metrics. The decoder-norm
+projection acts on the averaged gradient, so every rank keeps identical weights. Rank 0 writes
+checkpoints (on a file system all ranks see).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from torch import Tensor
 from seqlens.progress import Progress, progress_bar
 from seqlens.probes.sae.arch import (SAE, TRAINABLE, JumpReLUSAE, SAEConfig, make_sae, matching_pursuit,
                                      topk_codes)
+from seqlens.probes.sae.distributed import all_gather_cat, all_reduce, barrier, is_distributed, world, wrap_ddp
 from seqlens.probes.sae.store import ActivationStore
 from seqlens.result import Result
 
@@ -128,8 +138,15 @@ class _Batches:
             self._epoch = (epoch, torch.cat(parts))
         return self._epoch[1]
 
-    def __call__(self, step: int) -> Tensor:
-        """Rows ``[B, d_in]`` of batch ``step`` (wrapping into the next epoch when needed)."""
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> Tensor:
+        """Rows ``[B, d_in]`` of batch ``step`` (wrapping into the next epoch when needed); with
+        ``world_size`` > 1, rank ``rank``'s contiguous share ``[B / world_size, d_in]`` of it, so the
+        ranks together see exactly the single-process batch."""
+        idx = self.indices(step)
+        share = self.B // world_size
+        return self.store.rows(idx[rank * share:(rank + 1) * share])
+
+    def indices(self, step: int) -> Tensor:
         idx: list[Tensor] = []
         pos, need = step * self.B, self.B
         while need:
@@ -137,7 +154,7 @@ class _Batches:
             take = min(need, self.N - off)
             idx.append(self._order(epoch)[off:off + take])
             pos, need = pos + take, need - take
-        return self.store.rows(torch.cat(idx))
+        return torch.cat(idx)
 
 
 def geometric_median(X: Tensor, iters: int = 64, eps: float = 1e-6) -> Tensor:
@@ -188,14 +205,48 @@ class JumpReLUFn(torch.autograd.Function):
 
 
 def batch_topk_codes(z: Tensor, k: int) -> Tensor:
-    """BatchTopK: the ``k · B`` largest ReLU'd codes over the whole batch ``[B, d_sae]``."""
+    """BatchTopK: the ``k · B`` largest ReLU'd codes over the whole batch ``[B, d_sae]`` (under
+    torch.distributed the batch is every rank's rows: the cut is the global ``k · B``-th value)."""
     acts = z.relu().flatten()
+    if is_distributed():
+        n_keep = k * z.shape[0] * world()[1]
+        with torch.no_grad():  # each rank's best candidates hold the global top k·B
+            candidates = all_gather_cat(torch.topk(acts, min(n_keep, acts.numel())).values)
+            cut = torch.topk(candidates, min(n_keep, candidates.numel())).values[-1]
+        return torch.where(acts >= cut, acts, torch.zeros_like(acts)).reshape(z.shape)
     top = torch.topk(acts, min(k * z.shape[0], acts.numel()))
     return torch.zeros_like(acts).scatter(0, top.indices, top.values).reshape(z.shape)
 
 
+def _centred_energy(x: Tensor) -> Tensor:
+    """``mean ‖x − mean(x)‖²`` over the batch (every rank's rows under torch.distributed): the
+    normaliser of the TopK losses, a constant of the data (no gradient flows through it)."""
+    if not is_distributed():
+        return (x - x.mean(0)).pow(2).sum(-1).mean()
+    with torch.no_grad():
+        n = all_reduce(x.new_tensor(float(x.shape[0])))
+        mean = all_reduce(x.sum(0)) / n
+        return all_reduce((x - mean).pow(2).sum()) / n
+
+
 def _normalised_mse(recon: Tensor, x: Tensor) -> Tensor:
-    return (recon - x).pow(2).sum(-1).mean() / (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return (recon - x).pow(2).sum(-1).mean() / _centred_energy(x).clamp_min(1e-12)
+
+
+class _Objective(torch.nn.Module):
+    """The training loss as a module, so DistributedDataParallel can wrap it: ``forward(x)`` returns
+    ``(loss, f, z, recon)``; the SAE is its only submodule (its parameters are the ones averaged)."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.sae = trainer.sae
+        self._trainer = [trainer]  # a list: not registered as a submodule
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        t = self._trainer[0]
+        f, z = t.codes(x)
+        recon = f @ self.sae.W_dec + self.sae.b_dec
+        return t.loss(x, f, z, recon), f, z, recon
 
 
 class Trainer:
@@ -212,6 +263,9 @@ class Trainer:
         self.since_fired = torch.zeros(s.d_sae, dtype=torch.long, device=s.device)
         self.theta = torch.tensor(-1.0, dtype=torch.float64, device=s.device)  # BatchTopK EMA, -1 = unset
         self.dead_after = s.dead_after or 50 * s.batch_size
+        # gradients averaged over ranks when distributed; MP has no encoder pass, BatchTopK no threshold
+        self.objective = wrap_ddp(_Objective(self), s.device, find_unused=s.architecture in ("matching_pursuit",
+                                                                                          "batchtopk"))
 
     @torch.no_grad()
     def _init(self, sample: Tensor) -> None:
@@ -268,9 +322,7 @@ class Trainer:
     def step(self, x: Tensor, log: bool = True) -> tuple[float, float, float, float] | None:
         """One update on ``x [B, d_in]``: ``(loss, L0, FVU, dead fraction)`` when ``log`` (the
         metrics cost a device sync), else None."""
-        f, z = self.codes(x)
-        recon = f @ self.sae.W_dec + self.sae.b_dec
-        loss = self.loss(x, f, z, recon)
+        loss, f, z, recon = self.objective(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         unit = self.s.architecture in UNIT_NORM or (self.s.architecture == "standard" and self.s.variant == "classic")
@@ -282,16 +334,32 @@ class Trainer:
                 self.sae.W_dec.div_(self.sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             if self.s.architecture == "jumprelu":
                 self.sae.threshold.clamp_(min=0.0)  # H(z - θ) needs θ >= 0 (SAELens' threshold.relu())
-            fired = (f > 0).any(0)
-            self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0])
+            fired = all_reduce((f > 0).any(0).int(), "max").bool()  # dead-latent counts agree on every rank
+            self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0] * world()[1])
             if self.s.architecture == "batchtopk":
                 self._update_threshold(f)
             if not log:
                 return None
+            if is_distributed():
+                return self._global_metrics(x, f, recon, loss)
             l0 = float((f > 0).sum(-1).float().mean())
             fvu = float((x - recon).var(0, unbiased=False).sum() / x.var(0, unbiased=False).sum().clamp_min(1e-12))
             dead = float((self.since_fired >= self.dead_after).float().mean())
         return float(loss.detach()), l0, fvu, dead
+
+    def _global_metrics(self, x: Tensor, f: Tensor, recon: Tensor, loss: Tensor) -> tuple[float, float, float, float]:
+        """The logged metrics over every rank's rows (one all-reduce): FVU from the sums and sums of
+        squares of the residual and the input."""
+        e = x - recon
+        packed = torch.cat([e.sum(0), x.sum(0), torch.stack([
+            e.pow(2).sum(), x.pow(2).sum(), (f > 0).sum().float(), loss.detach() * x.shape[0],
+            x.new_tensor(float(x.shape[0]))])])
+        all_reduce(packed)
+        d = x.shape[1]
+        e_sum, x_sum, (e_sq, x_sq, active, loss_sum, n) = packed[:d], packed[d:2 * d], packed[2 * d:]
+        fvu = (e_sq - e_sum.pow(2).sum() / n) / (x_sq - x_sum.pow(2).sum() / n).clamp_min(1e-12)
+        dead = float((self.since_fired >= self.dead_after).float().mean())
+        return float(loss_sum / n), float(active / n), float(fvu), dead
 
     @torch.no_grad()
     def _project_decoder_grad(self) -> None:
@@ -302,8 +370,9 @@ class Trainer:
     @torch.no_grad()
     def _update_threshold(self, f: Tensor) -> None:
         pos = f[f > 0]
-        if pos.numel():
-            m = pos.min().double()
+        m = pos.min().double() if pos.numel() else f.new_tensor(math.inf, dtype=torch.float64)
+        m = all_reduce(m, "min")  # the smallest positive code over every rank's rows
+        if math.isfinite(float(m)):
             lr = self.s.topk_threshold_lr
             self.theta = m if self.theta < 0 else (1 - lr) * self.theta + lr * m
             self.sae.threshold.fill_(float(self.theta))
@@ -395,6 +464,9 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     s = TrainSettings(architecture=architecture, d_sae=d_sae, k=k, steps=steps, batch_size=batch_size, lr=lr,
                       seed=seed, normalize_activations=normalize_activations, device=dev, **options)
     _check(s, len(store))
+    rank, size = world()
+    if s.batch_size % size:
+        raise ValueError(f"batch_size: the global batch ({s.batch_size}) must split evenly over the {size} ranks")
     for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -402,19 +474,19 @@ def train_sae(X_or_store: Tensor | ActivationStore, architecture: str = "topk", 
     batches = _Batches(store, s.batch_size, s.seed)
     sample = store.rows(batches._order(0)[:min(len(store), 4096)]) * scale
     trainer = Trainer(s, store.d_in, sample)
-    log = TrainingLog(settings={**asdict(s), "n_rows": len(store), "scaling_factor": scale,
+    log = TrainingLog(settings={**asdict(s), "n_rows": len(store), "scaling_factor": scale, "ranks": size,
                                 **{k_: store.info.get(k_) for k_ in ("hook_name", "model_name")}})
     start = _resume(trainer, log, checkpoint_dir, s) if checkpoint_dir is not None else 0
-    bar = progress_bar(progress, total=s.steps, desc=f"train {architecture} SAE", unit="step")
+    bar = progress_bar(progress if rank == 0 else False, total=s.steps, desc=f"train {architecture} SAE", unit="step")
     bar.update(start)
     for step in range(start, s.steps):
-        x = batches(step).to(dev, torch.float32) * scale
+        x = batches(step, rank, size).to(dev, torch.float32) * scale
         logged = trainer.step(x, log=step % log_every == 0 or step == s.steps - 1)
         if logged is not None:
             log.append(step, *logged)
         bar.update(1)
-        if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == s.steps):
-            _save_checkpoint(trainer, log, checkpoint_dir, step + 1, s)
+        if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == s.steps) and rank == 0:
+            _save_checkpoint(trainer, log, checkpoint_dir, step + 1, s)  # the ranks hold the same state
     bar.close()
     return _finish(trainer, log, store, scale)
 

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from seqlens.app import MAIN
@@ -185,3 +186,45 @@ def test_app_views_ship_with_the_package():
         name = ".".join(("seqlens", "app", *rel.parts))
         assert (folder / "__init__.py").is_file(), folder
         assert name in packages, f"pyproject.toml [tool.setuptools] packages lacks {name!r}"
+
+
+# ----------------------------------------------------------------------------- finders share patterns
+
+
+def test_shared_patterns_compute_each_layer_once_and_change_no_score():
+    """Issue 17: the Heads page's finders read each layer's implicit attention once, not once each."""
+    import seqlens
+    from seqlens.app.analyses import shared_patterns
+    from seqlens.circuits import FINDERS
+    from seqlens.models import zoo
+
+    model = seqlens.build(zoo.PRESETS["tiny-mamba"][0], seed=0).eval()
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    names = ["previous_token", "duplicate_token", "induction", "ngram2"]
+    plain = {n: FINDERS[n](model, tokens=tokens).scores for n in names}
+    calls: list[int] = []
+    with _counting(model, calls), shared_patterns(model):
+        shared = {n: FINDERS[n](model, tokens=tokens).scores for n in names}
+    assert sorted(calls) == list(range(model.cfg.n_layers))  # once per layer for four finders
+    for n in names:
+        torch.testing.assert_close(shared[n], plain[n], rtol=0, atol=0, equal_nan=True)  # NaN: no repeat
+    assert "mixer_pattern" not in vars(model)  # nothing left on the model
+
+
+class _counting:
+    """Record the layers ``model.mixer_pattern`` computes (under any memo entered after this)."""
+
+    def __init__(self, model, calls):
+        self.model, self.calls = model, calls
+
+    def __enter__(self):
+        compute = self.model.mixer_pattern
+
+        def counting(tokens, layer):
+            self.calls.append(layer)
+            return compute(tokens, layer)
+
+        self.model.mixer_pattern = counting
+
+    def __exit__(self, *exc):
+        del self.model.mixer_pattern

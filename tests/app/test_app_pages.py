@@ -288,12 +288,15 @@ def test_sinks_page_scores_and_calibration():
     with_hidden = [hid for hid, sinks in zip(frame["head_id"], frame["hidden_sinks"]) if sinks is not None and len(sinks)]
     if with_hidden:  # the default heads to calibrate are those with hidden sinks
         assert set(chosen) <= set(with_hidden)
+    assert "calib_patterns" not in keyed_charts(at)  # calibration runs on request (the page opens fast)
+    at.button(key="sinks_calib_run").click().run()
     patterns = figure_text(keyed_charts(at)["calib_patterns"])
     assert f"{chosen[0]} before" in patterns and f"{chosen[0]} after" in patterns
     metrics = [m.label for m in at.metric]
     assert any(label.endswith("before") for label in metrics)
     assert any("after calibrating" in label for label in metrics)
     at.slider(key="w_sinks_beta").set_value(1.0).run()  # β = 1 keeps every sink: nothing changes
+    at.button(key="sinks_calib_run").click().run()
     no_problem(at)
     (after,) = [m for m in at.metric if "after calibrating" in m.label]
     assert after.value == [m for m in at.metric if m.label.endswith("before")][0].value

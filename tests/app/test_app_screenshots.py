@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 def test_screenshot_script_help():
     res = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and "--out" in res.stdout
+    assert res.returncode == 0
+    for flag in ("--out", "--model", "--page", "--actions", "--window-only", "--scale"):
+        assert flag in res.stdout, flag
 
 
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
@@ -31,7 +33,7 @@ def test_screenshots_of_every_page(tmp_path):
     res = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    for page in ("model", "attention", "heads", "sinks", "states", "features", "attribution"):
+    for page in ("model", "attention", "heads", "sinks", "states", "features", "attribution", "compare"):
         png = tmp_path / f"{page}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 20_000  # a drawn page, not an empty one

@@ -157,6 +157,7 @@ def test_calibration_in_one_session_does_not_reach_another(monkeypatch):
         at = open_app("sinks", model="induction-attn2")
         gate.arm()  # the next calibration (of every layer-0 head) is held
         at.multiselect(key="w_sinks_calib_heads").set_value(["L0H0", "L0H1", "L0H2", "L0H3"]).run()
+        at.button(key="sinks_calib_run").click().run()
         no_problem(at)
         assert "calib_patterns" in keyed_charts(at)
         return at

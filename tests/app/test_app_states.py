@@ -30,7 +30,9 @@ def test_states_page_on_a_recurrent_organism():
     keys = {b.key for b in at.button}
     assert {"states_collapse_run", "states_pk_run", "states_fit_run", "states_lag_run", "states_gate_run",
             "states_cells_run"} <= keys
-    assert not keyed_charts(at)  # nothing expensive runs before its button
+    assert set(keyed_charts(at)) == {"state_memory"}  # only the cheap memory figure before any button
+    held = keyed_charts(at)["state_memory"]["data"][0]["y"]
+    assert len(set(held)) == 1 and held[0] > 0  # a fixed-size state: the same size after every chunk
     assert at.number_input(key="w_states_n_tokens").value == 4096
     assert not any(t.disabled for t in at.toggle if t.key.startswith("w_states_mit_"))  # every mitigation applies
     assert at.button(key="states_mit_run").disabled  # ... once one is switched on
@@ -48,6 +50,12 @@ def test_states_page_on_an_attention_model_says_not_applicable():
     assert at.toggle(key="w_states_mit_normalize_states").disabled
     assert not at.toggle(key="w_states_mit_state_window").disabled  # trims the KV cache
     assert "states_gate_run" not in {b.key for b in at.button}
+    fig = keyed_charts(at)["state_memory"]  # useful by default: the KV cache grows with every token
+    x, held = fig["data"][0]["x"], fig["data"][0]["y"]
+    import seqlens
+
+    cfg = seqlens.load("induction-attn2").cfg  # k and v of d_model floats per token and layer
+    assert held[0] == 0 and all(h == 2 * cfg.n_layers * cfg.d_model * n for n, h in zip(x, held))
 
 
 def test_collapse_chart_flag_rule_and_mitigation_before_after():

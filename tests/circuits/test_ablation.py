@@ -462,3 +462,16 @@ def test_causal_check_on_induction_organism():
     assert frac > 0.6, (frac, res.ablated)  # most of the in-context loss drop
     assert rand.mean() < 0.5 and frac > 1.5 * rand.mean(), (frac, rand)
     assert res.drop > res.random_drop_mean + res.random_drop_std, (res.drop, res.random_drop_mean)
+
+
+def test_random_head_sets_never_repeat_a_set_and_enumerate_few():
+    """Issue 17: draws with replacement across draws showed L1H1 three times in 5 controls."""
+    from seqlens.circuits.ablation import random_head_sets
+
+    pool = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    every = random_head_sets(pool, 1, 5, seed=0)  # 4 single heads exist: all of them, once each
+    assert every == [[(0, 0)], [(0, 1)], [(1, 0)], [(1, 1)]]
+    pairs = random_head_sets(pool, 2, 5, seed=0)  # 6 pairs exist: 5 different ones
+    assert len(pairs) == 5 and len({tuple(p) for p in pairs}) == 5
+    assert all(len(set(p)) == 2 and set(p) <= set(pool) for p in pairs)
+    assert pairs == random_head_sets(pool, 2, 5, seed=0)  # seeded
