@@ -2,7 +2,7 @@
 
 Routes with ``st.navigation`` to one thin view per analysis (``views/``); the sidebar holds the
 model choice, shared by every page through ``st.session_state``. Each page is addressable by URL
-(``/``, ``/attention``, ``/heads``, ``/sinks``, ``/states``, ``/features``, ``/compare``).
+(``/``, ``/attention``, ``/heads``, ``/sinks``, ``/states``, ``/features``, ``/compare``, ``/studies``).
 """
 
 from pathlib import Path
@@ -24,6 +24,7 @@ PAGES = [
     st.Page(HERE / "views" / "attribution.py", title="Attribution", icon=":material/highlight:", url_path="attribution"),
     st.Page(HERE / "views" / "features.py", title="Features", icon=":material/scatter_plot:", url_path="features"),
     st.Page(HERE / "views" / "compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page(HERE / "views" / "studies.py", title="Studies", icon=":material/science:", url_path="studies"),
 ]
 
 page = st.navigation(PAGES)

@@ -240,4 +240,45 @@ def _settings(model, sets, success, scores: Tensor, source: str, threshold: floa
     }
 
 
-__all__ = ["BYTE_SETS", "GOULD_SETS", "THRESHOLD", "head_logits", "ordinal_sets", "successor_scores"]
+# ----------------------------------------------------------------------------- mod-10 structure
+
+
+def mod_similarity(vectors: Tensor, labels: Sequence[int], n_perm: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Whether ``vectors [n, d]`` sharing a label are more alike (Gould et al.'s mod-10 classes):
+    ``statistic`` = mean cosine over same-label pairs − mean cosine over different-label pairs,
+    and its one-sided permutation ``p_value`` (labels shuffled ``n_perm`` times, seeded; the
+    observed labelling counts as one permutation, so p ≥ 1/(n_perm+1))."""
+    labels_t = torch.as_tensor(list(labels))
+    if vectors.dim() != 2 or len(labels_t) != vectors.shape[0]:
+        raise ValueError(f"labels: expected one label per row of vectors {list(vectors.shape)}, got {len(labels_t)}")
+    if len(set(labels_t.tolist())) < 2 or len(labels_t) == len(set(labels_t.tolist())):
+        raise ValueError("labels: need at least two classes and one class with two members")
+    v = torch.nn.functional.normalize(vectors.double(), dim=-1)
+    cos, off = v @ v.T, ~torch.eye(len(v), dtype=torch.bool)
+
+    def stat(lab: Tensor) -> float:
+        same = (lab[:, None] == lab[None]) & off
+        return float(cos[same].mean() - cos[~same & off].mean())
+
+    g = torch.Generator().manual_seed(int(seed))
+    observed = stat(labels_t)
+    null = [stat(labels_t[torch.randperm(len(labels_t), generator=g)]) for _ in range(int(n_perm))]
+    p = (1 + sum(x >= observed for x in null)) / (1 + len(null))
+    return {"statistic": observed, "p_value": p, "n_items": len(labels_t), "n_perm": int(n_perm)}
+
+
+@torch.no_grad()
+def head_outputs(model, layer: int, head: int, ids: Sequence[int], fold_ln: bool = True) -> Tensor:
+    """What head ``(layer, head)``'s effective OV writes for each token of ``ids``: ``[n, d_model]``
+    (inputs as in :func:`successor_scores`: ``W_E`` for layer 0, the effective embedding after)."""
+    check_model(model)
+    ids_t = torch.tensor([int(i) for i in ids], device=model.device)
+    x = model.embed.weight.detach()[ids_t] if layer == 0 else effective_embedding(model, ids_t)
+    W_V, W_O, _ = ov_factors(model, layer)
+    if fold_ln:
+        x = x @ norm_linear(model.blocks[layer].ln1)
+    return (x @ W_V[head]) @ W_O[head]
+
+
+__all__ = ["BYTE_SETS", "GOULD_SETS", "THRESHOLD", "head_logits", "head_outputs", "mod_similarity", "ordinal_sets",
+           "successor_scores"]

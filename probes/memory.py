@@ -33,7 +33,8 @@ tokens (so a cut may fall inside a sentence or a word: with bytes one sentence i
 whole sentences would make 8 and 32 the same length); all lengths share one filler, each a prefix
 of the next, and list 1 / the intervening text are shared by all conditions (paired design).
 
-Context: every prompt must fit ``model.cfg.n_ctx``. All prompts are built before the model runs;
+Context: every prompt must fit ``model.context_limit`` (a learned position table's ``n_ctx``;
+recurrent models and rotary / decay positions have no hard limit and take any length). All prompts are built before the model runs;
 with ``overflow="error"`` (default) any longer prompt raises a ValueError naming ``set_sizes`` /
 ``intervening`` and the lengths needed. ``overflow="trim"`` instead drops the first tokens of the
 intro of the rows that are too long (never BOS, never list 1; a row that still does not fit is
@@ -395,8 +396,11 @@ def _check_args(set_sizes, intervening, conditions, n_trials, n_boot, ci, overfl
     return set_sizes, intervening, list(conditions)
 
 
-def _fit_context(cells: dict, n_ctx: int, overflow: str, has_bos: bool) -> dict:
-    """Check every prompt against ``n_ctx`` (see the module docstring); trims when asked."""
+def _fit_context(cells: dict, n_ctx: int | None, overflow: str, has_bos: bool) -> dict:
+    """Check every prompt against ``n_ctx`` (see the module docstring); trims when asked. ``None``
+    (no hard limit: recurrent models, rotary or decay positions) accepts any length."""
+    if n_ctx is None:
+        return cells
     too_long = sorted({(k, p.intervening, int(p.lengths.max())) for (k, _), ps in cells.items()
                        for p in ps if int(p.lengths.max()) > n_ctx})
     if not too_long:
@@ -432,7 +436,7 @@ def repeat_surprisal(model, set_sizes: Sequence[int] = (3, 5, 7, 10),
              for k in set_sizes for cond in conditions}
     has_bos = (mode == "tokens" and "bos" in _token_specials(model)
                or mode == "tokenizer" and getattr(model.tokenizer, "bos_token_id", None) is not None)
-    cells = _fit_context(cells, model.cfg.n_ctx, overflow, has_bos)
+    cells = _fit_context(cells, model.context_limit, overflow, has_bos)
     shape = (len(conditions), len(set_sizes), len(intervening))
     x = torch.full((2, *shape, n_trials), math.nan)
     stats = torch.full((4, *shape), math.nan)
@@ -460,7 +464,7 @@ def repeat_surprisal(model, set_sizes: Sequence[int] = (3, 5, 7, 10),
                 "mode": mode, "unit": "bytes" if mode == "bytes" else "tokens", "surprisal": UNITS,
                 "n_trials": n_trials, "seed": int(seed), "n_boot": n_boot, "ci": float(ci),
                 "bootstrap": "percentile, trials resampled, median", "exclude_first": True,
-                "n_ctx": model.cfg.n_ctx, "overflow": overflow, "trimmed_rows": trimmed}
+                "n_ctx": model.cfg.n_ctx, "context_limit": model.context_limit, "overflow": overflow, "trimmed_rows": trimmed}
     return MemoryResult(settings=settings, conditions=conditions, set_sizes=set_sizes,
                         intervening=intervening, x1=x[0], x2=x[1], median=stats[0], ci_low=stats[1],
                         ci_high=stats[2], n=stats[3].long(), seq_len=seq_len)

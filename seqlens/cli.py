@@ -6,6 +6,7 @@
     seqlens app [--expose] [--model-dir DIR] [STREAMLIT_OPTIONS]   the dashboard (127.0.0.1 by default)
     seqlens harvest MODEL --hook H --out DIR     activations to an on-disk store (torchrun-ready)
     seqlens sae train --store DIR --d-sae M ...  an SAE on a store, data-parallel under torchrun
+    seqlens study list | NAME [--smoke] [--out DIR] [...]   the paper studies (one per paper)
 
 ``MODEL`` is a zoo name (``seqlens info`` lists them) or a local checkpoint directory (seqlens
 or Hugging Face format). Nothing here touches the network. Bad input (unknown model, sequence
@@ -590,6 +591,30 @@ def cmd_app(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+# ----------------------------------------------------------------------------- study
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """``study list`` prints every study with its claim; ``study NAME ARGS`` runs its ``main(ARGS)``."""
+    import importlib
+
+    from seqlens.studies.registry import STUDIES, get
+
+    if args.name == "list":
+        width = max(len(n) for n in STUDIES)
+        for info in STUDIES.values():
+            flag = "" if info.available else "  [not in this install]"
+            print(f"{info.name:<{width}}  {info.claim}{flag}")
+        return EXIT_OK
+    try:
+        info = get(args.name)
+    except KeyError as e:
+        raise CLIError(error_text(e)) from None
+    if not info.available:
+        raise CLIError(f"NAME: study {args.name!r} is registered but its module {info.module} is not in this install")
+    return importlib.import_module(info.module).main(args.study_args)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -651,6 +676,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark (see --help)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("study", help="list the paper studies or run one (args after NAME go to the study)")
+    p.add_argument("name", metavar="NAME", help="`list`, or a study name (see `seqlens study list`)")
+    p.add_argument("study_args", nargs=argparse.REMAINDER, help="arguments of the study (see NAME --help)")
+    p.set_defaults(func=cmd_study)
 
     add_scale_commands(sub)
     return parser

@@ -149,3 +149,39 @@ def test_result_roundtrip(planted):
     torch.testing.assert_close(back.scores, res.scores)
     torch.testing.assert_close(back.settings["per_set"]["digits"], res.settings["per_set"]["digits"])
     assert back.name == "successor" and back.settings["threshold"] == 0.4
+
+
+# ----------------------------------------------------------------------------- mod-10 structure
+
+
+def test_mod_similarity_finds_planted_classes_and_not_random_ones():
+    """Rows built as class direction + noise share their class; pure noise does not."""
+    from seqlens.circuits.successor import mod_similarity
+
+    g = torch.Generator().manual_seed(0)
+    labels = [i % 10 for i in range(40)]
+    centres = torch.randn(10, 32, generator=g)
+    planted = centres[labels] + 0.5 * torch.randn(40, 32, generator=g)
+    hit = mod_similarity(planted, labels, n_perm=200, seed=0)
+    assert hit["statistic"] > 0.3 and hit["p_value"] < 0.01
+    miss = mod_similarity(torch.randn(40, 32, generator=g), labels, n_perm=200, seed=0)
+    assert abs(miss["statistic"]) < 0.1 and miss["p_value"] > 0.05
+    with pytest.raises(ValueError, match="^labels"):
+        mod_similarity(planted, labels[:-1])
+    with pytest.raises(ValueError, match="^labels"):
+        mod_similarity(planted[:10], list(range(10)))
+
+
+def test_head_outputs_are_the_rows_of_head_logits_before_the_unembedding():
+    """head_outputs · Nf · W_U reproduces head_logits for every token (the same OV circuit)."""
+    from seqlens.circuits.ov import norm_linear
+    from seqlens.circuits.successor import head_logits, head_outputs
+    from seqlens.circuits.ov import effective_embedding
+
+    model = seqlens.load("successor-transformer")
+    ids = torch.tensor([49, 50, 51, 52])
+    for layer in range(model.cfg.n_layers):
+        x = model.embed.weight.detach()[ids] if layer == 0 else effective_embedding(model, ids)
+        ref = head_logits(model, layer, x, ids)[1]
+        out = head_outputs(model, layer, 1, ids.tolist()) @ norm_linear(model.ln_final) @ model.unembed.weight.detach()[ids].T
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -39,6 +39,24 @@ def test_same_seed_gives_identical_weights():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_on_eval_sees_every_evaluation_without_changing_training():
+    """The trajectory callback fires once per evaluation with the live model, and watching (a
+    forward in eval mode under no_grad) leaves the trained weights bit-identical."""
+    seen: list[tuple[int, bool, bool]] = []
+
+    def watch(model, step):
+        model(torch.zeros(1, 8, dtype=torch.long))
+        seen.append((step, model.training, torch.is_grad_enabled()))
+        return {"watched": float(step)}, False
+
+    watched = T.train(tiny_recipe(), progress=False, on_eval=watch)
+    plain = T.train(tiny_recipe(), progress=False)
+    assert seen == [(6, False, False), (12, False, False)]
+    assert [(h["step"], h["watched"]) for h in watched.history] == [(6, 6.0), (12, 12.0)]
+    a, b = watched.model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     recipe = tiny_recipe()
     straight = T.train(recipe, tmp_path / "a", progress=False)

@@ -1,0 +1,69 @@
+"""Every registered paper study in its smoke mode (seconds each), the shared report format, and
+``seqlens study``. The smoke numbers are not measurements; the full runs are in docs/studies.md."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+import pytest
+
+from seqlens.cli import main as cli
+from seqlens.studies._report import Study, parser
+from seqlens.studies.registry import STUDIES
+
+PAPER_STUDIES = [n for n, info in STUDIES.items() if info.available]
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (metrics.json must be strict JSON)."""
+    def refuse(name):
+        raise ValueError(f"non-finite number {name} in metrics.json")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PAPER_STUDIES)
+def test_study_smoke_writes_metrics_and_report(name, tmp_path, capsys):
+    module = importlib.import_module(STUDIES[name].module)
+    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
+    metrics = strict_json((tmp_path / "metrics.json").read_text())
+    html = (tmp_path / "report.html").read_text()
+    assert "measured" in metrics and "settings" in metrics
+    if "study" in metrics:  # the shared format (lrp_faithfulness and sae_frontier keep their own layouts)
+        assert metrics["study"] == name and metrics["claim"] == STUDIES[name].claim
+        assert metrics["smoke"] is True and metrics["reproduced"] in (True, False, None)
+        assert metrics["verdict"] and metrics["measured"] is not None
+        assert any("smoke run" in n for n in metrics["notes"])  # a smoke run says it is not a measurement
+        assert set(metrics["organisms"]).isdisjoint(metrics["missing"])
+        assert "Claim:" in html and metrics["verdict"].split(";")[0][:40] in html.replace("&#x27;", "'")
+        assert f"{name}:" in capsys.readouterr().out
+
+
+def test_registry_lists_every_paper_of_the_issue():
+    wanted = {"induction_phase_change", "retrieval_heads", "successor_heads", "sinks_act", "stuffed_mamba",
+              "verbatim_memory", "icll_ngram_heads", "outliers_ptq", "copying", "just_read_twice",
+              "fox_forgetting", "zoo_circuits", "lrp_faithfulness", "sae_frontier"}
+    assert wanted <= set(STUDIES)
+    assert all(STUDIES[n].available for n in wanted - {"sae_frontier"})
+    assert all(info.claim and info.paper for info in STUDIES.values())
+
+
+def test_missing_organism_is_recorded_not_raised(tmp_path):
+    args = parser("x", "x").parse_args(["--out", str(tmp_path)])
+    study = Study("x", "paper", "claim", args)
+    assert study.organism("text-nonexistent-arch") is None
+    m = study.finish({"value": math.nan}, None, "nothing measured")
+    assert m["missing"] == ["text-nonexistent-arch"] and m["reproduced"] is None
+    assert strict_json((tmp_path / "metrics.json").read_text())["measured"] == {"value": None}
+
+
+def test_cli_study_list_and_errors(capsys):
+    assert cli(["study", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in STUDIES)
+    assert cli(["study", "no-such-study"]) == 2
+    assert "unknown study 'no-such-study'" in capsys.readouterr().err
+    assert cli(["study", "copying", "--help"]) == 0
+    assert "--smoke" in capsys.readouterr().out
