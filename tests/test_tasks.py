@@ -364,6 +364,8 @@ def test_trainer_batch_is_the_task_batch_and_recipe_data_lives_in_tasks():
     assert T.task_vocab(recipe).specials == {"bos": 0}
     corpus = T.get_batch(recipe.replace(data="corpus:stdlib", data_kwargs={"seq_len": 9}), 0)
     assert isinstance(corpus, T.TaskBatch) and corpus.tokens.shape == (3, 9) and corpus.vocab.byte_level
-    assert corpus.meta == {} and torch.equal(corpus.targets[:, :-1], corpus.tokens[:, 1:])
+    # plain text by default: the batch marks which targets were planted copies, and none are
+    assert set(corpus.meta) == {"copied"} and not corpus.meta["copied"].any()
+    assert torch.equal(corpus.targets[:, :-1], corpus.tokens[:, 1:])
     plain = T.TaskBatch(corpus.tokens, corpus.targets, corpus.loss_mask)  # the trainer's Batch(x, y, mask)
     assert plain.vocab is None and plain.meta == {}
