@@ -25,7 +25,7 @@ An analysis that does not apply raises :class:`NotApplicableError` and offers ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -368,7 +368,8 @@ class Mixer(nn.Module):
     def summary(self) -> dict[str, Any]:
         """The config fields that say what this mixer is (``seqlens info`` / the app's model page)."""
         cfg = self.cfg
-        return dict(n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim, positions=cfg.positions,
+        own = {k: v for k, v in asdict(cfg.mixer).items() if v is not None}  # the sub-config
+        return dict(**own, positions=cfg.positions,
                     mlp="none" if cfg.attn_only else cfg.mlp, parallel_residual=cfg.parallel_residual)
 
     @classmethod

@@ -122,6 +122,7 @@ class Attention(Mixer):
     def summary(self) -> dict:
         """The base fields plus what a real checkpoint adds, where set (RoPE scaling, window, caps)."""
         cfg, out = self.cfg, super().summary()
+        out.update(n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim)  # resolved defaults
         extra = dict(rope_scaling=rope.rope_type(cfg.rope_scaling) if cfg.rope_scaling else None,
                      sliding_window=self.window, qk_norm=cfg.qk_norm or None, attn_softcap=self.softcap)
         return {**out, **{k: v for k, v in extra.items() if v is not None}}

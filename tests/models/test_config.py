@@ -92,3 +92,16 @@ def test_shipped_flat_zoo_configs_load():
         if "mixer" not in raw:  # flat: the group count was n_heads for heads, pattern_heads for channels
             heads = MIXER_CONFIGS[raw["arch"]] in (AttentionConfig, LinearAttentionConfig)
             assert cfg.n_groups == raw["n_heads" if heads else "pattern_heads"], path
+
+
+def test_every_mixer_summarises_its_own_config():
+    """The model page and `seqlens info` show `mixer.summary()`: it must hold the arch's own
+    sub-config fields (the Model page once asked a GLA for attention's kv_heads)."""
+    from seqlens.testing.tiny import CONFIGS
+
+    for name, cfg in CONFIGS.items():
+        summary = build(cfg).mixers[0].summary()
+        own = dataclasses.asdict(cfg.mixer)
+        shared = set(summary) & set(own)
+        assert summary and shared, name
+        assert all(summary[k] == own[k] for k in shared if own[k] is not None), name
