@@ -78,6 +78,18 @@ class Study:
         self.used.append(name)
         return seqlens.load(name)
 
+    def organisms(self, names: list[str]):
+        """``(name, model)`` for each organism of ``names`` that is built (the rest go to ``missing``)."""
+        for name in names:
+            model = self.organism(name)
+            if model is not None:
+                yield name, model
+
+    def figures_of(self, name: str, figs: list[Any]) -> None:
+        """Add an organism's figures, their titles prefixed with its name."""
+        for f in figs:
+            self.figure(f, f"{name}: {f.layout.title.text or ''}")
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"note: {text}", flush=True)

@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         a.lengths, a.batch = [10, 40], 4
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         acc = accuracy_by_length(model, a.lengths, a.batch, a.seed)
         reach = max([n for n, v in acc.items() if v >= REACH], default=0)
         results[name] = {"arch": model.cfg.arch, "accuracy": acc, "reach": reach}

@@ -52,13 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.n_random, a.batch = ["icll-transformer"], 2, 2
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         results[name], figs = measure(model, a)
-        for f in figs:
-            study.figure(f, f"{name}: {f.layout.title.text or ''}")
+        study.figures_of(name, figs)
         r = results[name]
         study.log(f"{name}: best 2/3-gram score {r['best_23']:.2f}; ablating {r['ablated_heads']}: {r['metric']} "
                   f"{r['baseline']:.3f} → {r['ablated']:.3f} (drop {r['drop']:.3f}; random {r['random_drop_mean']:.3f})")

@@ -50,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.batches = ["mqar-mamba", "mqar-transformer"], 1
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         results[name] = {"arch": model.cfg.arch, "recurrent": not model.is_softmax, **accuracies(model, a.batches, a.seed)}
         r = results[name]
         study.log(f"{name}: accuracy once {r['once']:.3f}, read twice {r['twice']:.3f} (gain {r['gain']:+.3f} ± {r['se']:.3f})")

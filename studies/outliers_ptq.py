@@ -49,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.windows, a.seq_len = ["text-mamba"], 2, 32
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         results[name], figs = measure(model, a)
-        for f in figs:
-            study.figure(f, f"{name}: {f.layout.title.text or ''}")
+        study.figures_of(name, figs)
         r = results[name]
         study.log(f"{name}: {r['outlier_channels']} outlier channels in {r['outlier_layers']}/{r['n_layers']} "
                   f"layers; loss fp {r['loss']['fp']:.4f}, {a.bits}-bit {r['loss']['quant']:.4f}, "

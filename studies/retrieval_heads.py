@@ -62,13 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     a.models = a.models or [n for n in zoo.names() if any(k in n for k in KINDS)]
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         results[name], figs = measure(model, a)
-        for f in figs:
-            study.figure(f, f"{name}: {f.layout.title.text or ''}")
+        study.figures_of(name, figs)
         r = results[name]
         study.log(f"{name}: {r['n_retrieval']}/{r['n_heads']} retrieval heads; accuracy {r['accuracy']:.2f}, "
                   f"top-{a.top} masked {r['accuracy_top_masked']:.2f}, random mean "

@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.batch = ["induction-attn2"], 2
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         if not model.is_softmax:
             study.note(f"{name}: not a softmax model, skipped (ACT recalibrates softmax rows)")
             continue

@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         a.models, a.set_sizes, a.intervening, a.trials, a.boot = ["text-transformer", "text-lstm"], [3], [8], 3, 20
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
-    for name in a.models:
-        model = study.organism(name)
-        if model is None:
-            continue
+    for name, model in study.organisms(a.models):
         results[name], fig = measure(model, a)
         study.figure(fig, f"{name}: repeat surprisal (%)")
         study.log(f"{name}: " + ", ".join(f"{c} {v:.1f} %" for c, v in results[name]["mean"].items()))
