@@ -14,6 +14,7 @@ from .base import ModelState, SeqModel, StreamOutput, hook_active
 from .mixer import Mixer, NotApplicableError
 from .config import ARCHS, ModelConfig
 from .registry import ARCH_CLASSES, build, model_class  # noqa: F401  (ARCH_CLASSES: re-export)
+from seqlens.validate import check_device
 
 
 def from_hf(path_or_model, **kwargs) -> SeqModel:
@@ -32,7 +33,7 @@ def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = Non
 
     if not isinstance(name_or_dir, (str, os.PathLike)) or str(name_or_dir) == "":
         raise TypeError(f"name_or_dir: expected a zoo name or a directory path, got {name_or_dir!r}")
-    device = _check_device(device)
+    device = check_device(device)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     if isinstance(name_or_dir, str) and name_or_dir in zoo.names():
@@ -42,19 +43,6 @@ def load(name_or_dir: str | os.PathLike, device: str | torch.device | None = Non
         return io.load_dir(name_or_dir, device=device, dtype=dtype)
     raise FileNotFoundError(f"name_or_dir: {str(name_or_dir)!r} is neither a zoo model ({zoo.names()}) nor an "
                             "existing directory")
-
-
-def _check_device(device: str | torch.device | None) -> torch.device | None:
-    """``device`` as a torch.device, or a ValueError naming it (unknown, or CUDA without CUDA)."""
-    if device is None:
-        return None
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
-    return device
 
 
 __all__ = ["ARCHS", "Mixer", "ModelConfig", "ModelState", "NotApplicableError", "SeqModel", "StreamOutput", "build",

@@ -51,6 +51,7 @@ from .checkpoint import CheckpointError
 from .config import ModelConfig
 from .hf_read import ARG, StreamingCopy, Weights, open_checkpoint
 from .registry import model_class
+from seqlens.validate import check_device
 
 MAMBA_N_CTX = 2048  # recurrent: no hard limit; only recorded as the nominal context
 
@@ -80,7 +81,7 @@ def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.f
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
-    device = _device(device)
+    device = check_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(path_or_model)
     model_type = _model_type(ckpt.config, ckpt.label)
     family = FAMILIES[model_type]
@@ -94,16 +95,6 @@ def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.f
         del part  # free this piece before the generator reads the next
     weights.check_consumed()
     return target.finish()
-
-
-def _device(device: Any) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
-    return device
 
 
 def empty_model(cfg: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> SeqModel:

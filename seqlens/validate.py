@@ -33,3 +33,19 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an ``int >= minimum`` (default 1), or an error naming ``name``."""
     return check_int(name, value, low=minimum)
+
+
+def check_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` (None stays None), or a ValueError naming ``device``:
+    not a device, or CUDA asked for where CUDA is not available."""
+    import torch
+
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available")
+    return device
