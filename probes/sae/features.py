@@ -136,6 +136,20 @@ def _state_reads(sae: SAE, feature: int, shape: list[int], n: int) -> list[dict[
              "weight": float(w[i])} for i in order]
 
 
+def _harvest_for(model, sae: SAE, tokens: Tensor, hook: str | None, positions: list[int] | None,
+                 batch_size: int, progress: Progress):
+    """``(hook, tokens, store)``: ``hook`` (default the SAE's ``metadata["hook_name"]``) harvested on the
+    checked ``tokens``, with vectors of the SAE's ``d_in``."""
+    hook = hook or sae.cfg.metadata.get("hook_name")
+    if hook is None:
+        raise ValueError("hook: the SAE's metadata names no hook_name; pass hook=...")
+    tokens = model.check_tokens(tokens)
+    store = harvest(model, hook, tokens, positions=positions, batch_size=batch_size, progress=progress)
+    if store.d_in != sae.cfg.d_in:
+        raise ValueError(f"hook: {hook!r} gives vectors of size {store.d_in}, the SAE expects d_in={sae.cfg.d_in}")
+    return hook, tokens, store
+
+
 def feature_report(model, sae: SAE, feature: int, tokens: Tensor, hook: str | None = None,
                    positions: list[int] | None = None, top: int = 10, window: int = 8, n_logits: int = 10,
                    batch_size: int = 16, progress: Progress = False) -> FeatureReport:
@@ -146,13 +160,7 @@ def feature_report(model, sae: SAE, feature: int, tokens: Tensor, hook: str | No
         raise TypeError(f"sae: expected a seqlens SAE, got {type(sae).__name__}")
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < sae.cfg.d_sae:
         raise ValueError(f"feature: expected an integer in [0, {sae.cfg.d_sae}), got {feature!r}")
-    hook = hook or sae.cfg.metadata.get("hook_name")
-    if hook is None:
-        raise ValueError("hook: the SAE's metadata names no hook_name; pass hook=...")
-    tokens = model.check_tokens(tokens)
-    store = harvest(model, hook, tokens, positions=positions, batch_size=batch_size, progress=progress)
-    if store.d_in != sae.cfg.d_in:
-        raise ValueError(f"hook: {hook!r} gives vectors of size {store.d_in}, the SAE expects d_in={sae.cfg.d_in}")
+    hook, tokens, store = _harvest_for(model, sae, tokens, hook, positions, batch_size, progress)
     acts = _feature_acts(sae, store.to_tensor(), feature)
     report = FeatureReport(feature=feature, hook=hook, frequency=float((acts > 0).float().mean()),
                            contexts=_contexts(model, tokens.cpu(), store.locations(), acts, top, window),
@@ -253,13 +261,7 @@ def feature_table(model, sae: SAE, tokens: Tensor, hook: str | None = None, posi
         raise TypeError(f"sae: expected a seqlens SAE, got {type(sae).__name__}")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top: expected a positive integer, got {top!r}")
-    hook = hook or sae.cfg.metadata.get("hook_name")
-    if hook is None:
-        raise ValueError("hook: the SAE's metadata names no hook_name; pass hook=...")
-    tokens = model.check_tokens(tokens)
-    store = harvest(model, hook, tokens, positions=positions, batch_size=batch_size, progress=progress)
-    if store.d_in != sae.cfg.d_in:
-        raise ValueError(f"hook: {hook!r} gives vectors of size {store.d_in}, the SAE expects d_in={sae.cfg.d_in}")
+    hook, tokens, store = _harvest_for(model, sae, tokens, hook, positions, batch_size, progress)
     fires, values, rows = _running_top(sae, store, top)
     loc, toks = store.locations(), tokens.cpu()
     top_tokens, top_context = [], []
