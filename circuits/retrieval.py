@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from seqlens.circuits.heads import HeadScores
-from seqlens.tasks import PASSKEY_STYLES, make_generator, passkey
+from seqlens.tasks import PASSKEY_STYLES, make_generator, passkey, task_kwargs
 from seqlens.validate import positive_int
 
 KINDS = ("auto", "text", "bytes", "tokens")
@@ -139,7 +139,7 @@ def _passkey_recipe(model) -> dict[str, Any]:
     recipe = model.recipe
     if recipe is None or getattr(recipe, "data", None) != "task:passkey":
         return {}
-    return dict(getattr(recipe, "data_kwargs", {}) or {})
+    return task_kwargs(recipe)
 
 
 def _default_lengths(model) -> list[int]:

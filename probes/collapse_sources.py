@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from seqlens.tasks import task_kwargs
 from seqlens.text import encode, is_byte_level
 from seqlens.probes.collapse_result import DEFAULT_TOKENS, NEWLINE_ID, REPEAT_PERIOD, REPEAT_TEXT, SOURCES
 
@@ -36,7 +37,7 @@ def train_length(model, train_len: int | None = None) -> tuple[int, str]:
     if train_len is not None:
         return _positive_int("train_len", train_len), "argument"
     recipe = model.recipe
-    seq_len = None if recipe is None else getattr(recipe, "data_kwargs", {}).get("seq_len")
+    seq_len = None if recipe is None else task_kwargs(recipe).get("seq_len")
     if isinstance(seq_len, int) and seq_len > 0:
         return seq_len, "recipe.data_kwargs['seq_len']"
     return model.cfg.n_ctx, "cfg.n_ctx"
@@ -77,7 +78,7 @@ class _Generated:
         if recipe is None:
             raise ValueError("source: 'task' needs a model with a training recipe (model.recipe is None); "
                              "pass 'newlines', 'repeat' or tokens")
-        self.data, self.kwargs = recipe.data, dict(recipe.data_kwargs)
+        self.data, self.kwargs = recipe.data, task_kwargs(recipe)
         if self.data == "corpus:stdlib":
             from seqlens.corpus import StdlibCorpus
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 # every public name of the former single module stays importable from seqlens.tasks
 from .base import BYTE_VOCAB, SeedLike, TaskBatch, TaskVocab, make_generator
 from .copying import COPY_EVAL_LENGTHS, COPY_TRAIN_LENGTHS, copying, copying_eval, copying_vocab, string_accuracy
-from .data import CORPUS_VOCAB, evaluate, get_batch, step_seed, task_vocab
+from .data import CORPUS_VOCAB, evaluate, get_batch, step_seed, task_kwargs, task_vocab
 from .icll import DFA, dfa_accepts, icll, icll_legal_next, legal_next_accuracy, random_dfa
 from .induction import induction
 from .metrics import METRICS, masked_loss
@@ -69,6 +69,7 @@ __all__ = [
     "dfa_accepts",
     "evaluate",
     "get_batch",
+    "task_kwargs",
     "icll",
     "icll_legal_next",
     "induction",

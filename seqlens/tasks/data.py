@@ -29,6 +29,15 @@ def step_seed(seed: int, step: int, split: str) -> int:
     return (seed * 1_000_003 + step * 7919 + (0 if split == "train" else 104_729)) % (2**63 - 1)
 
 
+def task_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments of a recipe's final task (``data_kwargs`` without its curriculum):
+    what an analysis reads to rebuild the data an organism was trained for. Code outside training
+    reads this, never ``recipe.data_kwargs`` itself, whose ``curriculum`` is not a task argument."""
+    kwargs = dict(getattr(recipe, "data_kwargs", None) or {})
+    kwargs.pop("curriculum", None)
+    return kwargs
+
+
 def get_batch(recipe: Recipe, step: int, split: str = "train") -> TaskBatch:
     """The batch for ``step`` (``split="eval"``: the fixed evaluation batch number ``step``)."""
     seed = step_seed(recipe.seed, step, split)

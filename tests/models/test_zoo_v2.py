@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import seqlens
-from seqlens.models import ModelConfig, zoo
+from seqlens.models import ModelConfig, build, zoo
 from seqlens.models import train as T
 from seqlens.models.recipes import Organism
 from seqlens.tasks.data import curriculum_stage
@@ -163,3 +163,21 @@ def test_induction_attn2_trajectory_has_eight_checkpoints_ending_at_the_shipped_
     assert all(torch.equal(final[k], shipped[k]) for k in shipped)
     scores = [json.loads((d / "config.json").read_text())["metrics"]["induction_prefix"] for _, d in steps]
     assert scores[0] < 0.3 < scores[-1]  # the phase change happens inside the trajectory
+
+
+def test_analyses_read_the_final_task_not_the_curriculum():
+    """A curriculum is a training schedule, not a task argument: the collapse probe's task stream
+    and the passkey defaults read ``task_kwargs`` (before, the 'task' stream passed ``curriculum``
+    to the task generator and failed on every curriculum organism)."""
+    from seqlens.probes.collapse_sources import _Generated
+    from seqlens.tasks import task_kwargs
+
+    recipe = T.Recipe(name="m", model=ModelConfig(arch="mamba", vocab_size=32, d_model=16, n_layers=1, d_state=4),
+                      data="task:mqar", data_kwargs={"n_pairs": 8, "vocab_size": 32, "seq_len": 32,
+                                                     "curriculum": [{"until": 3, "n_pairs": 2}]}, batch_size=2)
+    assert task_kwargs(recipe) == {"n_pairs": 8, "vocab_size": 32, "seq_len": 32}
+    assert "curriculum" in recipe.data_kwargs  # the recipe itself is untouched
+    model = build(recipe.model)
+    model.recipe = recipe
+    tokens, _ = _Generated(model, "task", batch=2, seed=0).get(0, 80)
+    assert tokens.shape == (2, 80) and int(tokens.max()) < 32
