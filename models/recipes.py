@@ -29,6 +29,9 @@ class Organism:
     probes: tuple[str, ...] = ()
     # probe name -> target: training stops at the first evaluation where every target holds
     stop_when: dict[str, float] = field(default_factory=dict)
+    # the stop rule applies from this step on: a curriculum's warm-up must not end training before
+    # the model has seen its final data (the targets must hold for the model trained on the final task)
+    stop_after: int = 0
     trajectory: bool = False  # save a checkpoint at every evaluation (checkpoints/step-XXXXX/)
 
 

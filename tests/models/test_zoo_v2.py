@@ -60,6 +60,19 @@ def test_curriculum_stages_apply_by_step_and_never_at_evaluation():
         curriculum_stage([{"until": 5}, {"until": 5}], 0)
 
 
+def test_a_curriculum_stage_can_train_on_other_data():
+    """A stage with ``data`` trains on that task with the stage's kwargs only (the text
+    Transformer's induction warm-up); evaluation and later steps use the recipe's own data."""
+    stages = [{"until": 2, "data": "task:induction", "seq_len": 32, "vocab_size": 256, "min_prefix": 4}]
+    recipe = corpus_recipe(repeat_share=0.5, repeat_max=16, curriculum=stages)
+    warm, text = T.get_batch(recipe, 1), T.get_batch(recipe, 2)
+    assert warm.task == "induction" and warm.tokens.shape == (64, 32) and "prefix_len" in warm.meta
+    assert text.task == "corpus:stdlib" and text.tokens.shape == (64, 64)
+    assert T.get_batch(recipe, 0, split="eval").task == "corpus:stdlib"
+    with pytest.raises(ValueError, match="'data' must be"):
+        curriculum_stage([{"until": 2, "data": "induction"}], 5)
+
+
 def tiny_induction() -> T.Recipe:
     return T.Recipe(
         name="tiny-induction", model=ModelConfig(arch="transformer", vocab_size=16, d_model=32, n_layers=2,
@@ -101,6 +114,17 @@ def test_build_organism_saves_a_trajectory_and_stops_on_its_probe_targets(tmp_pa
         assert seqlens.load(folder).cfg == org.recipe.model
         assert json.loads((folder / "config.json").read_text())["metrics"]["score"] == 3.0 * steps.index(step) + 3
     assert zoo.record("tiny-induction")["stopped_at"] == 9
+
+
+def test_stop_rule_waits_for_stop_after(tmp_path, monkeypatch):
+    """A target that holds from the first evaluation stops training only from ``stop_after`` on (a
+    curriculum's warm-up must not end the run)."""
+    org = Organism(tiny_induction(), "induction", probes=("score",), stop_when={"score": 1.0}, stop_after=7)
+    monkeypatch.setattr(zoo, "organisms", lambda: {"tiny-induction": org})
+    monkeypatch.setattr(zoo, "ORGANISM_DIR", tmp_path)
+    zoo.build_organism("tiny-induction", progress=False, probes={"score": (lambda model, seed: 2.0, True)})
+    record = zoo.record("tiny-induction")
+    assert record["stopped_at"] == 9 and [h["step"] for h in record["history"]] == [3, 6, 9]
 
 
 # ----------------------------------------------------------------------------- shipped organisms
