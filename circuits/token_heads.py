@@ -194,6 +194,8 @@ def template_score(pattern: Tensor, template: Tensor, measure: str = "mul", excl
     (``exclude_current``) zeroed. ``abs``: ``1 − Σ D'/L``, D' = |A−P| with the same entries zeroed
     (TransformerLens rounds to 3 decimals; this does not).
     """
+    if measure not in ("mul", "abs"):
+        raise ValueError(f"measure: expected 'mul' or 'abs' for a template score, got {measure!r}")
     return sequence_scores(pattern, template, measure, exclude_bos, exclude_current).mean(0)
 
 
@@ -223,7 +225,7 @@ def sequence_scores(pattern: Tensor, template: Tensor, measure: str = "mul", exc
         return (A * P).sum((-1, -2)) / A.sum((-1, -2))
     if measure == "abs":
         return 1 - ((pattern - P).abs() * keep).sum((-1, -2)) / real.sum(-1, keepdim=True).to(pattern.dtype)
-    raise ValueError(f"measure: expected 'mul' or 'abs' for a template score, got {measure!r}")
+    raise ValueError(f"measure: expected one of {list(MEASURES)}, got {measure!r}")
 
 
 def prefix_score(pattern: Tensor, template: Tensor, period: int | None = None, start: int = 0) -> Tensor:
