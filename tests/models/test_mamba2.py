@@ -203,6 +203,18 @@ def test_left_padding_matches_transformers(converted, groups):
             assert (batched[r][real] - theirs[r][real]).abs().max().item() < 1e-4
 
 
+def test_head_finders_and_lrp_run_on_a_converted_checkpoint(converted):
+    from seqlens.circuits.lrp import attribute
+    from seqlens.circuits.token_heads import induction_scores
+
+    _, ours, _ = converted(2)
+    scores = induction_scores(ours, seq_len=24, batch=2, seed=0).scores
+    assert scores.shape == (2, 8) and torch.isfinite(scores).all()
+    result = attribute(ours, tokens(1, 10) % 101)
+    assert result.method == "mambalrp" and torch.isfinite(result.relevance).all()
+    assert result.relevance.abs().sum() > 0
+
+
 def test_state_matches_transformers_cache(converted):
     """Our carried ssm state is transformers' recurrent state (same [B, H, P, N] layout)."""
     hf, ours, _ = converted()
