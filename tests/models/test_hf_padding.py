@@ -107,6 +107,25 @@ def test_mamba2_pads_exactly(groups: int, side: str) -> None:
                 assert a[0].abs().max() > 0
 
 
+def test_mamba2_left_pads_get_no_implicit_attention() -> None:
+    """α rebuilt from the hooks of a left-padded run (Δ = 0 at pads) is zero on pad keys, and its
+    real block equals the prompt's own implicit attention (mixer_pattern alone)."""
+    from seqlens.models.mamba2 import ssd_attention_matrix
+
+    model = make("mamba2")
+    seqs = rows()
+    toks, mask = padded(seqs, "left", pad=5)
+    names = [f"blocks.1.mixer.hook_{n}" for n in ("delta", "B", "C")]
+    _, cache = model.run_with_cache(toks, attention_mask=mask, names_filter=names)
+    alpha = ssd_attention_matrix(*(cache[n] for n in names[:1]), model.blocks[1].mixer.A,
+                                 *(cache[n] for n in names[1:]))  # [B, H, L, L]
+    for r, s in enumerate(seqs):
+        real = mask[r].bool()
+        assert bool((alpha[r][..., ~real] == 0).all())  # row 0 has no pads: vacuous there
+        alone = model.mixer_pattern(s[None], 1)[0]
+        assert (alpha[r][:, real][..., real] - alone).abs().max().item() < TOL
+
+
 def test_mixers_without_padding_support_refuse_left_padding(monkeypatch) -> None:
     from seqlens.models.mamba import MambaMixer
 
