@@ -233,3 +233,15 @@ def current_model():
 def model_label(model_key: str) -> str:
     kind, _, value = model_key.partition(":")
     return value if kind == "zoo" else Path(value).name or value
+
+def passkey_series(names) -> dict[int, list[str]]:
+    """The ``passkey-mamba-nN[-tL]`` organisms by training length L (64 without a suffix), each
+    list ordered by state size N: a capacity fit compares state sizes at one training length."""
+    import re
+
+    found: dict[int, list[tuple[int, str]]] = {}
+    for name in names:
+        m = re.fullmatch(r"passkey-mamba-n(\d+)(?:-t(\d+))?", name)
+        if m:
+            found.setdefault(int(m.group(2) or 64), []).append((int(m.group(1)), name))
+    return {length: [n for _, n in sorted(found[length])] for length in sorted(found)}

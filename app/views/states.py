@@ -236,10 +236,14 @@ with tab_capacity:
 
     # ------------------------------------------------------------------------- capacity fit
     st.subheader("Capacity across state sizes")
-    from seqlens.app.state import zoo_names
+    from seqlens.app.state import passkey_series, zoo_names
 
-    organisms = sorted((n for n in zoo_names() if n.startswith("passkey-")),
-                       key=lambda n: int("".join(ch for ch in n.rsplit("-", 1)[-1] if ch.isdigit()) or 0))
+    series = passkey_series(zoo_names())
+    organisms = series.get(64) or next(iter(series.values()), [])
+    if len(series) > 1:  # one training length at a time: the fit compares state sizes only
+        train_len = widget("selectbox", "Training length", list(series), key="states_fit_train_len",
+                           default=64 if 64 in series else next(iter(series)), options=list(series))
+        organisms = series[train_len]
     if len(organisms) < 2:
         st.info("The capacity fit needs at least two passkey organisms in the zoo.")
     else:
@@ -404,3 +408,4 @@ with tab_gates:
                     st.html(f'<div style="max-width:100%;max-height:520px;overflow:auto;overflow-wrap:anywhere;'
                             f'white-space:pre-wrap">{report.html(feature if unit == units[0] else unit, max_bytes=shown)}'
                             '</div>')
+

@@ -197,3 +197,14 @@ def test_states_page_defaults_on_a_model_with_a_long_context(tmp_path, monkeypat
     at.switch_page("views/states.py").run()
     no_problem(at)
     assert at.number_input(key="w_states_window").value == 65536
+
+
+def test_capacity_fit_takes_one_training_length_at_a_time():
+    """The passkey Mambas at training length 128 (``-t128``) are a series of their own: mixing them
+    into the length-64 fit would put two training lengths on one state-size axis."""
+    from seqlens.app.state import passkey_series
+
+    names = ["passkey-mamba-n16", "passkey-mamba-n2", "passkey-mamba-n4-t128", "fox-passkey",
+             "transformer-passkey", "passkey-mamba-n16-t128", "passkey-mamba-n8", "text-mamba"]
+    assert passkey_series(names) == {64: ["passkey-mamba-n2", "passkey-mamba-n8", "passkey-mamba-n16"],
+                                      128: ["passkey-mamba-n4-t128", "passkey-mamba-n16-t128"]}
