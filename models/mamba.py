@@ -39,6 +39,7 @@ from .base import Mixer, SeqModel, grouped_pattern
 from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors, StateSpec,
                     causal_mean, channel_groups, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
+from .kernels.decay_attention import DEFAULT_CHUNK, decay_attention_chunked
 from .kernels.selective_scan import selective_scan
 
 
@@ -214,14 +215,29 @@ class MambaMixer(Mixer):
         """
         return self._alpha(self.ssm_inputs(x, None), channels or slice(None))
 
-    def _alpha(self, p: dict[str, Tensor], sl: slice) -> Tensor:
+    def _decay_inputs(self, p: dict[str, Tensor], sl: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """``q = C_t``, ``k = Δ_{s,d} B_s`` ``[B, d, L, N]`` and the cumulative log decay
+        ``S[b, d, t, n] = Σ_{k≤t} Δ_{k,d} A_{d,n}`` (float64: its differences over long sequences)."""
+        delta = p["delta"][..., sl].float()  # [B, L, d]
+        S = (delta.double()[..., None] * self.A[sl].double()).cumsum(1).transpose(1, 2)  # [B, d, L, N]
+        q = p["C"].float()[:, None]  # [B, 1, L, N]
+        k = p["B"].float()[:, None] * delta.transpose(1, 2)[..., None]  # [B, d, L, N]
+        return q, k, S
+
+    def _alpha(self, p: dict[str, Tensor], sl: slice, chunk: int = DEFAULT_CHUNK) -> Tensor:
+        """α of the channels ``sl`` by the SSD chunk split (models/kernels/decay_attention.py)."""
+        return decay_attention_chunked(*self._decay_inputs(p, sl), chunk=chunk)
+
+    def _alpha_reference(self, p: dict[str, Tensor], sl: slice) -> Tensor:
+        """The direct formula (exp of the ``[B, d, N, L, L]`` segment sums): the twin tests
+        compare :meth:`_alpha` with."""
         delta = p["delta"][..., sl].float()  # [B, L, d]
         L = delta.shape[1]
         # cumulative log decay S[b, d, n, t] = Σ_{k≤t} Δ_k A; decay(t←s) = exp(S_t − S_s)
-        S = torch.einsum("bld,dn->bdnl", delta, self.A[sl]).cumsum(-1)
+        S = torch.einsum("bld,dn->bdnl", delta.double(), self.A[sl].double()).cumsum(-1)
         seg = S[..., :, None] - S[..., None, :]  # [B, d, N, t, s]
         causal = torch.ones(L, L, dtype=torch.bool, device=delta.device).tril()
-        decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
+        decay = torch.exp(seg.masked_fill(~causal, float("-inf"))).float()
         w = torch.einsum("btn,bdnts,bsn->bdts", p["C"].float(), decay, p["B"].float())
         return w * delta.transpose(1, 2)[:, :, None, :]
 
@@ -229,11 +245,11 @@ class MambaMixer(Mixer):
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
         """Implicit attention averaged over ``cfg.n_groups`` contiguous channel groups (the
         signed mean of α over each group's ``d_inner / n_groups`` channels): ``[B, H, L, L]``.
-        Channels are processed in blocks so the ``[B, d, N, L, L]`` decay tensor stays under
-        ``budget`` elements."""
+        Channels are processed in blocks of about ``budget`` output elements (the chunked α's
+        intermediates are at most ``N / chunk`` times its output)."""
         p = self.ssm_inputs(x, None)
         return grouped_pattern(lambda sl: self._alpha(p, sl), self.d_inner, self.cfg.n_groups,
-                               tuple(x.shape[:2]), budget // self.d_state, x.device)
+                               tuple(x.shape[:2]), budget // 2, x.device)
 
 
 class Mamba(SeqModel):
