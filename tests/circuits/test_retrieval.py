@@ -214,3 +214,18 @@ def test_bad_accuracy_arguments_raise(planted, planted_prompts):
         needle_accuracy(planted, planted_prompts, measure="f1")
     with pytest.raises(ValueError, match="prompts"):
         needle_accuracy(planted, planted_prompts[0])
+
+
+def test_copy_hits_run_only_on_counted_trials(planted, planted_prompts, monkeypatch):
+    """The implicit attention is the cost: trials answered wrong (not counted) are never scored."""
+    import seqlens.circuits.retrieval as retrieval
+
+    scored: list[int] = []
+    real = retrieval.copy_hits
+    monkeypatch.setattr(retrieval, "copy_hits", lambda m, seq, P, spans: scored.append(len(seq)) or real(m, seq, P, spans))
+    half = [_corrupt(p) if i % 2 else p for i, p in enumerate(planted_prompts)]
+    assert retrieval_scores(planted, prompts=half, progress=False).scores[RETRIEVAL_HEAD] == 1
+    assert sum(scored) == 9
+    scored.clear()
+    retrieval_scores(planted, prompts=half, only_correct=False, progress=False)
+    assert sum(scored) == 18
