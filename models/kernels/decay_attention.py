@@ -16,8 +16,9 @@ log decay ``S[..., t, n] = Σ_{j≤t} log decay_j`` (non-increasing along t),
       exp(S_t − S_s) = exp(S_t − S_{a_j}) · exp(S_{a_j} − S_{b_i}) · exp(S_{b_i} − S_s),
 
   every factor ≤ 1 (no overflow; a factor that underflows to 0 means the true value is smaller
-  still), so the off-diagonal chunk pairs are batched ``[chunk, n] @ [n, chunk]`` matmuls and
-  only the diagonal chunks take the direct form: O(L² + L·L/chunk·n + L·chunk·n) memory.
+  still), so the off-diagonal chunk pairs are batched ``[chunk, n] @ [n, chunk]`` matmuls; inside
+  a chunk, ``exp(S_t − S_s) = exp(S_t − S_a) · exp(S_a − S_s)`` in float64 (the second factor ≥ 1
+  but at most e^SAFE_SPAN; a chunk that decays more is split again): O(L² + L·L/chunk·n) memory.
 
 ``S`` should be float64 (a prefix sum: the differences of long float32 prefix sums lose digits);
 ``q, k`` are float32 or float64 and may be broadcast views. Output in ``q``'s dtype.
@@ -30,7 +31,7 @@ from torch import Tensor
 import torch.nn.functional as F
 
 DEFAULT_CHUNK = 64
-SAFE_SPAN = 40.0  # nats of decay inside one chunk that the two-factor split may span (e^40 ≪ float32 max)
+SAFE_SPAN = 600.0  # nats of decay inside one chunk that the float64 two-factor split may span
 
 
 def _check(q: Tensor, k: Tensor, S: Tensor) -> None:
@@ -61,15 +62,16 @@ def _pad(x: Tensor, L_pad: int, mode: str) -> Tensor:
 
 
 def _diagonal_blocks(q: Tensor, k: Tensor, S: Tensor) -> Tensor:
-    """Inside each chunk ``[..., c, Q, n] -> [..., c, Q(t), Q(s)]``. Where the chunk's decay spans
-    at most ``SAFE_SPAN`` nats, ``exp(S_t − S_s) = exp(S_t − S_a) · exp(S_a − S_s)`` with the second
-    factor ≤ e^SAFE_SPAN (far from float32 overflow) makes it one ``[Q, n] @ [n, Q]`` matmul; the
-    other chunks are split again (recursively, halving the chunk; one position spans 0)."""
+    """Inside each chunk ``[..., c, Q, n] -> [..., c, Q(t), Q(s)]``: ``exp(S_t − S_s) = exp(S_t −
+    S_a) · exp(S_a − S_s)`` (``a`` the chunk's first position) makes it one ``[Q, n] @ [n, Q]``
+    matmul, in float64 so that the second factor (≥ 1) cannot overflow while the chunk's decay spans
+    at most ``SAFE_SPAN`` nats (e^600 ≪ float64's max); chunks spanning more are split again
+    (recursively, halving the chunk; one position spans 0)."""
     Q = S.shape[-2]
     first = S[..., :1, :]
-    qa = q * (S - first).to(q.dtype).exp()
-    kb = k * (first - S).clamp(max=SAFE_SPAN).to(q.dtype).exp()
-    out = (qa @ kb.transpose(-1, -2)).tril()
+    qa = q.double() * (S - first).exp()
+    kb = k.double() * (first - S).clamp(max=SAFE_SPAN).exp()
+    out = (qa @ kb.transpose(-1, -2)).tril().to(q.dtype)
     unsafe = (first[..., 0, :] - S[..., -1, :]).amax(-1) > SAFE_SPAN  # [..., c]
     if unsafe.any():
         out[unsafe] = decay_attention_chunked(q[unsafe], k[unsafe], S[unsafe], chunk=max(1, Q // 2))

@@ -71,3 +71,17 @@ def iframes(at) -> list[str]:
 @pytest.fixture
 def app():
     return open_app
+
+
+def download_keys(at) -> set[str]:
+    """The keys of the download buttons on the page (``dl_<figure key>_<file name>``, app/show.py)."""
+    out = set()
+    for d in at.get("download_button"):
+        i = d.proto.id
+        out.add(i[i.index("dl_"):] if "dl_" in i else i)
+    return out
+
+
+def method_cited(at) -> str:
+    """The page's "what am I looking at" line (app/show.py ``method_line``), or ''."""
+    return next((c.value for c in at.caption if c.value.startswith("**What am I looking at?**")), "")
