@@ -228,13 +228,15 @@ class MambaMixer(Mixer):
         """α of the channels ``sl`` by the SSD chunk split (models/kernels/decay_attention.py)."""
         return decay_attention_chunked(*self._decay_inputs(p, sl), chunk=chunk)
 
-    def _alpha_reference(self, p: dict[str, Tensor], sl: slice) -> Tensor:
+    def _alpha_reference(self, p: dict[str, Tensor], sl: slice, exact: bool = True) -> Tensor:
         """The direct formula (exp of the ``[B, d, N, L, L]`` segment sums): the twin tests
-        compare :meth:`_alpha` with."""
+        compare :meth:`_alpha` with. ``exact``: segment sums in float64 (else float32, as
+        ``pattern`` computed them before the chunk split; ``seqlens bench patterns`` times that)."""
         delta = p["delta"][..., sl].float()  # [B, L, d]
         L = delta.shape[1]
+        dtype = torch.float64 if exact else torch.float32
         # cumulative log decay S[b, d, n, t] = Σ_{k≤t} Δ_k A; decay(t←s) = exp(S_t − S_s)
-        S = torch.einsum("bld,dn->bdnl", delta.double(), self.A[sl].double()).cumsum(-1)
+        S = torch.einsum("bld,dn->bdnl", delta.to(dtype), self.A[sl].to(dtype)).cumsum(-1)
         seg = S[..., :, None] - S[..., None, :]  # [B, d, N, t, s]
         causal = torch.ones(L, L, dtype=torch.bool, device=delta.device).tril()
         decay = torch.exp(seg.masked_fill(~causal, float("-inf"))).float()
