@@ -11,6 +11,7 @@ from seqlens.app import analyses, state
 from seqlens.app.show import method_line, result_figure, tidy
 from seqlens.probes import collapse
 from seqlens.probes.outliers import is_byte_model
+from seqlens.tasks import task_kwargs
 
 SOURCE_HELP = {"newlines": "newlines: one token repeated (the Stuffed Mamba prompt)",
                "repeat": "repeat: a sentence repeated (random tokens for task vocabularies)",
@@ -238,13 +239,20 @@ with tab_capacity:
     st.subheader("Capacity across state sizes")
     from seqlens.app.state import zoo_names
 
-    organisms = sorted((n for n in zoo_names() if n.startswith("passkey-")),
-                       key=lambda n: int("".join(ch for ch in n.rsplit("-", 1)[-1] if ch.isdigit()) or 0))
-    if len(organisms) < 2:
-        st.info("The capacity fit needs at least two passkey organisms in the zoo.")
+    series = state.passkey_series(zoo_names())  # training length -> organisms differing only in d_state
+    if not series:
+        st.info("The capacity fit needs at least two passkey organisms of one training length in the zoo.")
     else:
-        st.caption(f"Passkey sweeps of {', '.join(organisms)} (differing only in the state size d_state), then "
-                   "T = a·N + b and log T = c·N + d fitted across them (Stuffed Mamba's T_forget / T_max laws).")
+        lengths_trained = sorted(series)
+        own = int(task_kwargs(recipe).get("seq_len", 0)) if recipe is not None else 0
+        trained_at = widget("selectbox", "Training length", lengths_trained, key="states_fit_series",
+                            default=own if own in series else lengths_trained[0], options=lengths_trained,
+                            help="One fit per series: organisms trained at the same length, differing only in "
+                                 "the state size d_state.") if len(series) > 1 else lengths_trained[0]
+        organisms = series[trained_at]
+        st.caption(f"Passkey sweeps of {', '.join(organisms)} (trained at length {trained_at}, differing only in "
+                   "the state size d_state), then T = a·N + b and log T = c·N + d fitted across them (Stuffed "
+                   "Mamba's T_forget / T_max laws).")
         c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
         f_lengths = widget("multiselect", "Lengths", LENGTH_OPTIONS, key="states_fit_lengths", default=FIT_LENGTHS,
                            options=LENGTH_OPTIONS, where=c1)
