@@ -296,14 +296,17 @@ with tab_capacity:
         "the residual stream (hook_resid_post): attention has no fixed-size state"
     st.caption(f"A logistic-regression probe per lag k reads the token x(t−k) from {tap} at t; uniform random "
                "tokens over 16 symbols (chance 1/16).")
-    c1, c2, c3 = st.columns([1, 1, 2])
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
     max_lag = int(widget("number_input", "Largest lag", min_value=1, max_value=64, step=1, key="states_lag_max",
                          default=8, where=c1))
     n_seqs = int(widget("number_input", "Sequences", min_value=8, max_value=1024, step=32, key="states_lag_seqs",
                         default=64, where=c2))
-    run_lag = c3.button("Run lag decoding", type="primary", key="states_lag_run",
-                        help="One probe per layer and lag; wide states are PCA-reduced first (slow on CPU).")
-    lag_args = (model_key, max_lag, n_seqs)
+    n_pcs = int(widget("number_input", "State PCs", min_value=8, max_value=4096, step=64, key="states_lag_pcs",
+                       default=64, where=c3, help="A state wider than this is projected onto its top principal "
+                       "components before the probes (the probes' cost grows with it; 512: the library default)."))
+    run_lag = c4.button("Run lag decoding", type="primary", key="states_lag_run",
+                        help="One probe per layer and lag, on the state's top principal components.")
+    lag_args = (model_key, max_lag, n_seqs, n_pcs)
     curves = st.session_state.setdefault("states_lag_curves", {})  # model label -> last LagCurve
     curve = computed("lag", "Lag decoding", lag_args, run_lag, lambda: analyses.lag_decoding(*lag_args),
                      "Press **Run lag decoding**.")

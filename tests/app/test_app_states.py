@@ -143,6 +143,7 @@ def test_lag_decoding_curve():
     assert figure_text(fig).startswith("lag decoding text-mingru (state)")
     assert fig["data"][0]["x"] == [0, 1, 2]
     assert any(t.startswith("lag decoding: done") for t in progress_texts(at))
+    assert any("max_features = 64" in c.value for c in at.caption)  # the page's default: 64 state PCs
 
 
 def test_library_errors_become_messages():
