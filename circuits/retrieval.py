@@ -222,10 +222,21 @@ def _token_prompts(vocab: int, length: int, depth: float, n: int, g: torch.Gener
 def greedy_decode(model, tokens: Tensor, n_new: int) -> Tensor:
     """Greedy continuation ``[B, n_new]`` of ``tokens [B, P]``.
 
-    Each step re-runs the full forward (no KV cache): answers are a few tokens, and any hooks a
-    caller installed (e.g. head masks for the causal check of docs/methods.md §2) then see the same
-    full-sequence shapes at every step as in a plain forward.
+    A clean model (nothing attached, :func:`~seqlens.models.hooks.attached_hooks`) decodes from its
+    state (``forward_chunk`` over the prompt, then ``step``; recurrent state or KV cache): O(1) work
+    per new token instead of a forward over the whole prompt. With hooks attached (e.g. head masks
+    for the causal check of docs/methods.md §2) each step re-runs the full forward, so the hooks see
+    the same full-sequence shapes at every step as in a plain forward.
     """
+    from seqlens.models.hooks import attached_hooks
+
+    if n_new > 0 and not attached_hooks(model):
+        logits, state = model.forward_chunk(tokens, model.init_state(tokens.shape[0]))
+        out = [logits[:, -1].argmax(-1)]
+        for _ in range(n_new - 1):
+            logits, state = model.step(out[-1], state)
+            out.append(logits.argmax(-1))
+        return torch.stack(out, 1)
     seq = tokens
     for _ in range(n_new):
         nxt = model(seq)[:, -1].argmax(-1)

@@ -229,3 +229,18 @@ def test_copy_hits_run_only_on_counted_trials(planted, planted_prompts, monkeypa
     scored.clear()
     retrieval_scores(planted, prompts=half, only_correct=False, progress=False)
     assert sum(scored) == 18
+
+
+@pytest.mark.parametrize("name", list(tiny_models.CONFIGS))
+def test_stateful_greedy_decode_equals_full_reforward(name):
+    """A clean model decodes from its state (forward_chunk + step); with a hook attached every step
+    re-runs the full forward. Both give the same tokens."""
+    m = tiny_models.make(name).eval()
+    toks = tiny_models.tokens(3, 12, seed=1)
+    fast = greedy_decode(m, toks, 5)
+    from seqlens.models.hooks import attached_hooks
+
+    with m.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):  # forces the full forward
+        assert attached_hooks(m)
+        slow = greedy_decode(m, toks, 5)
+    assert fast.shape == (3, 5) and torch.equal(fast, slow)
