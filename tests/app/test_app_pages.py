@@ -31,6 +31,8 @@ def test_model_page_is_default_and_shows_summary():
     frames = [d.value for d in at.dataframe]
     hooks = next(f for f in frames if "hook" in f.columns)
     assert "blocks.0.mixer.hook_pattern" in set(hooks["hook"])
+    training = next(f for f in frames if "task / data" in set(f.get("field", [])))
+    assert "data: seq_len" in set(training["field"])  # one row per data argument (a dict in one cell was cut)
 
 
 def test_every_page_is_registered_with_a_url_path():
