@@ -52,7 +52,7 @@ m2.metric("Conservation Σ relevance / logit", f"{float(res.conservation[0]):.4g
           help="1 for a conservative rule set on a bias-free model; biases, learned positions (kept apart) and "
                "non-conservative baselines move it away from 1. Not meaningful for rollout (rows sum to 1).")
 st.markdown("**Tokens by relevance** (red positive, blue negative; hover for the value)")
-st.html(res.html())
+st.html(f"<div style=\"overflow-wrap: anywhere; word-break: break-all\">{res.html()}</div>")  # unspaced task tokens wrap
 result_figure(res.figure(), "lrp_figure", res, title_chars=90)
 if res.hooks:
     result_figure(res.hooks_figure(), "lrp_hooks_figure", title_chars=90)  # settings and downloads: above
