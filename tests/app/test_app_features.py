@@ -4,7 +4,7 @@ training a tiny SAE from the page (progress bars, then the new SAE selected)."""
 
 from __future__ import annotations
 
-from conftest import download_keys, errors, keyed_charts, method_cited, no_problem, open_app
+from apptest_helpers import download_keys, errors, keyed_charts, method_cited, no_problem, open_app
 
 
 def progress_texts(at) -> list[str]:
