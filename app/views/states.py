@@ -412,6 +412,8 @@ with tab_gates:
                                                 key="states_cells_shown"))
                     # the top unit of a feature is shown with its correlation; another one by name
                     # the coloured text wraps and scrolls inside its column (long lines overflowed it)
-                    st.html(f'<div style="max-width:100%;max-height:520px;overflow:auto;overflow-wrap:anywhere;'
-                            f'white-space:pre-wrap">{report.html(feature if unit == units[0] else unit, max_bytes=shown)}'
-                            '</div>')
+                    # (the report's <pre> keeps white-space: pre unless told, so the rule targets it too)
+                    st.html('<style>.cells-text pre{white-space:pre-wrap;overflow-wrap:anywhere}</style>'
+                            '<div class="cells-text" style="max-width:100%;max-height:520px;overflow:auto;'
+                            f'overflow-wrap:anywhere;white-space:pre-wrap">'
+                            f'{report.html(feature if unit == units[0] else unit, max_bytes=shown)}</div>')
