@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from .base import Mixer, SeqModel, grouped_pattern
+from .base import Mixer, SeqModel
 from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors, StateSpec,
                     causal_mean, channel_groups, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
@@ -247,11 +247,24 @@ class MambaMixer(Mixer):
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
         """Implicit attention averaged over ``cfg.n_groups`` contiguous channel groups (the
         signed mean of α over each group's ``d_inner / n_groups`` channels): ``[B, H, L, L]``.
-        Channels are processed in blocks of about ``budget`` output elements (the chunked α's
-        intermediates are at most ``N / chunk`` times its output)."""
+
+        The sum over a group's channels d of ``Σ_n C_t exp(S_t − S_s) Δ_s B_s`` is the same form
+        with (d, n) as one contraction axis, so each group's sum comes from one chunked call
+        (models/kernels/decay_attention.py) without the per-channel ``[B, d, L, L]`` maps; channels
+        go in blocks whose chunk intermediates stay under about ``budget`` elements."""
         p = self.ssm_inputs(x, None)
-        return grouped_pattern(lambda sl: self._alpha(p, sl), self.d_inner, self.cfg.n_groups,
-                               tuple(x.shape[:2]), budget // 2, x.device)
+        B, L = x.shape[:2]
+        H, g = self.cfg.n_groups, self.d_inner // self.cfg.n_groups
+        Q = min(DEFAULT_CHUNK, L)
+        per_channel = B * L * self.d_state * (L // Q + Q)  # off-diagonal left factors + diagonal blocks
+        step = max(1, min(g, budget // max(1, per_channel)))
+        out = torch.zeros(B, H, L, L, device=x.device, dtype=torch.float32)
+        for h in range(H):
+            for start in range(h * g, (h + 1) * g, step):
+                q, k, S = self._decay_inputs(p, slice(start, min(start + step, (h + 1) * g)))
+                merged = (t.expand_as(k).transpose(1, 2).reshape(B, L, -1) for t in (q, k, S))  # [B, L, d·N]
+                out[:, h] += decay_attention_chunked(*merged)
+        return out / g
 
 
 class Mamba(SeqModel):

@@ -1,10 +1,11 @@
 """Benchmark: implicit attention (``mixer_pattern``) by the SSD chunk split vs the direct formula.
 
 Same process, same inputs: Mamba-1's ``pattern`` on one layer of ``--model``
-(default the zoo's ``text-mamba``; tokens ``[--batch, --length]``) with the chunked ``_alpha``
-(models/kernels/decay_attention.py) and with ``_alpha_reference(exact=False)`` (exp of the
+(default the zoo's ``text-mamba``; tokens ``[--batch, --length]``) as the model computes it (each
+channel group's sum by the chunk split of models/kernels/decay_attention.py, the scan inputs
+included) and with ``_alpha_reference(exact=False)`` (exp of the
 ``[B, d, N, L, L]`` float32 segment sums: the code before the split, under its budget of 2^25 / N
-elements a channel block; the grouping of both by today's ``grouped_pattern``); and GLA's
+elements a channel block, grouped by today's ``grouped_pattern``); and GLA's
 ``gla_attention_matrix`` with ``chunk`` vs ``chunk=None`` on random ``[B, L, H, d_k]`` inputs.
 Prints median seconds, their ratio and the largest |difference| of the two results.
 
@@ -41,8 +42,7 @@ def mamba_pair(model, tokens: torch.Tensor, layer: int):
     shape = tuple(x.shape[:2])
     direct = lambda: grouped_pattern(lambda sl: mixer._alpha_reference(p, sl, exact=False), mixer.d_inner,  # noqa: E731
                                      mixer.cfg.n_groups, shape, 2**25 // mixer.d_state, x.device)
-    chunked = lambda: grouped_pattern(lambda sl: mixer._alpha(p, sl), mixer.d_inner,  # noqa: E731
-                                      mixer.cfg.n_groups, shape, 2**24, x.device)
+    chunked = lambda: mixer.pattern(x)  # noqa: E731  (group sums by the chunk split, models/mamba.py)
     return chunked, direct
 
 

@@ -90,3 +90,19 @@ def test_gla_attention_matrix_chunked_equals_direct() -> None:
     ref = gla_attention_matrix(q, k, log_g, chunk=None)
     for chunk in (1, 16, 64):
         torch.testing.assert_close(gla_attention_matrix(q, k, log_g, chunk=chunk), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [2**25, 5_000])  # whole groups; a few channels per call
+def test_mamba_pattern_equals_group_mean_of_direct_alpha(budget: int) -> None:
+    """``pattern`` sums a group's channels inside one chunked call ((d, n) as one contraction
+    axis); it equals the mean over each group of the direct per-channel α."""
+    model = make("mamba")
+    with torch.no_grad():
+        mixer = model.blocks[1].mixer
+        mixer.A_log[::2] += 3.0  # strong decay on every other channel
+        x = model.mixer_input(tokens(2, 70), 1)
+        ref = mixer._alpha_reference(mixer.ssm_inputs(x, None), slice(None))  # [B, D, L, L]
+        H = model.cfg.n_groups
+        want = ref.view(2, H, -1, 70, 70).mean(2)
+        torch.testing.assert_close(mixer.pattern(x, budget=budget), want, rtol=1e-5,
+                                   atol=1e-6 * want.abs().max().item())
