@@ -230,18 +230,21 @@ def current_model():
         st.stop()
 
 
+def passkey_series(names: list[str]) -> dict[int, list[str]]:
+    """The ``passkey-*`` organisms among ``names`` grouped by training length (their recipe's task
+    ``seq_len``), each group sorted by state size; groups of fewer than two are left out (no fit)."""
+    from seqlens.models import zoo
+    from seqlens.tasks import task_kwargs
+
+    recipes = zoo.organisms()
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        if name.startswith("passkey-") and name in recipes:
+            groups.setdefault(int(task_kwargs(recipes[name].recipe)["seq_len"]), []).append(name)
+    return {L: sorted(g, key=lambda n: recipes[n].recipe.model.d_state) for L, g in sorted(groups.items())
+            if len(g) >= 2}
+
+
 def model_label(model_key: str) -> str:
     kind, _, value = model_key.partition(":")
     return value if kind == "zoo" else Path(value).name or value
-
-def passkey_series(names) -> dict[int, list[str]]:
-    """The ``passkey-mamba-nN[-tL]`` organisms by training length L (64 without a suffix), each
-    list ordered by state size N: a capacity fit compares state sizes at one training length."""
-    import re
-
-    found: dict[int, list[tuple[int, str]]] = {}
-    for name in names:
-        m = re.fullmatch(r"passkey-mamba-n(\d+)(?:-t(\d+))?", name)
-        if m:
-            found.setdefault(int(m.group(2) or 64), []).append((int(m.group(1)), name))
-    return {length: [n for _, n in sorted(found[length])] for length in sorted(found)}

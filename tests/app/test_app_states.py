@@ -106,6 +106,10 @@ def test_passkey_heatmap_and_capacity_fit():
     assert "fit_sweep_passkey-mamba-n4" in charts and "fit_sweep_passkey-mamba-n16" in charts
     # the fit, or the library's reason why these sweeps cannot be fitted (censored T) as a message
     assert "capacity_fit" in charts or any(m.startswith("Capacity fit: sweeps:") for m in msgs), msgs
+    # one fit per training length: the length-64 series by default (the open organism's own), none of -t128
+    assert not any(k.endswith("-t128") for k in charts if k.startswith("fit_sweep_"))
+    series = at.selectbox(key="w_states_fit_series")
+    assert series.value == 64 and "128" in series.options  # passkey-mamba-n2-t128 / -n4-t128 are built
 
 
 def test_gate_saturation_and_interpretable_cells():
@@ -143,6 +147,7 @@ def test_lag_decoding_curve():
     assert figure_text(fig).startswith("lag decoding text-mingru (state)")
     assert fig["data"][0]["x"] == [0, 1, 2]
     assert any(t.startswith("lag decoding: done") for t in progress_texts(at))
+    assert any("max_features = 64" in c.value for c in at.caption)  # the page's default: 64 state PCs
 
 
 def test_library_errors_become_messages():
@@ -197,14 +202,3 @@ def test_states_page_defaults_on_a_model_with_a_long_context(tmp_path, monkeypat
     at.switch_page("views/states.py").run()
     no_problem(at)
     assert at.number_input(key="w_states_window").value == 65536
-
-
-def test_capacity_fit_takes_one_training_length_at_a_time():
-    """The passkey Mambas at training length 128 (``-t128``) are a series of their own: mixing them
-    into the length-64 fit would put two training lengths on one state-size axis."""
-    from seqlens.app.state import passkey_series
-
-    names = ["passkey-mamba-n16", "passkey-mamba-n2", "passkey-mamba-n4-t128", "fox-passkey",
-             "transformer-passkey", "passkey-mamba-n16-t128", "passkey-mamba-n8", "text-mamba"]
-    assert passkey_series(names) == {64: ["passkey-mamba-n2", "passkey-mamba-n8", "passkey-mamba-n16"],
-                                      128: ["passkey-mamba-n4-t128", "passkey-mamba-n16-t128"]}
