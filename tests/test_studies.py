@@ -67,3 +67,21 @@ def test_cli_study_list_and_errors(capsys):
     assert "unknown study 'no-such-study'" in capsys.readouterr().err
     assert cli(["study", "copying", "--help"]) == 0
     assert "--smoke" in capsys.readouterr().out
+
+
+def test_induction_phase_change_smoke_reads_the_trajectory_checkpoints(tmp_path):
+    """The smoke mode measures the shipped checkpoints (no retraining): one row per checkpoint plus
+    the initial model, and the last row is the shipped organism measured on the same fresh data."""
+    import seqlens
+    from seqlens.models import zoo
+    from seqlens.studies import induction_phase_change as ipc
+
+    assert ipc.main(["--smoke", "--out", str(tmp_path)]) == 0
+    metrics = strict_json((tmp_path / "metrics.json").read_text())
+    rows = metrics["measured"]["trajectory"]
+    assert metrics["source"] == "checkpoints" and metrics["organisms"] == [ipc.ORGANISM]
+    assert [r["step"] for r in rows] == [0] + [s for s, _ in zoo.trajectory(ipc.ORGANISM)]
+    recipe = zoo.organisms()[ipc.ORGANISM].recipe.replace(eval_batches=1, batch_size=8)
+    final = ipc.measure(seqlens.load(ipc.ORGANISM), recipe, recipe.seed + ipc.FRESH_SEED, 2)
+    assert final == pytest.approx({k: rows[-1][k] for k in final}, abs=1e-5)
+    assert rows[-1]["prefix_score"] > rows[0]["prefix_score"] + 0.2  # the trained model has induction heads
