@@ -9,9 +9,12 @@ loss per training-length bucket, for FoX and for the Transformer trained on the 
 FoX has both local and long-range heads (some, not all, long-range) and its loss beyond the
 training length rises less than the Transformer's.
 
-No FoX organism yet: the study then trains a FoX on the text-transformer recipe for ``--steps``
-steps (the smoke run: a few steps) and says so; such a FoX is not the organism the claim is about,
-and a smoke-trained one is not a measurement at all.
+The zoo's pairs are used whenever one is built (``fox-passkey`` / ``transformer-passkey`` trained
+on the same passkey data, ``text-fox`` / ``text-transformer`` on the same text). Only when the zoo
+has no FoX organism at all does the study train a FoX on the text-transformer recipe for
+``--steps`` steps (the smoke run: a few steps) and say so; such a FoX is not the organism the
+claim is about, and a smoke-trained one is not a measurement at all. Streams run to ``--factor``
+× each organism's training length (its task's ``seq_len``).
 
     python -m seqlens.studies.fox_forgetting [--factor 4] [--steps 300] [--smoke] [--out DIR]
 """
@@ -64,8 +67,10 @@ def forget_stats(model, seed: int) -> dict:
 
 def extrapolation(model, factor: int, seed: int) -> dict:
     from seqlens.probes import state_collapse
+    from seqlens.tasks import task_kwargs
 
-    r = state_collapse(model, source="task", n_tokens=factor * model.cfg.n_ctx, seed=seed, progress=False)
+    length = int(task_kwargs(model.recipe).get("seq_len", model.cfg.n_ctx)) if model.recipe else model.cfg.n_ctx
+    r = state_collapse(model, source="task", n_tokens=factor * length, seed=seed, progress=True)
     loss = [float(x) for x in r.bucket_loss]
     return {"train_len": r.train_len, "bucket_loss": loss, "loss_in": r.loss_in, "loss_beyond": r.loss_beyond,
             "rise": r.loss_beyond - r.loss_in}
@@ -80,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         a.factor, a.steps = 2, 4
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
     results = {}
+    from seqlens.models import zoo
+
+    any_fox = any(zoo.is_built(f) for f, _ in pairs())  # the stand-in only when the zoo has no FoX at all
     for fox_name, ref_name in pairs():
         fox, ref = study.organism(fox_name), study.organism(ref_name)
-        if fox is None and fox_name == "text-fox" and ref is not None:
+        if fox is None and fox_name == "text-fox" and ref is not None and not any_fox:
             study.note(f"organism missing: {fox_name}; a FoX trained here for {a.steps} steps on the text-transformer "
                        "recipe stands in (not the organism of the claim)")
             fox = stand_in_fox(a.steps)
         if fox is None or ref is None:
+            study.used = [n for n in study.used if n not in (fox_name, ref_name)]  # loaded, not measured
             continue
         pair = {"fox": {"name": fox.name, **forget_stats(fox, a.seed), **extrapolation(fox, a.factor, a.seed)},
                 "transformer": {"name": ref_name, **extrapolation(ref, a.factor, a.seed)}}

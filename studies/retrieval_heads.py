@@ -26,11 +26,11 @@ def measure(model, a) -> tuple[dict, list]:
     from seqlens.circuits import causal_check, needle_accuracy, needle_prompts, retrieval_scores
 
     depths = DEPTHS[::2] if a.smoke else DEPTHS
-    s = retrieval_scores(model, depths=depths, n_trials=a.trials, seed=a.seed, progress=False)
+    s = retrieval_scores(model, depths=depths, n_trials=a.trials, seed=a.seed, progress=True)
     heads = [h for h, _ in s.top(a.top)]
     prompts = needle_prompts(model, depths=depths, n_trials=a.trials, seed=a.seed + 1)  # fresh prompts
     check = causal_check(model, heads, task=lambda m: needle_accuracy(m, prompts), n_random=a.n_random,
-                         seed=a.seed, progress=False)
+                         seed=a.seed, progress=True)
     total = s.n_layers * s.n_heads
     frac = check.fraction_removed()
     rand = check.random_fraction_removed()
