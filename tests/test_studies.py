@@ -85,3 +85,18 @@ def test_induction_phase_change_smoke_reads_the_trajectory_checkpoints(tmp_path)
     final = ipc.measure(seqlens.load(ipc.ORGANISM), recipe, recipe.seed + ipc.FRESH_SEED, 2)
     assert final == pytest.approx({k: rows[-1][k] for k in final}, abs=1e-5)
     assert rows[-1]["prefix_score"] > rows[0]["prefix_score"] + 0.2  # the trained model has induction heads
+
+
+def test_stuffed_mamba_compares_state_sizes_only_within_a_training_length():
+    """Claim 1 (a larger state collapses, a smaller one does not) pairs organisms trained at the same
+    length; the training length comes from the recipe's final task (tasks.task_kwargs)."""
+    import seqlens
+    from seqlens.studies import stuffed_mamba as sm
+
+    coll = {"small": {"collapsed": False}, "large": {"collapsed": True}}
+    d_state = {"small": 2, "large": 16}
+    assert sm.judge(coll, {}, d_state, {"small": 64, "large": 128})["collapse_with_large_state"] is None
+    assert sm.judge(coll, {}, d_state, {"small": 64, "large": 64})["collapse_with_large_state"] is True
+    flipped = {"small": {"collapsed": True}, "large": {"collapsed": False}}
+    assert sm.judge(flipped, {}, d_state, {"small": 64, "large": 64})["collapse_with_large_state"] is False
+    assert sm.train_len(seqlens.load("passkey-mamba-n2")) == 64
