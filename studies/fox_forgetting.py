@@ -43,13 +43,16 @@ def stand_in_fox(steps: int):
     """A FoX trained here on the text-transformer recipe (same data, width, depth and context)."""
     from seqlens.models import ModelConfig, zoo
     from seqlens.models.train import train
+    from seqlens.tasks import task_kwargs
 
     r = zoo.organisms()["text-transformer"].recipe
     cfg = ModelConfig(arch="fox", vocab_size=r.model.vocab_size, d_model=r.model.d_model, n_layers=r.model.n_layers,
                       n_heads=r.model.n_heads, n_ctx=r.model.n_ctx, positions="none", norm="rmsnorm",
                       mlp="gated", act="silu")
-    recipe = r.replace(name="text-fox-stand-in", model=cfg, steps=steps, eval_every=steps, eval_batches=2)
-    model = train(recipe, progress=False).model
+    # its final data without the warm-up curriculum: a short run would otherwise see only the warm-up
+    recipe = r.replace(name="text-fox-stand-in", model=cfg, steps=steps, eval_every=steps, eval_batches=2,
+                       data_kwargs=task_kwargs(r))
+    model = train(recipe, progress=True).model
     model.name, model.recipe = "text-fox (stand-in)", recipe
     return model
 
