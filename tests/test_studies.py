@@ -100,3 +100,29 @@ def test_stuffed_mamba_compares_state_sizes_only_within_a_training_length():
     flipped = {"small": {"collapsed": True}, "large": {"collapsed": False}}
     assert sm.judge(flipped, {}, d_state, {"small": 64, "large": 64})["collapse_with_large_state"] is False
     assert sm.train_len(seqlens.load("passkey-mamba-n2")) == 64
+
+
+def test_fox_forgetting_uses_the_zoos_fox_pair_and_trains_no_stand_in(tmp_path, monkeypatch):
+    """With a FoX organism in the zoo (here an untrained fox-passkey written with its recipe into a
+    copy of the zoo folder), the study measures the zoo's pair on the same data and never trains."""
+    from seqlens.models import zoo
+    from seqlens.models.registry import build
+    from seqlens.studies import fox_forgetting as ff
+
+    organisms = tmp_path / "organisms"
+    organisms.mkdir()
+    (organisms / "transformer-passkey").symlink_to(zoo.checkpoint_dir("transformer-passkey"))
+    recipe = zoo.organisms()["fox-passkey"].recipe
+    build(recipe.model, seed=0).save(organisms / "fox-passkey", extra={"recipe": recipe.to_dict(), "metrics": {}})
+    monkeypatch.setattr(zoo, "ORGANISM_DIR", organisms)
+
+    def no_training(steps):
+        raise AssertionError("trained a stand-in FoX although the zoo has one")
+    monkeypatch.setattr(ff, "stand_in_fox", no_training)
+    assert ff.main(["--smoke", "--out", str(tmp_path / "out")]) == 0
+    metrics = strict_json((tmp_path / "out" / "metrics.json").read_text())
+    pair = metrics["measured"]["pairs"]["fox-passkey"]
+    assert pair["fox"]["name"] == "fox-passkey" and pair["transformer"]["name"] == "transformer-passkey"
+    assert pair["fox"]["train_len"] == pair["transformer"]["train_len"] == 64  # the task's seq_len, not n_ctx
+    assert metrics["reproduced"] in (True, False) and "text-fox" in metrics["missing"]
+    assert sorted(metrics["organisms"]) == ["fox-passkey", "transformer-passkey"]
