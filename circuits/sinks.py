@@ -12,7 +12,10 @@ Measures, for one head's pattern ``A [L, L]`` of one sequence (causal rows; T = 
   read off the batch-mean ``r(j)``. ``r(j)`` averages over only ``T − j`` queries, so the last
   columns of local heads (previous-token, current-token) can pass τ too; ACT's rule does the same.
 
-Scores, ``first_k_mass`` and ``received`` are averaged over the sequences. On softmax / FoX layers
+Scores, ``first_k_mass`` and ``received`` are averaged over the sequences. Prompts of different
+lengths run as one right-padded batch (:func:`~seqlens.circuits.token_heads.pad_right`; exact for
+causal models): pad queries are left out of every mean and ``r(j)`` of a prompt is NaN past its
+end, so the results equal the prompts scored one at a time. On softmax / FoX layers
 ``score`` and ``first_k_mass`` come from :meth:`SeqModel.attention_stats` (``span_mass`` of key 0
 and ``sink_mass`` of the first k keys, without the L×L matrix: Triton on CUDA, chunked torch on
 CPU); ``r(j)`` needs column sums over all queries, so it is read off the pattern
@@ -248,14 +251,16 @@ def _check_heads_in(res: HeadScores, layer: int, head: int) -> None:
 
 
 def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch: int,
-               seed: int) -> tuple[list[Tensor], dict]:
-    """Token batches and their settings entry: ``tokens`` / ``prompts`` as given; otherwise the
+               seed: int) -> tuple[Tensor, Tensor, dict]:
+    """``(tokens [B, T], mask [B, T] bool, settings entry)``: ``tokens`` as given, ``prompts``
+    right-padded (mask False at pads; all True otherwise); otherwise the
     recipe's first evaluation batch (zoo organisms) or ``batch`` × ``seq_len`` uniform random tokens
     drawn with ``seed``, the first one replaced by the tokenizer's BOS when the model has one."""
-    from seqlens.circuits.token_heads import resolve_data
+    from seqlens.circuits.token_heads import pad_right, resolve_data
 
     if tokens is not None or prompts is not None:
-        return resolve_data(model, tokens, prompts, seq_len=4, batch=1, seed=seed)[:2]  # lengths unused
+        batches, info = resolve_data(model, tokens, prompts, seq_len=4, batch=1, seed=seed)[:2]  # lengths unused
+        return (*pad_right(batches), info) if prompts is not None else _all_real(batches[0], info)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected a positive integer, got {batch!r}")
     recipe = model.recipe
@@ -263,7 +268,8 @@ def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch
         from seqlens.tasks import get_batch
 
         data = get_batch(recipe, 0, split="eval").tokens[:batch]
-        return [data], {"data": f"recipe:{recipe.name}:eval", "batch": data.shape[0], "seq_len": data.shape[1]}
+        return _all_real(data, {"data": f"recipe:{recipe.name}:eval", "batch": data.shape[0],
+                                "seq_len": data.shape[1]})
     seq_len = min(DEFAULT_SEQ_LEN, model.cfg.n_ctx) if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise ValueError(f"seq_len: expected an integer >= 2, got {seq_len!r}")
@@ -272,7 +278,12 @@ def _sink_data(model, tokens: Tensor | None, prompts, seq_len: int | None, batch
     bos = getattr(model.tokenizer, "bos_token_id", None)
     if bos is not None:  # a tokenizer's BOS leads real inputs, and sinks form on it
         data[:, 0] = int(bos)
-    return [data], {"data": "uniform_random_tokens", "batch": batch, "seq_len": seq_len, "seed": seed, "bos": bos}
+    return _all_real(data, {"data": "uniform_random_tokens", "batch": batch, "seq_len": seq_len, "seed": seed,
+                            "bos": bos})
+
+
+def _all_real(tokens: Tensor, info: dict) -> tuple[Tensor, Tensor, dict]:
+    return tokens, torch.ones(tokens.shape, dtype=torch.bool), info
 
 
 def _hidden(received: Tensor, tau: float, min_queries: int) -> list[int]:
@@ -281,8 +292,8 @@ def _hidden(received: Tensor, tau: float, min_queries: int) -> list[int]:
     return [j for j in sink_mask(received, tau).nonzero().flatten().tolist() if j <= T - min_queries]
 
 
-def _check_sink_args(model, k: int, tau: float, backend: str, batches: list[Tensor], min_queries: int) -> None:
-    T = min(b.shape[1] for b in batches)
+def _check_sink_args(model, k: int, tau: float, backend: str, mask: Tensor, min_queries: int) -> None:
+    T = int(mask.sum(1).min())
     if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 1:
         raise ValueError(f"min_queries: expected a positive integer, got {min_queries!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < T:
@@ -296,36 +307,52 @@ def _check_sink_args(model, k: int, tau: float, backend: str, batches: list[Tens
                          "(no softmax rows); use 'auto' or 'pattern'")
 
 
-def _patterns(model, toks: Tensor, layer: int, mode: str) -> Iterator[Tensor]:
-    """``mixer_pattern`` of ``toks`` a few sequences at a time (≈ :data:`PATTERN_BUDGET` floats),
-    float32, rows normalised as ``|α| / Σ|α|`` when ``mode == "abs_rows"``."""
+def _patterns(model, toks: Tensor, layer: int, mode: str) -> Iterator[tuple[slice, Tensor]]:
+    """``(rows, mixer_pattern of toks[rows])`` a few sequences at a time (≈ :data:`PATTERN_BUDGET`
+    floats), float32, rows normalised as ``|α| / Σ|α|`` when ``mode == "abs_rows"``."""
     B, T = toks.shape
     heads = model.n_groups
     rows = max(1, PATTERN_BUDGET // (heads * T * T))
     for start in range(0, B, rows):
         p = model.mixer_pattern(toks[start:start + rows], layer).float()
-        yield normalise_rows(p) if mode == "abs_rows" else p
+        yield slice(start, start + rows), normalise_rows(p) if mode == "abs_rows" else p
 
 
-def _layer_masses(model, toks: Tensor, layer: int, k: int, backend: str, mode: str,
+def _query_mean(x: Tensor, real: Tensor, first: int) -> Tensor:
+    """``mean_{i ≥ first, i real} x[b, h, i]``, ``[B, H]``, of per-query ``x [B, H, T]``
+    (``real [B, T]``: the real positions, a prefix of each row)."""
+    q = real[:, None, first:].to(x.dtype)
+    return (x[..., first:] * q).sum(-1) / q.sum(-1)
+
+
+def _masked_received(p: Tensor, real: Tensor) -> Tensor:
+    """:func:`received_attention` of each row's real part, ``[B, H, T]``, NaN past its end."""
+    n = real.sum(-1, keepdim=True)  # [B, 1]
+    n_queries = (n - torch.arange(p.shape[-1], device=p.device)).clamp_min(1).float()  # T_b − j
+    r = (p.float() * real[:, None, :, None]).sum(-2) / n_queries[:, None]
+    return r.masked_fill(~real[:, None], float("nan"))
+
+
+def _layer_masses(model, toks: Tensor, real: Tensor, layer: int, k: int, backend: str, mode: str,
                   need_received: bool) -> tuple[Tensor, Tensor, Tensor | None, str]:
     """``(score [B, H], first_k_mass [B, H], r [B, H, T] | None, backend that ran)`` of one
-    layer: masses from ``attention_stats`` on softmax layers (unless ``backend="pattern"``), from
-    the pattern otherwise; ``r(j)`` always from the pattern."""
+    layer over the real positions ``real [B, T]`` of right-padded ``toks``: masses from
+    ``attention_stats`` on softmax layers (unless ``backend="pattern"``), from the pattern
+    otherwise; ``r(j)`` always from the pattern."""
+    real = real.to(toks.device)
+    recv = None
     if is_softmax_model(model) and backend != "pattern":
         st = model.attention_stats(toks, layer, sink_k=k, span=(0, 1), backend=backend)
-        score, first_k = st.span_mass[..., 1:].mean(-1), st.sink_mass[..., k:].mean(-1)
-        recv = (torch.cat([received_attention(p) for p in _patterns(model, toks, layer, mode)])
-                if need_received else None)
+        score, first_k = _query_mean(st.span_mass.float(), real, 1), _query_mean(st.sink_mass.float(), real, k)
+        if need_received:
+            recv = torch.cat([_masked_received(p, real[rows]) for rows, p in _patterns(model, toks, layer, mode)])
         return score, first_k, recv, st.backend
-    parts = [(*pattern_masses(p, k), received_attention(p)) for p in _patterns(model, toks, layer, mode)]
+    parts = []
+    for rows, p in _patterns(model, toks, layer, mode):
+        q = real[rows]
+        parts.append((_query_mean(p[..., :, 0], q, 1), _query_mean(p[..., :k].sum(-1), q, k), _masked_received(p, q)))
     score, first_k, recv = (torch.cat(x) for x in zip(*parts))
     return score, first_k, recv if need_received else None, "pattern"
-
-
-def _pad(r: Tensor, T: int) -> Tensor:
-    """``r [B, H, t]`` padded with NaN to ``[B, H, T]`` (sequences of different lengths)."""
-    return torch.nn.functional.pad(r, (0, T - r.shape[-1]), value=float("nan"))
 
 
 @torch.no_grad()
@@ -348,12 +375,14 @@ def sink_scores(model, tokens: Tensor | None = None, prompts: str | Sequence[str
     many queries (``j ≤ T − min_queries``); 1 (default) is ACT's rule, a larger value drops the
     last columns that local heads push over τ (see the module docstring).
     """
-    batches, info = _sink_data(model, tokens, prompts, seq_len, batch, seed)
-    _check_sink_args(model, k, tau, backend, batches, min_queries)
+    toks, real, info = _sink_data(model, tokens, prompts, seq_len, batch, seed)
+    _check_sink_args(model, k, tau, backend, real, min_queries)
     mode = resolve_normalisation(model, "auto")
     score, first_k, recv, ran = [], [], [], set()
     for layer in range(model.cfg.n_layers):
-        s, f, r = _layer_over_batches(model, batches, layer, k, backend, mode, received, ran)
+        s, f, r, b = _layer_masses(model, toks.to(model.device), real, layer, k, backend, mode, received)
+        ran.add(b)
+        s, f, r = s.float().cpu(), f.float().cpu(), None if r is None else r.float().cpu()
         score.append(s.mean(0))
         first_k.append(f.mean(0))
         recv.append(None if r is None else r.nanmean(0))  # NaN: positions past a shorter prompt
@@ -362,21 +391,6 @@ def sink_scores(model, tokens: Tensor | None = None, prompts: str | Sequence[str
     settings = {**_sink_settings(model, info, k, tau, mode, sorted(ran), received), "min_queries": min_queries}
     return SinkScores(scores=torch.stack(score), first_k_mass=torch.stack(first_k), received=recv,
                       hidden_sinks=hidden, settings=settings)
-
-
-def _layer_over_batches(model, batches: list[Tensor], layer: int, k: int, backend: str, mode: str,
-                        received: bool, ran: set) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`_layer_masses` of every batch, concatenated over sequences (on CPU, float32):
-    ``score [N, H]``, ``first_k_mass [N, H]``, ``r [N, H, T_max]`` (NaN-padded) or None; adds
-    the backends that ran to ``ran``."""
-    T = max(b.shape[1] for b in batches)
-    parts = []
-    for toks in batches:
-        s, f, r, b = _layer_masses(model, toks.to(model.device), layer, k, backend, mode, received)
-        parts.append((s.float().cpu(), f.float().cpu(), None if r is None else _pad(r.float().cpu(), T)))
-        ran.add(b)
-    s, f, r = zip(*parts)
-    return torch.cat(s), torch.cat(f), None if r[0] is None else torch.cat(r)
 
 
 def _sink_settings(model, info: dict, k: int, tau: float, mode: str, ran: list[str], received: bool) -> dict:

@@ -18,8 +18,14 @@ Measures (``A`` one head's pattern for one sequence, ``P`` the family's 0/1 temp
 Batches: like TransformerLens' ``detect_head`` on a list of prompts, ``mul`` / ``abs`` score each
 sequence on its own template and average the per-sequence scores.
 
+Prompts of different lengths run as right-padded batches (:func:`pad_right`): every model is
+causal, so a row's real queries see only its real keys and their patterns equal the prompt's alone;
+the pad rows and columns are masked out of every score (``mask`` of :func:`sequence_scores`), so
+the result equals scoring each prompt on its own and averaging (``prefix`` too: per prompt, then
+the mean over prompts).
+
 Data: ``tokens`` (LongTensor ``[B, L]``), or text ``prompts`` (needs ``model.tokenizer``; each
-prompt is scored on its own, no BOS is added), or neither: ``batch`` sequences of ``seq_len // 2``
+prompt is scored on its own, batched as above, no BOS is added), or neither: ``batch`` sequences of ``seq_len // 2``
 uniform random tokens repeated once (``seq_len`` 100, ``batch`` 10, drawn with ``seed``), after the
 model's BOS token when it has one (its tokenizer's, or for a zoo organism its task's — the
 organisms rely on it: induction-attn2's heads score 0.80 with it and 0.02 without) and never using
@@ -92,6 +98,33 @@ def _tokenize(model, prompts: str | Sequence[str]) -> list[Tensor]:
             for p in prompts]
 
 
+def pad_right(seqs: Sequence[Tensor], pad: int = 0) -> tuple[Tensor, Tensor]:
+    """``(tokens [N, L], mask [N, L] bool)`` of ``seqs`` (each ``[1, n]`` or ``[n]``) padded on the
+    right with ``pad`` to the longest: exact for causal models without any attention mask (a real
+    position never reads a later one), so the analyses only mask pads out of their scores."""
+    rows = [t.reshape(-1) for t in seqs]
+    L = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), L), int(pad), dtype=torch.long)
+    mask = torch.zeros(len(rows), L, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)], mask[i, :len(r)] = r, True
+    return tokens, mask
+
+
+def padded_batches(seqs: Sequence[Tensor], per_row: Callable[[int], int],
+                   budget: int = 2**25) -> list[tuple[Tensor, Tensor]]:
+    """:func:`pad_right` batches of ``seqs`` in order, each holding at most ``budget`` floats by
+    ``per_row(L)`` (the floats one row of length L needs; at least one row per batch)."""
+    out, start = [], 0
+    while start < len(seqs):
+        stop = start + 1
+        while stop < len(seqs) and (stop + 1 - start) * per_row(max(s.numel() for s in seqs[start:stop + 1])) <= budget:
+            stop += 1
+        out.append(pad_right(seqs[start:stop]))
+        start = stop
+    return out
+
+
 DefaultData = Callable[..., tuple[Tensor, dict]]
 
 
@@ -161,23 +194,38 @@ def template_score(pattern: Tensor, template: Tensor, measure: str = "mul", excl
     (``exclude_current``) zeroed. ``abs``: ``1 − Σ D'/L``, D' = |A−P| with the same entries zeroed
     (TransformerLens rounds to 3 decimals; this does not).
     """
+    if measure not in ("mul", "abs"):
+        raise ValueError(f"measure: expected 'mul' or 'abs' for a template score, got {measure!r}")
+    return sequence_scores(pattern, template, measure, exclude_bos, exclude_current).mean(0)
+
+
+def sequence_scores(pattern: Tensor, template: Tensor, measure: str = "mul", exclude_bos: bool = False,
+                    exclude_current: bool = False, mask: Tensor | None = None) -> Tensor:
+    """Per-sequence scores ``[B, H]`` (:func:`template_score` before the batch mean; ``"prefix"``:
+    :func:`prefix_score` of each sequence alone). ``mask [B, L]`` (bool, True = real token) restricts
+    row b to its real queries and keys, L to its real length: a right-padded row scores as alone."""
     if pattern.dim() != 4 or pattern.shape[-1] != pattern.shape[-2]:
         raise ValueError(f"pattern: expected [B, H, L, L], got {list(pattern.shape)}")
+    B, _, L, _ = pattern.shape
     P = template.to(pattern)[None] if template.dim() == 2 else template.to(pattern)[:, None]
-    L = pattern.shape[-1]
+    real = torch.ones(B, L, dtype=torch.bool, device=pattern.device) if mask is None else mask.to(pattern.device)
+    M = (real[:, :, None] & real[:, None, :])[:, None].to(pattern.dtype)  # [B, 1, L, L]: real query, real key
+    if measure == "prefix":
+        P = torch.tril(P.expand(B, 1, L, L), diagonal=-1) * M
+        rows = (P.sum(-1) > 0).to(pattern.dtype)  # [B, 1, L]: queries with a target
+        return ((pattern * P).sum(-1) * rows).sum(-1) / rows.sum(-1)  # 0 / 0 = NaN: no target
     keep = torch.ones(L, L, dtype=pattern.dtype, device=pattern.device)
     if exclude_bos:
         keep[:, 0] = 0
     if exclude_current:
         keep.fill_diagonal_(0)
+    keep = keep * M
     if measure == "mul":
         A = pattern * keep
-        per_seq = (A * P).sum((-1, -2)) / A.sum((-1, -2))
-    elif measure == "abs":
-        per_seq = 1 - ((pattern - P).abs() * keep).sum((-1, -2)) / L
-    else:
-        raise ValueError(f"measure: expected 'mul' or 'abs' for a template score, got {measure!r}")
-    return per_seq.mean(0)
+        return (A * P).sum((-1, -2)) / A.sum((-1, -2))
+    if measure == "abs":
+        return 1 - ((pattern - P).abs() * keep).sum((-1, -2)) / real.sum(-1, keepdim=True).to(pattern.dtype)
+    raise ValueError(f"measure: expected one of {list(MEASURES)}, got {measure!r}")
 
 
 def prefix_score(pattern: Tensor, template: Tensor, period: int | None = None, start: int = 0) -> Tensor:
@@ -215,6 +263,21 @@ def _score_layers(patterns: list[Tensor], toks: Tensor, template_fn: Template, m
                         for p in patterns])
 
 
+def _prompt_scores(model, prompts: list[Tensor], template_fn: Template, measure: str, exclude_bos: bool,
+                   exclude_current: bool, mode: str) -> list[Tensor]:
+    """Per-prompt scores ``[n_layers, H]`` (one tensor per prompt) of prompts of any lengths, from
+    right-padded batches of at most ~2^25 pattern floats (module docstring)."""
+    per_row = lambda L: model.cfg.n_layers * model.n_groups * L * L  # noqa: E731
+    out = []
+    for toks, mask in padded_batches(prompts, per_row):
+        patterns = layer_patterns(model, toks.to(model.device), mode)
+        template = template_fn(toks)
+        per_seq = torch.stack([sequence_scores(p, template, measure, exclude_bos, exclude_current, mask)
+                               for p in patterns], 1)  # [b, n_layers, H]
+        out += list(per_seq.cpu())
+    return out
+
+
 def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | None = None,
                       prompts: str | Sequence[str] | None = None, measure: str = "mul",
                       seq_len: int = 100, batch: int = 10, seed: int = 0, exclude_bos: bool = False,
@@ -231,11 +294,14 @@ def token_head_scores(model, name: str, template_fn: Template, tokens: Tensor | 
         arg = "prompts" if data_info["data"] == "prompts" else "tokens"
         raise ValueError(f"{arg}: {name} scores need sequences of at least 2 tokens, got shape {short[0]}")
     mode = resolve_normalisation(model, normalisation)
-    scores = []
-    for toks in batches:
-        toks = toks.to(model.device)
-        scores.append(_score_layers(layer_patterns(model, toks, mode), toks, template_fn, measure,
-                                    exclude_bos, exclude_current, period if name == "induction" else None))
+    if data_info["data"] == "prompts":
+        scores = _prompt_scores(model, batches, template_fn, measure, exclude_bos, exclude_current, mode)
+    else:
+        scores = []
+        for toks in batches:
+            toks = toks.to(model.device)
+            scores.append(_score_layers(layer_patterns(model, toks, mode), toks, template_fn, measure,
+                                        exclude_bos, exclude_current, period if name == "induction" else None))
     settings = {
         "model": model.name or type(model).__name__, "arch": model.cfg.arch,
         **data_info, "measure": measure, "exclude_bos": exclude_bos, "exclude_current": exclude_current,

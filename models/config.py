@@ -221,7 +221,7 @@ class Mamba2Config:
     def symbols(self, d_model: int) -> dict[str, int]:
         d_inner = self.expand * d_model
         return {"H": self.n_heads, "D": d_inner, "N": self.d_state, "P": d_inner // self.n_heads,
-                "G": self.n_bc_groups}
+                "G": self.n_bc_groups, "D_xbc": d_inner + 2 * self.n_bc_groups * self.d_state}
 
 
 @dataclass(frozen=True)

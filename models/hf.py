@@ -69,7 +69,7 @@ HF_ACTS = {
 def from_hf(path_or_model: str | os.PathLike | Any, dtype: torch.dtype = torch.float32,
             device: str | torch.device = "cpu") -> SeqModel:
     """Convert a Hugging Face checkpoint (GPT-2, GPT-NeoX / Pythia, Llama, Mistral, Qwen2, Qwen3,
-    Gemma, Gemma 2, Mamba; see the module docstring) into our implementation, returned in eval mode
+    Gemma, Gemma 2, Mamba, Mamba-2; see the module docstring) into our implementation, returned in eval mode
     with parameters in ``dtype`` (float32 by default; bfloat16 / float16 halve the memory) on ``device``.
 
     ``path_or_model`` is a local checkpoint directory (``config.json`` + safetensors, possibly

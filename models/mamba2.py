@@ -13,7 +13,8 @@ The scan runs through :func:`~seqlens.models.kernels.ssd.ssd_scan` (Triton on CU
 SSD form on CPU, the step loop as reference).
 
 Hooks (``blocks.{l}.mixer.*``; ``Mamba2Mixer.HOOKS``), named like Mamba's where the meaning is
-the same: ``hook_x [B, L, D]`` (x part of xBC before the conv), ``hook_conv [B, L, H, P]`` (the
+the same: ``hook_x [B, L, D]`` (x part of xBC before the conv), ``hook_xbc [B, L, D + 2GN]``
+(all of xBC entering the conv), ``hook_conv [B, L, H, P]`` (the
 SSM input x = SiLU(conv), the value written), ``hook_delta [B, L, H]`` (Δ), ``hook_B``, ``hook_C
 [B, L, G, N]``, ``hook_z [B, L, H, P]`` (scan output incl. the D skip, per-head output),
 ``hook_out_gate [B, L, D]`` (SiLU(z)), ``norm.hook_scale [B, L, G, 1]`` (the gated norm's rms),
@@ -28,6 +29,12 @@ per head; ``forget_more`` scales Δ by c and B by b_scale / c. Implicit attentio
 x_s[h] + D_h x_t[h]``. The OV path is linearised as Mamba's: x rows of ``in_proj`` of head h, the
 conv by its DC gain, SiLU and the scan as identity, the gate and the norm's 1/rms omitted (its
 weight kept), then ``out_proj`` columns.
+
+Left padding (``forward(tokens, attention_mask)``, ``pad_write_hooks``): ``hook_xbc`` zeroed at pads
+gives each row's first real token the zero conv history it has alone. That alone is not enough: a
+pad's conv output is SiLU(conv bias) ≠ 0, so x and B at pads are not zero. ``hook_delta`` zeroed at
+pads makes the write ``Δ x Bᵀ`` exactly 0 and the decay ``exp(0·A) = 1``, so the state is exactly zero
+until the first real token, and α gives pad columns zero weight (a real row's α equals its unpadded α).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class Mamba2Mixer(Mixer):
 
     HOOKS = (
         HookSpec("hook_x", "[B, L, D]", "x part of in_proj's xBC, before the conv"),
+        HookSpec("hook_xbc", "[B, L, D_xbc]", "in_proj's xBC = (x, B, C) entering the causal conv, D_xbc = D + 2GN"),
         HookSpec("hook_conv", "[B, L, H, P]", "SSM input x = SiLU(conv(xBC)) per head (the value written)"),
         HookSpec("hook_delta", "[B, L, H]", "step size Δ after softplus (decay exp(Δ A_h) per head)"),
         HookSpec("hook_B", "[B, L, G, N]", "input matrix B_t per group of heads (write)"),
@@ -79,6 +87,8 @@ class Mamba2Mixer(Mixer):
     )
     BACKENDS = ("triton", "chunked", "ref")
     supports_state_taps = True
+    # left padding (module docstring): zero conv history, and Δ = 0 at pads (decay 1, write Δ x Bᵀ = 0)
+    pad_write_hooks = ("hook_xbc", "hook_delta")
     state_key = "ssm"
     state_spec = StateSpec("ssm", "[B, H, P, N]", "ssm [B, heads, head_dim, d_state], the mixer's heads", linear=True)
     decay_hooks = ("hook_delta",)
@@ -102,7 +112,7 @@ class Mamba2Mixer(Mixer):
         self.D = nn.Parameter(torch.ones(H))
         self.norm = GatedRMSNorm(D, G, cfg.norm_eps)
         self.out_proj = nn.Linear(D, cfg.d_model, bias=cfg.proj_bias)
-        for name in ("x", "conv", "delta", "B", "C", "z", "out_gate", "state"):
+        for name in ("x", "xbc", "conv", "delta", "B", "C", "z", "out_gate", "state"):
             setattr(self, f"hook_{name}", HookPoint())
         self.init_dt()
 
@@ -141,7 +151,7 @@ class Mamba2Mixer(Mixer):
         Bt, T, _ = x.shape
         D, GN = self.d_inner, self.n_bc_groups * self.d_state
         z, xs, b_in, c_in, dt = self.in_proj(x).split([D, D, GN, GN, self.n_heads], dim=-1)
-        xbc = torch.cat([self.hook_x(xs), b_in, c_in], dim=-1)
+        xbc = self.hook_xbc(torch.cat([self.hook_x(xs), b_in, c_in], dim=-1))
         conv_out, new_conv = self.conv(xbc.transpose(1, 2), conv_state)
         u, Bm, Cm = F.silu(conv_out).transpose(1, 2).split([D, GN, GN], dim=-1)
         groups = (self.n_bc_groups, self.d_state)

@@ -5,7 +5,7 @@ tiny settings, and a clear message for a bad prompt."""
 from __future__ import annotations
 
 import pytest
-from conftest import errors, figure_text, keyed_charts, no_problem, open_app
+from apptest_helpers import errors, figure_text, keyed_charts, no_problem, open_app
 
 ATTENTION = "induction-attn2"
 RECURRENT = "passkey-mamba-n4"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import keyed_charts, no_problem, open_app
+from apptest_helpers import keyed_charts, no_problem, open_app
 
 
 def test_finder_figure_puts_every_organism_on_one_colour_scale():

@@ -4,7 +4,7 @@ training a tiny SAE from the page (progress bars, then the new SAE selected)."""
 
 from __future__ import annotations
 
-from conftest import errors, keyed_charts, no_problem, open_app
+from apptest_helpers import errors, keyed_charts, no_problem, open_app
 
 
 def progress_texts(at) -> list[str]:

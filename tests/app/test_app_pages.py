@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from conftest import chart_titles, charts, errors, figure_text, iframes, keyed_charts, no_problem, open_app
+from apptest_helpers import chart_titles, charts, errors, figure_text, iframes, keyed_charts, no_problem, open_app
 
 MODEL = "induction-attn2"  # the default organism: 2-layer attention-only transformer, task vocabulary
 

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import keyed_charts, no_problem, open_app
+from apptest_helpers import keyed_charts, no_problem, open_app
 
 WAIT = 240  # seconds A may be held / B may take (2 shared cores)
 

@@ -6,7 +6,7 @@ a minute on CPU."""
 
 from __future__ import annotations
 
-from conftest import errors, figure_text, keyed_charts, no_problem, open_app
+from apptest_helpers import errors, figure_text, keyed_charts, no_problem, open_app
 
 RECURRENT = "passkey-mamba-n4"  # Mamba, byte-level, trained at L = 64: fast on CPU
 TEXT = "text-mingru"             # minGRU on stdlib text: gates and interpretable cells

@@ -5,7 +5,7 @@ folder without runs, and a broken metrics.json reported as a message."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from conftest import errors, no_problem, open_app
+from apptest_helpers import errors, no_problem, open_app
 
 from seqlens.studies._report import Study, parser
 from seqlens.studies.registry import STUDIES

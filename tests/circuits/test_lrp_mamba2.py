@@ -115,3 +115,16 @@ def test_layerwise_conservation_and_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(hp._forward_hooks for hp in model.hook_dict.values())
     assert torch.equal(model(tokens(9)), out)
+
+
+def test_mambalrp_on_the_mamba2_organism():
+    """The zoo's mqar-mamba2 (biases and all, so no exact conservation): MambaLRP runs through
+    every layer and gives finite relevance at every input position of an MQAR evaluation row."""
+    import seqlens
+    from seqlens.tasks import get_batch
+
+    model = seqlens.load("mqar-mamba2")
+    toks = get_batch(model.recipe, 0, split="eval").tokens[:1]
+    r = lrp.attribute(model, toks, position=toks.shape[1] - 1)
+    assert r.method == "mambalrp" and r.relevance.shape == toks.shape
+    assert torch.isfinite(r.relevance).all() and r.relevance.abs().sum() > 0

@@ -157,7 +157,7 @@ def test_every_architecture_has_finite_scores(name):
     assert res.settings["ov"].startswith("exact" if exact else "linearised")
 
 
-@pytest.mark.parametrize("name", ["mqar-mamba", "mqar-gla", "mqar-mingru", "mqar-lstm",
+@pytest.mark.parametrize("name", ["mqar-mamba", "mqar-mamba2", "mqar-gla", "mqar-mingru", "mqar-lstm",
                                   "successor-transformer"])
 def test_zoo_organisms(name):
     res = copying_scores(seqlens.load(name))

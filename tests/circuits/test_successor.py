@@ -104,7 +104,7 @@ def test_every_architecture_has_finite_scores(name):
     assert res.settings["pairs"] == {"ids": 38, "odd": 24}
 
 
-@pytest.mark.parametrize("name", ["mqar-mamba", "mqar-gla", "mqar-mingru", "mqar-lstm"])
+@pytest.mark.parametrize("name", ["mqar-mamba", "mqar-mamba2", "mqar-gla", "mqar-mingru", "mqar-lstm"])
 def test_mqar_organisms(name):
     model = seqlens.load(name)
     # a task vocabulary: the non-special ids in numeric order (ordinal by index only)

@@ -1,5 +1,5 @@
-"""Every head finder runs on every zoo architecture (the MQAR organisms: transformer, Mamba, GLA,
-minGRU, LSTM) and gives finite scores of the right shape."""
+"""Every head finder runs on every zoo architecture (the MQAR organisms: transformer, Mamba, Mamba-2,
+GLA, minGRU, LSTM) and gives finite scores of the right shape."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import seqlens
 from seqlens.circuits import FINDERS
 from seqlens.circuits.ablation import n_heads
 
-ORGANISMS = ["mqar-transformer", "mqar-mamba", "mqar-gla", "mqar-mingru", "mqar-lstm"]
+ORGANISMS = ["mqar-transformer", "mqar-mamba", "mqar-mamba2", "mqar-gla", "mqar-mingru", "mqar-lstm"]
 KWARGS = {  # small data so the whole grid stays fast on CPU
     "retrieval": {"lengths": [32], "depths": [0.5], "n_trials": 2, "progress": False},
     "sinks": {"batch": 2, "seq_len": 24},

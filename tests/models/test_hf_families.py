@@ -44,6 +44,8 @@ CASES: dict[str, tuple[type, type, dict]] = {
     "qwen2": (T.Qwen2ForCausalLM, T.Qwen2Config, dict(use_sliding_window=True, sliding_window=WINDOW,
                                                        max_window_layers=1)),
     "qwen3": (T.Qwen3ForCausalLM, T.Qwen3Config, dict(head_dim=16)),
+    "qwen3_window": (T.Qwen3ForCausalLM, T.Qwen3Config, dict(head_dim=16, use_sliding_window=True,
+                                                               sliding_window=WINDOW, max_window_layers=1)),
     "gemma": (T.GemmaForCausalLM, T.GemmaConfig, dict(head_dim=16, num_key_value_heads=1)),
     "gemma2": (T.Gemma2ForCausalLM, T.Gemma2Config, dict(
         head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24, attn_logit_softcapping=3.0,
@@ -53,7 +55,7 @@ CASES: dict[str, tuple[type, type, dict]] = {
         num_key_value_heads=None, rope_parameters={"rope_type": "default", "rope_theta": 100.0,
                                                    "partial_rotary_factor": 0.625})),
 }
-WINDOWED = ["mistral_window", "qwen2", "gemma2"]
+WINDOWED = ["mistral_window", "qwen2", "qwen3_window", "gemma2"]
 
 
 def make_hf(name: str, seed: int = 0) -> torch.nn.Module:

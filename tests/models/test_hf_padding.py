@@ -1,6 +1,7 @@
 """Padding (issue 19): ``forward(tokens, attention_mask=...)`` on a batch of different lengths
 computes every row's real tokens as the row alone does, with left or right padding; recurrent
-models take right padding and refuse left padding clearly; ``to_tokens`` builds the batch."""
+models (Mamba-2 included) take left padding exactly through their ``pad_write_hooks``; a mixer
+without them refuses left padding clearly; ``to_tokens`` builds the batch."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_recurrent_models_pad_exactly(name: str, side: str) -> None:
     assert_rows_match(make(name), side)
 
 
-@pytest.mark.parametrize("name", ["mamba", "gla", "lstm"])
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "gla", "lstm"])
 def test_left_pads_leave_the_state_untouched(name: str) -> None:
     """The state tapped at a row's last pad is the zero initial state; at its first token it is not."""
     model = make(name)
@@ -77,13 +78,52 @@ def test_left_pads_leave_the_state_untouched(name: str) -> None:
     assert state[0].abs().max() == 0 and state[1].abs().max() > 0
 
 
-def test_mamba2_pads_on_the_right_and_refuses_left_padding() -> None:
-    """Mamba-2 convolves B and C with x and has no hook before that conv to zero at pads, so it
-    declares no pad_write_hooks: left padding is refused clearly, right padding is exact."""
-    assert_rows_match(make("mamba2"), "right")
-    toks, mask = padded(rows(), "left")
-    with pytest.raises(NotImplementedError, match=r"left padding is not implemented for \['Mamba2Mixer'\]"):
-        make("mamba2")(toks, attention_mask=mask)
+def final_states(model, toks: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Every layer's state after the last position, ``[B, ...]`` per layer."""
+    names = [f"blocks.{i}.mixer.hook_state" for i in range(model.cfg.n_layers)]
+    seen = {}
+    with torch.no_grad(), model.tap_states([toks.shape[1] - 1]):
+        model.run_with_hooks(toks, attention_mask=mask, fwd_hooks=[
+            (n, lambda s, hook: seen.__setitem__(hook.name, s[:, 0].clone())) for n in names])
+    return [seen[n] for n in names]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mamba2_pads_exactly(groups: int, side: str) -> None:
+    """Mamba-2 with one and two B/C groups: logits at the real positions and, with left padding,
+    every layer's final state equal each prompt's run alone (pads zero the pre-conv xBC and Δ)."""
+    from seqlens.testing.tiny import randomize
+
+    model = randomize(build(CONFIGS["mamba2"].replace(n_bc_groups=groups), seed=groups), groups)
+    assert_rows_match(model, side)
+    if side == "left":
+        seqs = rows()
+        toks, mask = padded(seqs, side, pad=5)
+        batched = final_states(model, toks, mask)
+        for r, s in enumerate(seqs):
+            for b, a in zip(batched, final_states(model, s[None])):
+                assert (b[r] - a[0]).abs().max().item() < TOL
+                assert a[0].abs().max() > 0
+
+
+def test_mamba2_left_pads_get_no_implicit_attention() -> None:
+    """α rebuilt from the hooks of a left-padded run (Δ = 0 at pads) is zero on pad keys, and its
+    real block equals the prompt's own implicit attention (mixer_pattern alone)."""
+    from seqlens.models.mamba2 import ssd_attention_matrix
+
+    model = make("mamba2")
+    seqs = rows()
+    toks, mask = padded(seqs, "left", pad=5)
+    names = [f"blocks.1.mixer.hook_{n}" for n in ("delta", "B", "C")]
+    _, cache = model.run_with_cache(toks, attention_mask=mask, names_filter=names)
+    alpha = ssd_attention_matrix(*(cache[n] for n in names[:1]), model.blocks[1].mixer.A,
+                                 *(cache[n] for n in names[1:]))  # [B, H, L, L]
+    for r, s in enumerate(seqs):
+        real = mask[r].bool()
+        assert bool((alpha[r][..., ~real] == 0).all())  # row 0 has no pads: vacuous there
+        alone = model.mixer_pattern(s[None], 1)[0]
+        assert (alpha[r][:, real][..., real] - alone).abs().max().item() < TOL
 
 
 def test_mixers_without_padding_support_refuse_left_padding(monkeypatch) -> None:

@@ -182,6 +182,39 @@ def test_step_and_stream_match_transformers(converted):
     assert (torch.stack(steps, 1) - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_left_padding_matches_transformers(converted, groups):
+    """Left-padded batch: our logits at the real positions equal transformers' batched with its
+    attention_mask and transformers' on each prompt alone. (transformers zeroes the padded hidden
+    states and x, B, C after the conv: exact without in_proj bias, as here; conv bias perturbed.)"""
+    hf, ours, _ = converted(groups)
+    g = torch.Generator().manual_seed(groups)
+    seqs = [torch.randint(1, 101, (n,), generator=g) for n in (13, 3, 8)]
+    L = max(len(s) for s in seqs)
+    toks, mask = torch.full((3, L), 7), torch.zeros(3, L, dtype=torch.long)  # pad id 7: a real token
+    for r, s in enumerate(seqs):
+        toks[r, L - len(s):], mask[r, L - len(s):] = s, 1
+    with torch.no_grad():
+        batched = ours(toks, attention_mask=mask)
+        theirs = hf(toks, attention_mask=mask).logits
+        for r, s in enumerate(seqs):
+            real = mask[r].bool()
+            assert (batched[r][real] - hf_logits(hf, s[None])[0]).abs().max().item() < 1e-4
+            assert (batched[r][real] - theirs[r][real]).abs().max().item() < 1e-4
+
+
+def test_head_finders_and_lrp_run_on_a_converted_checkpoint(converted):
+    from seqlens.circuits.lrp import attribute
+    from seqlens.circuits.token_heads import induction_scores
+
+    _, ours, _ = converted(2)
+    scores = induction_scores(ours, seq_len=24, batch=2, seed=0).scores
+    assert scores.shape == (2, 8) and torch.isfinite(scores).all()
+    result = attribute(ours, tokens(1, 10) % 101)
+    assert result.method == "mambalrp" and torch.isfinite(result.relevance).all()
+    assert result.relevance.abs().sum() > 0
+
+
 def test_state_matches_transformers_cache(converted):
     """Our carried ssm state is transformers' recurrent state (same [B, H, P, N] layout)."""
     hf, ours, _ = converted()

@@ -135,9 +135,10 @@ def test_train_on_all_widens_the_training_mask_only():
 def test_zoo_table_lists_every_organism():
     rows = {r["name"]: r for r in zoo.table()}
     assert set(rows) == set(zoo.organisms())
-    for name in ("induction-attn2", "mqar-transformer", "mqar-mamba", "mqar-gla", "mqar-mingru", "mqar-lstm"):
+    for name in ("induction-attn2", "mqar-transformer", "mqar-mamba", "mqar-mamba2", "mqar-gla", "mqar-mingru",
+                 "mqar-lstm"):
         assert name in rows and rows[name]["params"] > 0
-    mqar = [rows[f"mqar-{a}"]["params"] for a in ("transformer", "mamba", "gla", "mingru", "lstm")]
+    mqar = [rows[f"mqar-{a}"]["params"] for a in ("transformer", "mamba", "mamba2", "gla", "mingru", "lstm")]
     assert max(mqar) / min(mqar) < 1.6  # matched budgets
 
 

@@ -1,11 +1,13 @@
-"""AppTest helpers for the dashboard tests: open the app on a page, switch models, read charts."""
+"""AppTest helpers for the dashboard tests: open the app on a page, switch models, read charts.
+
+Not named conftest.py: the test modules import these helpers by module name, and a second
+``conftest`` module elsewhere under tests/ (tests/probes/sae/) would shadow this one when both
+directories are collected in one pytest call."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "app" / "main.py"
@@ -66,8 +68,3 @@ def chart_titles(at) -> list[str]:
 def iframes(at) -> list[str]:
     """srcdoc of every st.iframe (the token-hover views)."""
     return [f.proto.srcdoc for f in at.get("iframe")]
-
-
-@pytest.fixture
-def app():
-    return open_app
