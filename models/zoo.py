@@ -115,7 +115,7 @@ def build_organism(name: str, out_dir: str | Path | None = None, progress: bool 
     ``probes`` maps probe names to ``(fn, higher_is_better)``; it must cover the organism's
     ``probes`` (the analysis metrics live outside models/: the CLI passes
     ``seqlens.zoo_probes.PROBES``). They are measured at every evaluation (seed 0) and training
-    stops once every ``stop_when`` target holds. A ``trajectory`` organism also saves the model at
+    stops once every ``stop_when`` target holds (from step ``stop_after`` on). A ``trajectory`` organism also saves the model at
     every evaluation in ``checkpoints/step-XXXXX/``."""
     from .train import evaluate, train, write_checkpoint
 
@@ -149,7 +149,7 @@ def _on_eval(org: Organism, out: Path, probes: Mapping[str, tuple[ProbeFn, bool]
         if org.trajectory:
             model.save(out / CHECKPOINTS_DIR / f"step-{step:05d}", extra={
                 "step": step, "organism": org.recipe.name, "metrics": values})
-        stop = bool(org.stop_when) and all(
+        stop = bool(org.stop_when) and step >= org.stop_after and all(
             values[p] >= target if probes[p][1] else values[p] <= target for p, target in org.stop_when.items())
         return values, stop
     return on_eval

@@ -42,14 +42,17 @@ def get_batch(recipe: Recipe, step: int, split: str = "train") -> TaskBatch:
     """The batch for ``step`` (``split="eval"``: the fixed evaluation batch number ``step``)."""
     seed = step_seed(recipe.seed, step, split)
     kwargs = dict(recipe.data_kwargs)
-    stages = kwargs.pop("curriculum", [])
+    stages, data = kwargs.pop("curriculum", []), recipe.data
     if split != "train":
         kwargs.update(recipe.eval_kwargs)
     else:
-        kwargs.update(curriculum_stage(stages, step))
-    if recipe.data == "corpus:stdlib":
+        stage = curriculum_stage(stages, step)
+        if "data" in stage:  # a stage on other data: its own kwargs replace the recipe's
+            data, kwargs = stage.pop("data"), {}
+        kwargs.update(stage)
+    if data == "corpus:stdlib":
         return _corpus_batch(recipe, kwargs, seed, split)
-    tb = make_task(recipe.data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
+    tb = make_task(data.removeprefix("task:"), batch=recipe.batch_size, seed=seed, **kwargs)
     if split == "train" and recipe.train_on == "all":  # every position but the last (no next token)
         mask = torch.ones_like(tb.loss_mask)
         mask[:, -1] = False
@@ -61,7 +64,9 @@ def curriculum_stage(stages: list[dict[str, Any]], step: int) -> dict[str, Any]:
     """The data overrides of training ``step`` under a curriculum: ``stages`` (a recipe's
     ``data_kwargs["curriculum"]``) is a list of ``{"until": STEP, **overrides}`` with increasing
     ``until``; the first stage whose ``until`` exceeds ``step`` applies, after the last one the
-    plain ``data_kwargs`` (the final task, also used for every evaluation)."""
+    plain ``data_kwargs`` (the final task, also used for every evaluation). A stage with a ``data``
+    key (``"task:<name>"`` or ``"corpus:stdlib"``) trains on that data instead, with the stage's
+    other keys as its whole kwargs (e.g. the induction task as a text model's warm-up)."""
     if not isinstance(stages, list):
         raise ValueError(f"data_kwargs['curriculum']: expected a list of {{'until': step, ...}}, got {stages!r}")
     last = -1
@@ -71,6 +76,10 @@ def curriculum_stage(stages: list[dict[str, Any]], step: int) -> dict[str, Any]:
             raise ValueError("data_kwargs['curriculum']: expected stages {'until': step, ...} with increasing "
                              f"integer 'until', got {stage!r}")
         last = until
+        source = stage.get("data", "corpus:stdlib")
+        if not isinstance(source, str) or not (source.startswith("task:") or source == "corpus:stdlib"):
+            raise ValueError(f"data_kwargs['curriculum']: a stage's 'data' must be 'task:<name>' or "
+                             f"'corpus:stdlib', got {source!r}")
     current = next((stage for stage in stages if step < stage["until"]), {})
     return {k: v for k, v in current.items() if k != "until"}
 

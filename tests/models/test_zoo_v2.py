@@ -60,6 +60,19 @@ def test_curriculum_stages_apply_by_step_and_never_at_evaluation():
         curriculum_stage([{"until": 5}, {"until": 5}], 0)
 
 
+def test_a_curriculum_stage_can_train_on_other_data():
+    """A stage with ``data`` trains on that task with the stage's kwargs only (the text
+    Transformer's induction warm-up); evaluation and later steps use the recipe's own data."""
+    stages = [{"until": 2, "data": "task:induction", "seq_len": 32, "vocab_size": 256, "min_prefix": 4}]
+    recipe = corpus_recipe(repeat_share=0.5, repeat_max=16, curriculum=stages)
+    warm, text = T.get_batch(recipe, 1), T.get_batch(recipe, 2)
+    assert warm.task == "induction" and warm.tokens.shape == (64, 32) and "prefix_len" in warm.meta
+    assert text.task == "corpus:stdlib" and text.tokens.shape == (64, 64)
+    assert T.get_batch(recipe, 0, split="eval").task == "corpus:stdlib"
+    with pytest.raises(ValueError, match="'data' must be"):
+        curriculum_stage([{"until": 2, "data": "induction"}], 5)
+
+
 def tiny_induction() -> T.Recipe:
     return T.Recipe(
         name="tiny-induction", model=ModelConfig(arch="transformer", vocab_size=16, d_model=32, n_layers=2,
@@ -103,6 +116,17 @@ def test_build_organism_saves_a_trajectory_and_stops_on_its_probe_targets(tmp_pa
     assert zoo.record("tiny-induction")["stopped_at"] == 9
 
 
+def test_stop_rule_waits_for_stop_after(tmp_path, monkeypatch):
+    """A target that holds from the first evaluation stops training only from ``stop_after`` on (a
+    curriculum's warm-up must not end the run)."""
+    org = Organism(tiny_induction(), "induction", probes=("score",), stop_when={"score": 1.0}, stop_after=7)
+    monkeypatch.setattr(zoo, "organisms", lambda: {"tiny-induction": org})
+    monkeypatch.setattr(zoo, "ORGANISM_DIR", tmp_path)
+    zoo.build_organism("tiny-induction", progress=False, probes={"score": (lambda model, seed: 2.0, True)})
+    record = zoo.record("tiny-induction")
+    assert record["stopped_at"] == 9 and [h["step"] for h in record["history"]] == [3, 6, 9]
+
+
 # ----------------------------------------------------------------------------- shipped organisms
 
 # recorded analysis metric vs a fresh measurement (another seed), per probe
@@ -122,12 +146,10 @@ def test_shipped_probe_metrics_reproduce_on_fresh_data(name):
         assert value == pytest.approx(record["metrics"][probe], abs=PROBE_TOLERANCE[probe]), probe
 
 
-@pytest.mark.xfail(strict=True, reason="issue #16 target not met on CPU this session: no text organism has "
-                   "formed induction heads (best prefix score 0.015 after 2000 v2 steps); see docs/zoo.md")
 def test_text_transformer_targets_hold_on_fresh_data():
     """Issue #16: the text Transformer forms induction heads (best prefix score >= 0.3 on repeated
-    random bytes) and has verbatim memory (repeat surprisal well below 100 %). Strict xfail: it
-    fails as soon as a shipped text-transformer meets the targets, so the marker must then go."""
+    random bytes) and has verbatim memory (repeat surprisal well below 100 %), measured with a seed
+    (2) that training's probes (seed 0) and the reproduction test (seed 1) never used."""
     from seqlens.zoo_probes import PROBES
 
     model = seqlens.load("text-transformer").eval()
