@@ -281,14 +281,15 @@ def capacity_fit(sweeps: list, target: str = "longest_perfect", level: float = 0
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def lag_decoding(model_key: str, max_lag: int, n_seqs: int):
-    """``probes.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs)``: a LagCurve. Draws
-    its progress (one step per probe, after the activations are collected)."""
+def lag_decoding(model_key: str, max_lag: int, n_seqs: int, max_features: int | None = 512):
+    """``probes.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs, max_features=...)``: a
+    LagCurve. Draws its progress (one step per probe, after the activations are collected)."""
     from seqlens.probes import capacity
 
     model = load_model(model_key)
     with _library_progress("lag decoding", "probes") as progress:
-        return capacity.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs, progress=progress)
+        return capacity.lag_decoding(model, lags=range(max_lag + 1), n_seqs=n_seqs, max_features=max_features,
+                                     progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

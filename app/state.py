@@ -230,6 +230,21 @@ def current_model():
         st.stop()
 
 
+def passkey_series(names: list[str]) -> dict[int, list[str]]:
+    """The ``passkey-*`` organisms among ``names`` grouped by training length (their recipe's task
+    ``seq_len``), each group sorted by state size; groups of fewer than two are left out (no fit)."""
+    from seqlens.models import zoo
+    from seqlens.tasks import task_kwargs
+
+    recipes = zoo.organisms()
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        if name.startswith("passkey-") and name in recipes:
+            groups.setdefault(int(task_kwargs(recipes[name].recipe)["seq_len"]), []).append(name)
+    return {L: sorted(g, key=lambda n: recipes[n].recipe.model.d_state) for L, g in sorted(groups.items())
+            if len(g) >= 2}
+
+
 def model_label(model_key: str) -> str:
     kind, _, value = model_key.partition(":")
     return value if kind == "zoo" else Path(value).name or value

@@ -250,7 +250,8 @@ class CausalCheck(Result):
         t = torch.tensor(self.random, dtype=torch.float64)
         mean = float(t.mean()) if len(t) else math.nan
         std = float(t.std()) if len(t) > 1 else 0.0
-        names = ["baseline", f"target ({len(self.heads)} heads)", f"random (n={len(self.random)})"]
+        k = len(self.heads)
+        names = ["baseline", f"target ({k} head{'' if k == 1 else 's'})", f"random (n={len(self.random)})"]
         fig = go.Figure(go.Bar(x=names, y=[self.baseline, self.ablated, mean],
                                error_y={"type": "data", "array": [0, 0, std]},
                                marker_color=["#888888", "#d62728", "#1f77b4"], name="metric"))
@@ -258,8 +259,10 @@ class CausalCheck(Result):
         fig.add_trace(go.Scatter(x=[names[2]] * len(self.random), y=self.random, mode="markers",
                                  text=hover, marker={"color": "black", "size": 6}, name="random draws"))
         arrow = "higher is better" if self.higher_is_better else "lower is better"
+        # the metric's own name (not "model:metric") over its direction, on two lines: one long axis title
+        # ran up into the chart title
         fig.update_layout(title=f"Causal check ({self.settings.get('mode', '')} ablation)",
-                          yaxis_title=f"{self.metric} ({arrow})", showlegend=False)
+                          yaxis_title=f"{self.metric.rpartition(':')[2]}<br>({arrow})", showlegend=False)
         fig.update_layout(**layout)  # the caller's settings win
         return fig
 

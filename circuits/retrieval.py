@@ -222,10 +222,21 @@ def _token_prompts(vocab: int, length: int, depth: float, n: int, g: torch.Gener
 def greedy_decode(model, tokens: Tensor, n_new: int) -> Tensor:
     """Greedy continuation ``[B, n_new]`` of ``tokens [B, P]``.
 
-    Each step re-runs the full forward (no KV cache): answers are a few tokens, and any hooks a
-    caller installed (e.g. head masks for the causal check of docs/methods.md §2) then see the same
-    full-sequence shapes at every step as in a plain forward.
+    A clean model (nothing attached, :func:`~seqlens.models.hooks.attached_hooks`) decodes from its
+    state (``forward_chunk`` over the prompt, then ``step``; recurrent state or KV cache): O(1) work
+    per new token instead of a forward over the whole prompt. With hooks attached (e.g. head masks
+    for the causal check of docs/methods.md §2) each step re-runs the full forward, so the hooks see
+    the same full-sequence shapes at every step as in a plain forward.
     """
+    from seqlens.models.hooks import attached_hooks
+
+    if n_new > 0 and not attached_hooks(model):
+        logits, state = model.forward_chunk(tokens, model.init_state(tokens.shape[0]))
+        out = [logits[:, -1].argmax(-1)]
+        for _ in range(n_new - 1):
+            logits, state = model.step(out[-1], state)
+            out.append(logits.argmax(-1))
+        return torch.stack(out, 1)
     seq = tokens
     for _ in range(n_new):
         nxt = model(seq)[:, -1].argmax(-1)
@@ -281,9 +292,8 @@ def _check_prompts(model, prompts, max_new_tokens: int | None) -> list[NeedlePro
 
 
 def _decode_all(model, prompts: list[NeedlePrompt], max_new_tokens: int | None, batch_size: int,
-                progress: bool, on_batch=None) -> list[Tensor]:
-    """Greedy outputs ``[n_new]`` for every prompt, batched by :func:`_groups`; ``on_batch(idx,
-    seq, generated)`` is called per batch (``seq`` = prompt + generated, ``[b, P + n_new]``)."""
+                progress: bool) -> list[Tensor]:
+    """Greedy outputs ``[n_new]`` for every prompt, batched by :func:`_groups`."""
     from tqdm.auto import tqdm
 
     outputs: list[Tensor] = [torch.empty(0, dtype=torch.long)] * len(prompts)
@@ -291,8 +301,6 @@ def _decode_all(model, prompts: list[NeedlePrompt], max_new_tokens: int | None, 
     for idx, n_new in tqdm(groups, desc="needle prompts", disable=not progress):
         toks = torch.stack([prompts[i].tokens for i in idx]).to(model.device)
         gen = greedy_decode(model, toks, n_new)
-        if on_batch is not None:
-            on_batch(idx, torch.cat([toks, gen], dim=1), gen)
         for i, row in zip(idx, gen.cpu()):
             outputs[i] = row
     return outputs
@@ -387,36 +395,48 @@ def retrieval_scores(model, lengths: int | Sequence[int] | None = None,
     prompts = _check_prompts(model, prompts, max_new_tokens)
     if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool):
         raise ValueError(f"threshold: expected a number, got {threshold!r}")
-    outputs, trial_scores = _score_trials(model, prompts, max_new_tokens,
-                                          _check_positive_int("batch_size", batch_size), progress)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    outputs = _decode_all(model, prompts, max_new_tokens, batch_size, progress)
     judged = [_judge(model, p, out) for p, out in zip(prompts, outputs)]
     counted = [i for i, j in enumerate(judged) if j["correct"] or not only_correct]
-    scores = _mean_counted(trial_scores, counted)
+    # copy hits only where they count: the implicit attention of every layer over the whole prompt is
+    # the cost, and a model that answers few trials right (text-mamba: none) needs few of them
+    trial_scores = _score_trials(model, prompts, outputs, counted, batch_size, progress)
+    scores = _mean_counted(model, trial_scores, counted)
     settings = _settings(model, prompts, judged, counted, scores, threshold, max_new_tokens, only_correct,
                          seed if built else None)
     return HeadScores(scores=scores, name="retrieval", settings=settings)
 
 
-def _score_trials(model, prompts: list[NeedlePrompt], max_new_tokens: int | None, batch_size: int,
-                  progress: bool) -> tuple[list[Tensor], list[Tensor]]:
-    """Greedy outputs ``[n_new]`` and :func:`copy_hits` scores ``[n_layers, H]`` of every prompt."""
-    trial_scores: list[Tensor] = [torch.empty(0)] * len(prompts)
+def _score_trials(model, prompts: list[NeedlePrompt], outputs: list[Tensor], which: list[int], batch_size: int,
+                  progress: bool) -> dict[int, Tensor]:
+    """:func:`copy_hits` scores ``[n_layers, H]`` of the prompts ``which`` (by index), given their
+    greedy ``outputs``, batched like the decoding (same prompt and output length)."""
+    from tqdm.auto import tqdm
 
-    def score_batch(idx: list[int], seq: Tensor, gen: Tensor) -> None:
-        spans = torch.tensor([prompts[i].span for i in idx], device=seq.device)
-        for i, sc in zip(idx, copy_hits(model, seq, len(prompts[idx[0]].tokens), spans)):
-            trial_scores[i] = sc
+    chosen = [prompts[i] for i in which]
+    groups = _groups(chosen, None, batch_size) if chosen else []
+    trial_scores: dict[int, Tensor] = {}
+    for idx, _ in tqdm(groups, desc="copy hits", disable=not progress):
+        rows = [which[i] for i in idx]
+        by_len: dict[int, list[int]] = {}
+        for i in rows:  # outputs of equal length batch together (max_new_tokens fixes it; else answer length)
+            by_len.setdefault(len(outputs[i]), []).append(i)
+        for same in by_len.values():
+            seq = torch.stack([torch.cat([prompts[i].tokens, outputs[i].to(prompts[i].tokens.device)])
+                               for i in same]).to(model.device)
+            spans = torch.tensor([prompts[i].span for i in same], device=seq.device)
+            for i, sc in zip(same, copy_hits(model, seq, len(prompts[same[0]].tokens), spans)):
+                trial_scores[i] = sc
+    return trial_scores
 
-    outputs = _decode_all(model, prompts, max_new_tokens, batch_size, progress, score_batch)
-    return outputs, trial_scores
 
-
-def _mean_counted(trial_scores: list[Tensor], counted: list[int]) -> Tensor:
+def _mean_counted(model, trial_scores: dict[int, Tensor], counted: list[int]) -> Tensor:
     """Mean ``[n_layers, H]`` over the counted trials; zeros (with a warning) when none counts."""
     if not counted:
         warnings.warn("retrieval_scores: no trial was answered right, so no trial counts and every "
                       "score is 0 (see settings['accuracy'])", RuntimeWarning, stacklevel=3)
-        return torch.zeros_like(trial_scores[0])
+        return torch.zeros(model.cfg.n_layers, model.n_groups)
     return torch.stack([trial_scores[i] for i in counted]).mean(0)
 
 

@@ -49,6 +49,7 @@ from .base import Mixer, RMSNorm, SeqModel
 from .mixer import (LOG_FLOOR, AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors,
                     StateSpec, causal_mean, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
+from .kernels.decay_attention import DEFAULT_CHUNK, decay_attention_chunked
 # the kernels live in models/kernels/linear_attention.py; re-exported here for existing imports
 from .kernels.linear_attention import (GLAResult, gated_linear_attention, gla_chunked,  # noqa: F401
                                        gla_recurrent_ref, segment_decay, suffix_log_decay)
@@ -57,18 +58,24 @@ from .kernels.linear_attention import (GLAResult, gated_linear_attention, gla_ch
 
 
 def gla_attention_matrix(q: Tensor, k: Tensor, log_g: Tensor, scale: float | None = None,
-                         budget: int = 2**25) -> Tensor:
+                         budget: int = 2**25, chunk: int | None = DEFAULT_CHUNK) -> Tensor:
     """Implicit attention (docs/methods.md §7) ``α[b, h, t, s] = Σ_i (scale·q_{t,i}) k_{s,i}
     ∏_{j=s+1..t} g_{j,i}`` (0 for s > t), ``[B, H, L, L]``, so that ``o_t = Σ_s α_{t,s} v_s``
     from an empty state. Query rows are processed in blocks so the ``[B, H, rows, L, d_k]`` decay
     stays under ``budget`` elements; the cumulative log gates ``c`` are summed in float64 so
-    that ``c_t − c_s`` loses no precision over long sequences (masked before ``exp``)."""
+    that ``c_t − c_s`` loses no precision over long sequences (masked before ``exp``).
+
+    With ``chunk`` (the default) the SSD chunk split of models/kernels/decay_attention.py computes
+    the same without the ``[.., L, L, d_k]`` decay (``budget`` unused); ``chunk=None`` is the
+    direct row-blocked form, the reference twin."""
     B, L, H, dk = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)
     scale = dk ** -0.5 if scale is None else scale
     qs = (q * scale).to(dtype).transpose(1, 2)
     kt = k.to(dtype).transpose(1, 2)
     c = log_g.double().cumsum(1).transpose(1, 2)  # [B, H, L, d_k]
+    if chunk is not None:
+        return decay_attention_chunked(qs, kt, c, chunk)
     pos = torch.arange(L, device=q.device)
     causal = (pos[:, None] >= pos[None, :])[:, :, None]  # [t, s, 1]
     rows = max(1, budget // max(1, B * H * L * dk))

@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from .base import Mixer, SeqModel, grouped_pattern
+from .base import Mixer, SeqModel
 from .mixer import (AblationSite, GateSpec, Groups, HookList, HookSpec, LRPRules, OVFactors, StateSpec,
                     causal_mean, channel_groups, head_columns, head_rows, scale_hook)
 from .config import ModelConfig
+from .kernels.decay_attention import DEFAULT_CHUNK, decay_attention_chunked
 from .kernels.selective_scan import selective_scan
 
 
@@ -214,14 +215,31 @@ class MambaMixer(Mixer):
         """
         return self._alpha(self.ssm_inputs(x, None), channels or slice(None))
 
-    def _alpha(self, p: dict[str, Tensor], sl: slice) -> Tensor:
+    def _decay_inputs(self, p: dict[str, Tensor], sl: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """``q = C_t``, ``k = Δ_{s,d} B_s`` ``[B, d, L, N]`` and the cumulative log decay
+        ``S[b, d, t, n] = Σ_{k≤t} Δ_{k,d} A_{d,n}`` (float64: its differences over long sequences)."""
+        delta = p["delta"][..., sl].float()  # [B, L, d]
+        S = (delta.double()[..., None] * self.A[sl].double()).cumsum(1).transpose(1, 2)  # [B, d, L, N]
+        q = p["C"].float()[:, None]  # [B, 1, L, N]
+        k = p["B"].float()[:, None] * delta.transpose(1, 2)[..., None]  # [B, d, L, N]
+        return q, k, S
+
+    def _alpha(self, p: dict[str, Tensor], sl: slice, chunk: int = DEFAULT_CHUNK) -> Tensor:
+        """α of the channels ``sl`` by the SSD chunk split (models/kernels/decay_attention.py)."""
+        return decay_attention_chunked(*self._decay_inputs(p, sl), chunk=chunk)
+
+    def _alpha_reference(self, p: dict[str, Tensor], sl: slice, exact: bool = True) -> Tensor:
+        """The direct formula (exp of the ``[B, d, N, L, L]`` segment sums): the twin tests
+        compare :meth:`_alpha` with. ``exact``: segment sums in float64 (else float32, as
+        ``pattern`` computed them before the chunk split; ``seqlens bench patterns`` times that)."""
         delta = p["delta"][..., sl].float()  # [B, L, d]
         L = delta.shape[1]
+        dtype = torch.float64 if exact else torch.float32
         # cumulative log decay S[b, d, n, t] = Σ_{k≤t} Δ_k A; decay(t←s) = exp(S_t − S_s)
-        S = torch.einsum("bld,dn->bdnl", delta, self.A[sl]).cumsum(-1)
+        S = torch.einsum("bld,dn->bdnl", delta.to(dtype), self.A[sl].to(dtype)).cumsum(-1)
         seg = S[..., :, None] - S[..., None, :]  # [B, d, N, t, s]
         causal = torch.ones(L, L, dtype=torch.bool, device=delta.device).tril()
-        decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
+        decay = torch.exp(seg.masked_fill(~causal, float("-inf"))).float()
         w = torch.einsum("btn,bdnts,bsn->bdts", p["C"].float(), decay, p["B"].float())
         return w * delta.transpose(1, 2)[:, :, None, :]
 
@@ -229,11 +247,24 @@ class MambaMixer(Mixer):
     def pattern(self, x: Tensor, budget: int = 2**25) -> Tensor:
         """Implicit attention averaged over ``cfg.n_groups`` contiguous channel groups (the
         signed mean of α over each group's ``d_inner / n_groups`` channels): ``[B, H, L, L]``.
-        Channels are processed in blocks so the ``[B, d, N, L, L]`` decay tensor stays under
-        ``budget`` elements."""
+
+        The sum over a group's channels d of ``Σ_n C_t exp(S_t − S_s) Δ_s B_s`` is the same form
+        with (d, n) as one contraction axis, so each group's sum comes from one chunked call
+        (models/kernels/decay_attention.py) without the per-channel ``[B, d, L, L]`` maps; channels
+        go in blocks whose chunk intermediates stay under about ``budget`` elements."""
         p = self.ssm_inputs(x, None)
-        return grouped_pattern(lambda sl: self._alpha(p, sl), self.d_inner, self.cfg.n_groups,
-                               tuple(x.shape[:2]), budget // self.d_state, x.device)
+        B, L = x.shape[:2]
+        H, g = self.cfg.n_groups, self.d_inner // self.cfg.n_groups
+        Q = min(DEFAULT_CHUNK, L)
+        per_channel = B * L * self.d_state * (L // Q + Q)  # off-diagonal left factors + diagonal blocks
+        step = max(1, min(g, budget // max(1, per_channel)))
+        out = torch.zeros(B, H, L, L, device=x.device, dtype=torch.float32)
+        for h in range(H):
+            for start in range(h * g, (h + 1) * g, step):
+                q, k, S = self._decay_inputs(p, slice(start, min(start + step, (h + 1) * g)))
+                merged = (t.expand_as(k).transpose(1, 2).reshape(B, L, -1) for t in (q, k, S))  # [B, L, d·N]
+                out[:, h] += decay_attention_chunked(*merged)
+        return out / g
 
 
 class Mamba(SeqModel):

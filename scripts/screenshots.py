@@ -47,7 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app" / "main.py"
 PAGES = {"model": "", "attention": "attention", "heads": "heads", "sinks": "sinks", "states": "states",
-         "features": "features", "attribution": "attribution", "compare": "compare"}  # file stem -> URL path
+         "features": "features", "attribution": "attribution", "compare": "compare",
+         "studies": "studies"}  # file stem -> URL path
 # buttons pressed, in order, before a page's screenshot (analyses that run on request); a button
 # that is absent or disabled on the model is skipped
 ACTIONS = {"heads": ["Run finders", "Run causal check"], "sinks": ["Run calibration"],

@@ -350,7 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # benchmark name -> module under seqlens.studies with a ``main(argv) -> int``
 BENCHMARKS = {"mamba-cpu": "bench_cpu_mamba", "kernels": "bench_kernels", "sae": "bench_sae", "lrp": "bench_lrp",
-              "peers": "bench_peers"}
+              "peers": "bench_peers", "patterns": "bench_patterns"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from seqlens.app import analyses, state
 from seqlens.app.prompt import prompt_input, token_labels
+from seqlens.app.show import method_line, result_figure
 from seqlens.circuits.lrp import BASELINES
 
 PREDICTION = "The model's prediction"
@@ -13,9 +14,10 @@ TASK, PROMPT = "Task data", "This prompt"
 
 model_key, model = state.current_model()
 st.title("Attribution")
-st.caption("Layer-wise relevance propagation (docs/lrp.md): which input tokens the explained logit rests on. "
-           "'auto' is the architecture's own rule set (AttnLRP, MambaLRP, gate-aware LRP); the baselines are "
-           "gradient × input, integrated gradients, SmoothGrad and (implicit) attention rollout.")
+method_line("Which prompt tokens the explained logit rests on: each token's relevance, by layer-wise relevance "
+            "propagation (docs/lrp.md). 'auto' is the architecture's own rule set (AttnLRP, MambaLRP, gate-aware "
+            "LRP); the baselines are gradient × input, integrated gradients, SmoothGrad and (implicit) attention "
+            "rollout. Below: token flipping, how faithful each method's ranking is.", "§6 (relevance), §7 (rollout)")
 
 prompt = prompt_input(model_key, model)
 if prompt is None:
@@ -50,10 +52,10 @@ m2.metric("Conservation Σ relevance / logit", f"{float(res.conservation[0]):.4g
           help="1 for a conservative rule set on a bias-free model; biases, learned positions (kept apart) and "
                "non-conservative baselines move it away from 1. Not meaningful for rollout (rows sum to 1).")
 st.markdown("**Tokens by relevance** (red positive, blue negative; hover for the value)")
-st.html(res.html())
-st.plotly_chart(res.figure(), key="lrp_figure")
+st.html(f"<div style=\"overflow-wrap: anywhere; word-break: break-all\">{res.html()}</div>")  # unspaced task tokens wrap
+result_figure(res.figure(), "lrp_figure", res, title_chars=90)
 if res.hooks:
-    st.plotly_chart(res.hooks_figure(), key="lrp_hooks_figure")
+    result_figure(res.hooks_figure(), "lrp_hooks_figure", title_chars=90)  # settings and downloads: above
 else:
     st.info(f"Per-layer relevance is recorded for the LRP rule sets and gxi, not {res.method}.")
 
@@ -88,6 +90,6 @@ curves = flips.get(run_key)
 if curves is None:
     st.info("Press **Run token flipping** to draw the MoRF / LeRF curves of the chosen methods.")
 else:
-    st.plotly_chart(curves.figure(), key="lrp_flip_figure")
-    st.caption(f"{curves.n_sequences} sequence(s); ΔA^F: "
-               + ", ".join(f"{m} {v:.3g}" for m, v in curves.delta_af.items()))
+    result_figure(curves.figure(), "lrp_flip_figure", curves, title_chars=90,
+                  note=f"{curves.n_sequences} sequence(s); ΔA^F: "
+                       + ", ".join(f"{m} {v:.3g}" for m, v in curves.delta_af.items()) + ".")

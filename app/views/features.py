@@ -7,11 +7,14 @@ by seqlens.probes.sae (through app/analyses.py)."""
 import streamlit as st
 
 from seqlens.app import analyses, state
+from seqlens.app.show import downloads, method_line, result_figure, settings_text
 
 model_key, model = state.current_model()
 st.title("Features")
-st.caption("Sparse autoencoders (seqlens.probes.sae) on a hook of the model; metrics and features are measured "
-           "on held-out stdlib text (validation split).")
+method_line("A sparse autoencoder (seqlens.probes.sae) splits one hook's activations into sparse features: its "
+            "reconstruction metrics, then a browser of its features (top tokens and contexts, activation histogram, "
+            "logit effects). Metrics and features are measured on held-out stdlib text (validation split).",
+            "§8 (sparse autoencoders)")
 
 TRAIN_ARCHS = ["topk", "matching_pursuit", "batchtopk", "standard", "jumprelu"]
 shipped = []
@@ -73,6 +76,8 @@ for col, (label, value) in zip(cols, [("FVU", metrics.fvu), ("L0", metrics.l0), 
                                       ("Cosine", metrics.cosine), ("Dense", metrics.dense_fraction),
                                       ("CE recovered", metrics.ce_recovered)]):
     col.metric(label, "—" if value is None else f"{value:.3f}")
+st.caption(f"Computed on: {settings_text(metrics.settings)}." if metrics.settings else "")
+downloads("sae_metrics", result=metrics)
 if "heldout_metrics" in meta:
     with st.expander("Metrics recorded when it was trained (scripts/train_shipped_saes.py)"):
         st.json(meta["heldout_metrics"])
@@ -95,6 +100,8 @@ if table is not None:
     live = [i for i in found if float(table.frequency[i]) > 0] or found
     c1.caption(f"{len(found)} of {len(table.top_context)} features match; {len(live)} fire on this text.")
     c1.dataframe(table.to_frame(found), hide_index=True, height=360, key="features_table")
+    with c1:
+        downloads("feature_table", result=table)
     if not live:
         c2.info(f"No feature's top tokens or context contain {query!r}.")
 report = None
@@ -104,7 +111,7 @@ if live:
         report = analyses.feature_report(model_key, sae_key, int(feature), int(n_seqs))
 if report is not None:
     c2.markdown(report.html(), unsafe_allow_html=True)
-    st.plotly_chart(report.figure(), key="features_report", use_container_width=True)
+    result_figure(report.figure(), "features_report", report, title_chars=90)
 
 # ----------------------------------------------------------------------------- side by side
 st.subheader("Side by side")
@@ -128,4 +135,5 @@ if len(all_shipped) >= 2:
                 top = max(range(len(m.feature_frequency)), key=lambda i: float(m.feature_frequency[i]))
                 rep = analyses.feature_report(other_key, f"shipped:{name}", top, int(n_seqs))
                 col.markdown(rep.html(), unsafe_allow_html=True)
-                col.plotly_chart(rep.figure(), key=f"features_cmp_{name}", use_container_width=True)
+                with col:
+                    result_figure(rep.figure(), f"features_cmp_{name.replace('/', '_')}", rep, title_chars=50)

@@ -63,14 +63,21 @@ done = runs.setdefault((model_key, data), {})
 if st.button("Run finders", type="primary", key="heads_run",
              help="Results are cached: finders already run on this model and data return at once."):
     bar = st.progress(0.0, text="Running finders ...")
+    # a click reruns the page, which interrupts this loop at its next st call; finished finders stay in `done`
+    stop = st.empty()
+    stop.button("Stop", key="heads_stop", icon=":material/stop:", help="Stop after the running finder; the "
+                "finders done so far are kept (press Run finders to run the rest).")
     with analyses.shared_patterns(model):  # each layer's (implicit) attention once for all finders
         for i, name in enumerate(chosen):
             bar.progress(i / len(chosen), text=f"Running {name} ({i + 1}/{len(chosen)}) ...")
+            if done.get(name, ("",))[0] == "ok":  # already run on this data (a stopped run kept it)
+                continue
             try:
                 res, warns = analyses.finder_scores(model_key, name, data)
                 done[name] = ("ok", res, warns)
             except Exception as e:  # noqa: BLE001 — one failing finder must not hide the others
                 done[name] = ("error", state.error_text(e), [])
+    stop.empty()
     bar.progress(1.0, text=f"{sum(done[n][0] == 'ok' for n in chosen)} of {len(chosen)} finders done")
 
 results = {n: done[n][1] for n in chosen if n in done and done[n][0] == "ok"}

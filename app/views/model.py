@@ -47,8 +47,9 @@ with right:
     if recipe is None:
         st.info("No training recipe: this is an untrained preset or an external checkpoint.")
     else:
-        rows = {"task / data": recipe.data, "data kwargs": str(recipe.data_kwargs), "steps": recipe.steps,
-                "batch size": recipe.batch_size, "seed": recipe.seed, "metric": recipe.metric}
+        # one row per data argument: the whole dict in one cell was cut at the column's width
+        rows = {"task / data": recipe.data, **{f"data: {k}": str(v) for k, v in (recipe.data_kwargs or {}).items()},
+                "steps": recipe.steps, "batch size": recipe.batch_size, "seed": recipe.seed, "metric": recipe.metric}
         rows.update({f"recorded {k}": f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in metrics.items()})
         st.dataframe(pd.DataFrame({"field": list(rows), "value": [str(v) for v in rows.values()]}),
                      hide_index=True, width="stretch", column_config=FIELD_COLUMNS)

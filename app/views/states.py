@@ -11,6 +11,7 @@ from seqlens.app import analyses, state
 from seqlens.app.show import method_line, result_figure, tidy
 from seqlens.probes import collapse
 from seqlens.probes.outliers import is_byte_model
+from seqlens.tasks import task_kwargs
 
 SOURCE_HELP = {"newlines": "newlines: one token repeated (the Stuffed Mamba prompt)",
                "repeat": "repeat: a sentence repeated (random tokens for task vocabularies)",
@@ -238,13 +239,20 @@ with tab_capacity:
     st.subheader("Capacity across state sizes")
     from seqlens.app.state import zoo_names
 
-    organisms = sorted((n for n in zoo_names() if n.startswith("passkey-")),
-                       key=lambda n: int("".join(ch for ch in n.rsplit("-", 1)[-1] if ch.isdigit()) or 0))
-    if len(organisms) < 2:
-        st.info("The capacity fit needs at least two passkey organisms in the zoo.")
+    series = state.passkey_series(zoo_names())  # training length -> organisms differing only in d_state
+    if not series:
+        st.info("The capacity fit needs at least two passkey organisms of one training length in the zoo.")
     else:
-        st.caption(f"Passkey sweeps of {', '.join(organisms)} (differing only in the state size d_state), then "
-                   "T = a·N + b and log T = c·N + d fitted across them (Stuffed Mamba's T_forget / T_max laws).")
+        lengths_trained = sorted(series)
+        own = int(task_kwargs(recipe).get("seq_len", 0)) if recipe is not None else 0
+        trained_at = widget("selectbox", "Training length", lengths_trained, key="states_fit_series",
+                            default=own if own in series else lengths_trained[0], options=lengths_trained,
+                            help="One fit per series: organisms trained at the same length, differing only in "
+                                 "the state size d_state.") if len(series) > 1 else lengths_trained[0]
+        organisms = series[trained_at]
+        st.caption(f"Passkey sweeps of {', '.join(organisms)} (trained at length {trained_at}, differing only in "
+                   "the state size d_state), then T = a·N + b and log T = c·N + d fitted across them (Stuffed "
+                   "Mamba's T_forget / T_max laws).")
         c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
         f_lengths = widget("multiselect", "Lengths", LENGTH_OPTIONS, key="states_fit_lengths", default=FIT_LENGTHS,
                            options=LENGTH_OPTIONS, where=c1)
@@ -288,14 +296,17 @@ with tab_capacity:
         "the residual stream (hook_resid_post): attention has no fixed-size state"
     st.caption(f"A logistic-regression probe per lag k reads the token x(t−k) from {tap} at t; uniform random "
                "tokens over 16 symbols (chance 1/16).")
-    c1, c2, c3 = st.columns([1, 1, 2])
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
     max_lag = int(widget("number_input", "Largest lag", min_value=1, max_value=64, step=1, key="states_lag_max",
                          default=8, where=c1))
     n_seqs = int(widget("number_input", "Sequences", min_value=8, max_value=1024, step=32, key="states_lag_seqs",
                         default=64, where=c2))
-    run_lag = c3.button("Run lag decoding", type="primary", key="states_lag_run",
-                        help="One probe per layer and lag; wide states are PCA-reduced first (slow on CPU).")
-    lag_args = (model_key, max_lag, n_seqs)
+    n_pcs = int(widget("number_input", "State PCs", min_value=8, max_value=4096, step=64, key="states_lag_pcs",
+                       default=64, where=c3, help="A state wider than this is projected onto its top principal "
+                       "components before the probes (the probes' cost grows with it; 512: the library default)."))
+    run_lag = c4.button("Run lag decoding", type="primary", key="states_lag_run",
+                        help="One probe per layer and lag, on the state's top principal components.")
+    lag_args = (model_key, max_lag, n_seqs, n_pcs)
     curves = st.session_state.setdefault("states_lag_curves", {})  # model label -> last LagCurve
     curve = computed("lag", "Lag decoding", lag_args, run_lag, lambda: analyses.lag_decoding(*lag_args),
                      "Press **Run lag decoding**.")
@@ -401,6 +412,8 @@ with tab_gates:
                                                 key="states_cells_shown"))
                     # the top unit of a feature is shown with its correlation; another one by name
                     # the coloured text wraps and scrolls inside its column (long lines overflowed it)
-                    st.html(f'<div style="max-width:100%;max-height:520px;overflow:auto;overflow-wrap:anywhere;'
-                            f'white-space:pre-wrap">{report.html(feature if unit == units[0] else unit, max_bytes=shown)}'
-                            '</div>')
+                    # (the report's <pre> keeps white-space: pre unless told, so the rule targets it too)
+                    st.html('<style>.cells-text pre{white-space:pre-wrap;overflow-wrap:anywhere}</style>'
+                            '<div class="cells-text" style="max-width:100%;max-height:520px;overflow:auto;'
+                            f'overflow-wrap:anywhere;white-space:pre-wrap">'
+                            f'{report.html(feature if unit == units[0] else unit, max_bytes=shown)}</div>')

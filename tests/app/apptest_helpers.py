@@ -68,3 +68,17 @@ def chart_titles(at) -> list[str]:
 def iframes(at) -> list[str]:
     """srcdoc of every st.iframe (the token-hover views)."""
     return [f.proto.srcdoc for f in at.get("iframe")]
+
+
+def download_keys(at) -> set[str]:
+    """The keys of the download buttons on the page (``dl_<figure key>_<file name>``, app/show.py)."""
+    out = set()
+    for d in at.get("download_button"):
+        i = d.proto.id
+        out.add(i[i.index("dl_"):] if "dl_" in i else i)
+    return out
+
+
+def method_cited(at) -> str:
+    """The page's "what am I looking at" line (app/show.py ``method_line``), or ''."""
+    return next((c.value for c in at.caption if c.value.startswith("**What am I looking at?**")), "")

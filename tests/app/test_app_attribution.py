@@ -5,7 +5,7 @@ tiny settings, and a clear message for a bad prompt."""
 from __future__ import annotations
 
 import pytest
-from apptest_helpers import errors, figure_text, keyed_charts, no_problem, open_app
+from apptest_helpers import download_keys, errors, figure_text, keyed_charts, method_cited, no_problem, open_app
 
 ATTENTION = "induction-attn2"
 RECURRENT = "passkey-mamba-n4"
@@ -27,6 +27,11 @@ def test_attribution_page_renders_relevance_hooks_and_conservation(model, rule_s
     assert float(metric(at, "Conservation Σ relevance / logit"))  # a finite number, shown
     assert any(f"rule set that ran: **{rule_set}**" in c.value for c in at.caption)
     assert "lrp_flip_figure" not in charts  # flipping runs only on its button
+    assert "docs/methods.md §6" in method_cited(at)
+    settings = [c.value for c in at.caption if c.value.startswith("Computed on:")]
+    assert settings and f"method = {rule_set}" in settings[0], settings  # the Result's settings under the figure
+    assert {"dl_lrp_figure_lrp_figure.html", "dl_lrp_figure_lrp_figure.json", "dl_lrp_figure_lrp_figure.csv",
+            "dl_lrp_hooks_figure_lrp_hooks_figure.html"} <= download_keys(at), download_keys(at)
 
 
 def test_baseline_without_hooks_says_so_and_target_can_be_chosen():
@@ -51,7 +56,8 @@ def test_token_flipping_button_draws_curves():
     names = [t["name"] for t in fig["data"]]
     assert any(n.startswith("mambalrp MORF") for n in names) and any(n.startswith("random LERF") for n in names)
     assert len(fig["data"][0]["x"]) == 3  # steps + 1 fractions
-    assert any("ΔA^F: mambalrp" in c.value for c in at.caption)
+    assert any("ΔA^F: mambalrp" in c.value and "Computed on:" in c.value for c in at.caption)
+    assert {"dl_lrp_flip_figure_lrp_flip_figure.html", "dl_lrp_flip_figure_lrp_flip_figure.json"} <= download_keys(at)
 
 
 def test_bad_prompt_shows_a_message():

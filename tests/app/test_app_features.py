@@ -4,7 +4,7 @@ training a tiny SAE from the page (progress bars, then the new SAE selected)."""
 
 from __future__ import annotations
 
-from apptest_helpers import errors, keyed_charts, no_problem, open_app
+from apptest_helpers import download_keys, errors, keyed_charts, method_cited, no_problem, open_app
 
 
 def progress_texts(at) -> list[str]:
@@ -25,6 +25,10 @@ def test_features_page_on_text_mamba_with_a_shipped_sae():
     fig = keyed_charts(at)["features_report"]
     assert fig["layout"]["title"]["text"].startswith("feature ")
     assert any("<mark>" in m.value for m in at.markdown)  # the top contexts, activating token marked
+    assert "docs/methods.md §8" in method_cited(at)
+    assert sum(c.value.startswith("Computed on:") for c in at.caption) >= 2  # metrics and the feature report
+    assert {"dl_sae_metrics_sae_metrics.json", "dl_feature_table_feature_table.json",
+            "dl_features_report_features_report.html", "dl_features_report_features_report.json"} <= download_keys(at)
 
 
 def test_a_model_without_shipped_saes_says_so():
@@ -57,7 +61,7 @@ def test_side_by_side_attention_and_recurrent_saes():
     at.button(key="features_compare").click().run()
     no_problem(at)
     charts = keyed_charts(at)
-    assert {"features_cmp_text-transformer/resid-l1", "features_cmp_text-mamba/resid-l1"} <= set(charts)
+    assert {"features_cmp_text-transformer_resid-l1", "features_cmp_text-mamba_resid-l1"} <= set(charts)
     fvus = [f["value"][list(f["metric"]).index("fvu")] for f in (d.value for d in at.dataframe) if "metric" in f]
     assert len(fvus) == 2 and all(v < 0.5 for v in fvus)
 

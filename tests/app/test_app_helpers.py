@@ -228,3 +228,14 @@ class _counting:
 
     def __exit__(self, *exc):
         del self.model.mixer_pattern
+
+
+def test_passkey_series_group_by_training_length():
+    """The capacity fit runs per training length: a -t128 organism never joins the length-64 fit."""
+    from seqlens.app.state import passkey_series
+
+    names = ["passkey-mamba-n16", "passkey-mamba-n2", "passkey-mamba-n4-t128", "passkey-mamba-n8-t128",
+             "passkey-mamba-n2-t128", "transformer-passkey", "text-mamba", "passkey-mamba-n4"]
+    assert passkey_series(names) == {64: ["passkey-mamba-n2", "passkey-mamba-n4", "passkey-mamba-n16"],
+                                     128: ["passkey-mamba-n2-t128", "passkey-mamba-n4-t128", "passkey-mamba-n8-t128"]}
+    assert passkey_series(["passkey-mamba-n2", "passkey-mamba-n4-t128"]) == {}  # one per length: nothing to fit

@@ -31,6 +31,8 @@ def test_model_page_is_default_and_shows_summary():
     frames = [d.value for d in at.dataframe]
     hooks = next(f for f in frames if "hook" in f.columns)
     assert "blocks.0.mixer.hook_pattern" in set(hooks["hook"])
+    training = next(f for f in frames if "task / data" in set(f.get("field", [])))
+    assert "data: seq_len" in set(training["field"])  # one row per data argument (a dict in one cell was cut)
 
 
 def test_every_page_is_registered_with_a_url_path():
@@ -209,6 +211,23 @@ def test_heads_page_runs_every_registered_finder():
         assert drawn[name]["data"][0]["type"] == "heatmap"
         assert figure_text(drawn[name]).startswith(f"{name} scores")
     assert at.get("progress")
+    assert "heads_stop" not in {b.key for b in at.button}  # the Stop button lives only while finders run
+
+
+def test_heads_second_run_keeps_finished_finders_and_runs_the_rest(monkeypatch):
+    """What a stopped run leaves: finders already done are not run again, the rest are."""
+    from seqlens.app import analyses
+
+    at = open_app("heads")
+    at.multiselect(key="w_heads_finders").set_value(["induction"]).run()
+    run_finders(at)
+    calls: list[str] = []
+    real = analyses.finder_scores
+    monkeypatch.setattr(analyses, "finder_scores", lambda key, name, data: calls.append(name) or real(key, name, data))
+    at.multiselect(key="w_heads_finders").set_value(["induction", "previous_token"]).run()
+    run_finders(at)
+    no_problem(at)
+    assert calls == ["previous_token"] and set(finder_charts(at)) == {"induction", "previous_token"}
 
 
 def test_heads_selected_head_shows_its_pattern():

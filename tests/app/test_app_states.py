@@ -106,6 +106,10 @@ def test_passkey_heatmap_and_capacity_fit():
     assert "fit_sweep_passkey-mamba-n4" in charts and "fit_sweep_passkey-mamba-n16" in charts
     # the fit, or the library's reason why these sweeps cannot be fitted (censored T) as a message
     assert "capacity_fit" in charts or any(m.startswith("Capacity fit: sweeps:") for m in msgs), msgs
+    # one fit per training length: the length-64 series by default (the open organism's own), none of -t128
+    assert not any(k.endswith("-t128") for k in charts if k.startswith("fit_sweep_"))
+    series = at.selectbox(key="w_states_fit_series")
+    assert series.value == 64 and "128" in series.options  # passkey-mamba-n2-t128 / -n4-t128 are built
 
 
 def test_gate_saturation_and_interpretable_cells():
@@ -143,6 +147,7 @@ def test_lag_decoding_curve():
     assert figure_text(fig).startswith("lag decoding text-mingru (state)")
     assert fig["data"][0]["x"] == [0, 1, 2]
     assert any(t.startswith("lag decoding: done") for t in progress_texts(at))
+    assert any("max_features = 64" in c.value for c in at.caption)  # the page's default: 64 state PCs
 
 
 def test_library_errors_become_messages():

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MODELS = os.environ.get("SEQLENS_BROWSER_MODELS", "induction-attn2,mqar-gla").split(",")
-PAGES = ["model", "attention", "heads", "sinks", "states", "attribution", "features", "compare"]
+PAGES = ["model", "attention", "heads", "sinks", "states", "attribution", "features", "compare", "studies"]
 # buttons (and tabs) pressed in order on each page; absent or disabled ones are reported, not pressed
 ACTIONS = {
     "attention": ["Heatmaps"],

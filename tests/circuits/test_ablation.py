@@ -428,7 +428,9 @@ def test_causal_check_result_on_planted(planted_io):
     back = CausalCheck.from_json(res.to_json())
     assert back.heads == res.heads and back.random_heads == res.random_heads and back.random == res.random
     assert json.loads(res.to_json())["settings"]["mode"] == "zero"
-    assert len(res.figure().data) == 2
+    fig = res.figure()
+    assert len(fig.data) == 2 and list(fig.data[0].x)[1] == "target (1 head)"  # not "1 heads"
+    assert fig.layout.yaxis.title.text == "second_half_loss<br>(lower is better)"
     with pytest.raises(ValueError, match="heads: expected at least one"):
         causal_check(m, [], task=metric, progress=False)
     with pytest.raises(ValueError, match="heads: 4 heads to match"):

@@ -214,3 +214,33 @@ def test_bad_accuracy_arguments_raise(planted, planted_prompts):
         needle_accuracy(planted, planted_prompts, measure="f1")
     with pytest.raises(ValueError, match="prompts"):
         needle_accuracy(planted, planted_prompts[0])
+
+
+def test_copy_hits_run_only_on_counted_trials(planted, planted_prompts, monkeypatch):
+    """The implicit attention is the cost: trials answered wrong (not counted) are never scored."""
+    import seqlens.circuits.retrieval as retrieval
+
+    scored: list[int] = []
+    real = retrieval.copy_hits
+    monkeypatch.setattr(retrieval, "copy_hits", lambda m, seq, P, spans: scored.append(len(seq)) or real(m, seq, P, spans))
+    half = [_corrupt(p) if i % 2 else p for i, p in enumerate(planted_prompts)]
+    assert retrieval_scores(planted, prompts=half, progress=False).scores[RETRIEVAL_HEAD] == 1
+    assert sum(scored) == 9
+    scored.clear()
+    retrieval_scores(planted, prompts=half, only_correct=False, progress=False)
+    assert sum(scored) == 18
+
+
+@pytest.mark.parametrize("name", list(tiny_models.CONFIGS))
+def test_stateful_greedy_decode_equals_full_reforward(name):
+    """A clean model decodes from its state (forward_chunk + step); with a hook attached every step
+    re-runs the full forward. Both give the same tokens."""
+    m = tiny_models.make(name).eval()
+    toks = tiny_models.tokens(3, 12, seed=1)
+    fast = greedy_decode(m, toks, 5)
+    from seqlens.models.hooks import attached_hooks
+
+    with m.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):  # forces the full forward
+        assert attached_hooks(m)
+        slow = greedy_decode(m, toks, 5)
+    assert fast.shape == (3, 5) and torch.equal(fast, slow)
