@@ -54,7 +54,8 @@ def induction_check(top: int, n_random: int, seed: int) -> tuple[dict, object]:
     rand = res.random_fraction_removed()
     metrics = {"heads": [list(h) for h in heads], "metric": res.metric, "baseline": res.baseline,
                "ablated": res.ablated, "fraction_removed": res.fraction_removed(),
-               "random_fraction_removed_mean": sum(rand) / len(rand), "n_random": n_random, "seed": seed}
+               "random_fraction_removed_mean": sum(rand) / len(rand), "n_random": n_random,
+               "n_sets": len(rand), "seed": seed}  # n_sets < n_random when fewer distinct sets exist
     return metrics, res.figure()
 
 
@@ -80,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         study.log(f"{name}: {best}")
     c, fig = induction_check(a.top, a.n_random, a.seed)
     study.figure(fig)
+    sets = c["n_sets"] if c["n_sets"] == a.n_random else f"{c['n_sets']} (all distinct; {a.n_random} requested)"
     study.log(f"induction-attn2 causal check: ablating {c['heads']} removes {c['fraction_removed']:.2f} of "
-              f"{c['metric']} (baseline {c['baseline']:.3f}); {a.n_random} random head sets remove "
+              f"{c['metric']} (baseline {c['baseline']:.3f}); {sets} random head sets remove "
               f"{c['random_fraction_removed_mean']:.2f} on average")
     reproduced = c["fraction_removed"] >= 0.5 and c["random_fraction_removed_mean"] < 0.5 * c["fraction_removed"]
     verdict = (f"ablating induction-attn2's top {a.top} induction heads removes {c['fraction_removed']:.2f} of the "
-               f"in-context loss drop, {a.n_random} random sets of {a.top} remove {c['random_fraction_removed_mean']:.2f} "
+               f"in-context loss drop, {sets} random sets of {a.top} remove {c['random_fraction_removed_mean']:.2f} "
                "on average")
     study.finish({"finders": finders, "causal_check": c}, reproduced, verdict, finders=finders, causal_check=c)
     return 0

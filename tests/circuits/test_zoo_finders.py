@@ -42,3 +42,18 @@ def test_circuits_zoo_study_runs_small(tmp_path, capsys):
     assert check["fraction_removed"] > 0.6 and check["random_fraction_removed_mean"] < check["fraction_removed"]
     assert (tmp_path / "report.html").stat().st_size > 10_000
     assert "causal check" in capsys.readouterr().out
+
+
+def test_zoo_circuits_reports_the_sets_it_ablated(tmp_path, capsys):
+    """induction-attn2 has 8 heads: past its top 3, only C(5, 3) = 10 distinct random triples exist, so
+    a request for 12 ablates 10, and the log and verdict must say 10, not 12."""
+    import json
+
+    from seqlens.studies.zoo_circuits import main
+
+    assert main(["--models", "induction-attn2", "--finders", "induction", "--top", "3", "--n-random", "12",
+                 "--out", str(tmp_path)]) == 0
+    check = json.loads((tmp_path / "metrics.json").read_text())["causal_check"]
+    assert (check["n_random"], check["n_sets"]) == (12, 10)
+    out = capsys.readouterr().out
+    assert "10 (all distinct; 12 requested) random head sets" in out and "12 random" not in out
