@@ -147,8 +147,10 @@ def _on_eval(org: Organism, out: Path, probes: Mapping[str, tuple[ProbeFn, bool]
     def on_eval(model: SeqModel, step: int) -> tuple[dict[str, float], bool]:
         values = {p: float(probes[p][0](model, 0)) for p in org.probes}
         if org.trajectory:
+            # the recipe too: loaded on its own, a checkpoint must know its task (BOS, data), or
+            # the finders score other data than the final organism's (prefix 0.573 vs 0.624)
             model.save(out / CHECKPOINTS_DIR / f"step-{step:05d}", extra={
-                "step": step, "organism": org.recipe.name, "metrics": values})
+                "step": step, "organism": org.recipe.name, "recipe": org.recipe.to_dict(), "metrics": values})
         stop = bool(org.stop_when) and step >= org.stop_after and all(
             values[p] >= target if probes[p][1] else values[p] <= target for p, target in org.stop_when.items())
         return values, stop

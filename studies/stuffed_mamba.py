@@ -1,7 +1,7 @@
 """Study: Stuffed Mamba (Chen et al. 2024): state collapse, its mitigations and passkey capacity.
 
 Every built ``passkey-mamba*`` organism (any state size N and training length; the study groups
-them by ``recipe.data_kwargs["seq_len"]``) is streamed far past its training length with
+them by their task's ``seq_len``, ``seqlens.tasks.task_kwargs(recipe)``) is streamed far past its training length with
 ``probes.state_collapse`` (its own task stream, ``--tokens`` tokens); each collapsed one is rerun
 inside the three mitigations (``normalize_states``, ``forget_more`` with the decay doubled,
 ``state_window`` of the training length). Passkey capacity: ``probes.passkey_sweep`` over
@@ -28,7 +28,7 @@ def collapse(model, a) -> dict:
     """The collapse verdict, and with a collapse the verdict inside each mitigation."""
     from seqlens.probes import forget_more, normalize_states, state_collapse, state_window
 
-    run = lambda: state_collapse(model, source="task", n_tokens=a.tokens, seed=a.seed, progress=False)  # noqa: E731
+    run = lambda: state_collapse(model, source="task", n_tokens=a.tokens, seed=a.seed, progress=True)  # noqa: E731
     r = run()
     out = {"train_len": r.train_len, "collapsed": r.collapsed, "onset": r.onset, "loss_in": r.loss_in,
            "loss_beyond": r.loss_beyond, "rms_ratio_max": float(r.rms_ratio.max())}
@@ -63,11 +63,11 @@ def capacity(sweeps: dict, names_by_len: dict[int, list[str]]) -> dict:
     return fits
 
 
-def judge(coll: dict, fits: dict, d_state: dict) -> dict[str, bool | None]:
+def judge(coll: dict, fits: dict, d_state: dict, lengths: dict) -> dict[str, bool | None]:
     """Each claim True / False, or None when these organisms cannot test it."""
     by_len: dict[int, list[str]] = {}
-    for n, c in coll.items():
-        by_len.setdefault(c["train_len"], []).append(n)
+    for n in coll:
+        by_len.setdefault(lengths[n], []).append(n)
     pairs = [(s, b) for ns in by_len.values() for s in ns for b in ns if d_state[s] < d_state[b]]
     c1 = (None if not pairs else
           any(coll[b]["collapsed"] and not coll[s]["collapsed"] for s, b in pairs))
@@ -84,6 +84,29 @@ def overall(claims: dict[str, bool | None]) -> bool | None:
     return False if False in values else (True if all(v is True for v in values) else None)
 
 
+def train_len(model) -> int:
+    """The sequence length ``model`` was trained on (its recipe's final task)."""
+    from seqlens.tasks import task_kwargs
+
+    return int(task_kwargs(model.recipe)["seq_len"])
+
+
+def coverage_note(study: Study, d_state: dict, lengths: dict) -> None:
+    """Say which training lengths have too few state sizes for the capacity claim, and which
+    passkey Mamba recipes the zoo defines but has not built."""
+    from seqlens.models import zoo
+
+    sizes: dict[int, set[int]] = {}
+    for n, d in d_state.items():
+        sizes.setdefault(lengths[n], set()).add(d)
+    short = {L: sorted(s) for L, s in sizes.items() if len(s) < MIN_POINTS}
+    if short:
+        study.note(f"capacity needs ≥ {MIN_POINTS} state sizes per training length; too few at "
+                   + ", ".join(f"T={L}: N={s}" for L, s in sorted(short.items())))
+    unbuilt = [n for n in zoo.organisms() if n.startswith(PREFIX) and not zoo.is_built(n)]
+    study.missing.extend(unbuilt)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("stuffed_mamba", __doc__)
     p.add_argument("--tokens", type=int, default=4096, help="stream length of the collapse probe")
@@ -97,24 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:
         names, a.tokens, a.lengths, a.trials = names[:2], 256, [32, 64], 1
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
-    coll, sweeps, d_state, by_len = {}, {}, {}, {}
-    for name in names:
-        model = study.organism(name)
+    coll, sweeps, d_state, by_len, lengths = {}, {}, {}, {}, {}
+    for name, model in study.organisms(names):
         coll[name] = collapse(model, a)
-        d_state[name] = model.cfg.d_state
-        sweeps[name] = passkey_sweep(model, lengths=a.lengths, n_trials=a.trials, seed=a.seed, progress=False)
-        by_len.setdefault(coll[name]["train_len"], []).append(name)
+        d_state[name], lengths[name] = model.cfg.d_state, train_len(model)
+        sweeps[name] = passkey_sweep(model, lengths=a.lengths, n_trials=a.trials, seed=a.seed, progress=True)
+        by_len.setdefault(lengths[name], []).append(name)
         study.figure(sweeps[name].figure(), f"{name}: passkey accuracy")
         c = coll[name]
         study.log(f"{name} (N={d_state[name]}, trained at {c['train_len']}): collapsed={c['collapsed']}, loss in "
                   f"{c['loss_in']:.3f} / beyond {c['loss_beyond']:.3f}; T_max {sweeps[name].longest_perfect}")
     fits = capacity(sweeps, by_len)
-    claims = judge(coll, fits, d_state)
-    if len({d for d in d_state.values()}) < MIN_POINTS:
-        study.note(f"capacity needs ≥ {MIN_POINTS} state sizes per training length; the zoo has "
-                   f"{sorted(set(d_state.values()))} (organisms missing: passkey Mambas at more state sizes)")
-        study.missing.extend(f"{PREFIX}-n{n}" for n in (2, 8) if f"{PREFIX}-n{n}" not in names)
-    measured = {"collapse": coll, "T_max": {n: s.longest_perfect for n, s in sweeps.items()},
+    claims = judge(coll, fits, d_state, lengths)
+    coverage_note(study, d_state, lengths)
+    measured = {"train_len": lengths, "collapse": coll, "T_max": {n: s.longest_perfect for n, s in sweeps.items()},
                 "accuracy": {n: s.accuracy for n, s in sweeps.items()}, "fits": fits, "claims": claims,
                 "d_state": d_state}
     verdict = "; ".join(f"{k}: {'not testable' if v is None else ('yes' if v else 'no')}" for k, v in claims.items())

@@ -25,7 +25,7 @@ def measure(model, a) -> tuple[dict, object]:
     from seqlens.probes import repeat_surprisal
 
     r = repeat_surprisal(model, set_sizes=a.set_sizes, intervening=a.intervening, n_trials=a.trials,
-                         seed=a.seed, n_boot=a.boot, progress=False)
+                         seed=a.seed, n_boot=a.boot, progress=True)
     cells = {cond: {f"k{k}_iv{iv}": r.cell(cond, k, iv)["median"] for k in r.set_sizes for iv in r.intervening}
              for cond in r.conditions}
     means = {cond: sum(v.values()) / len(v) for cond, v in cells.items()}

@@ -67,3 +67,62 @@ def test_cli_study_list_and_errors(capsys):
     assert "unknown study 'no-such-study'" in capsys.readouterr().err
     assert cli(["study", "copying", "--help"]) == 0
     assert "--smoke" in capsys.readouterr().out
+
+
+def test_induction_phase_change_smoke_reads_the_trajectory_checkpoints(tmp_path):
+    """The smoke mode measures the shipped checkpoints (no retraining): one row per checkpoint plus
+    the initial model, and the last row is the shipped organism measured on the same fresh data."""
+    import seqlens
+    from seqlens.models import zoo
+    from seqlens.studies import induction_phase_change as ipc
+
+    assert ipc.main(["--smoke", "--out", str(tmp_path)]) == 0
+    metrics = strict_json((tmp_path / "metrics.json").read_text())
+    rows = metrics["measured"]["trajectory"]
+    assert metrics["source"] == "checkpoints" and metrics["organisms"] == [ipc.ORGANISM]
+    assert [r["step"] for r in rows] == [0] + [s for s, _ in zoo.trajectory(ipc.ORGANISM)]
+    recipe = zoo.organisms()[ipc.ORGANISM].recipe.replace(eval_batches=1, batch_size=8)
+    final = ipc.measure(seqlens.load(ipc.ORGANISM), recipe, recipe.seed + ipc.FRESH_SEED, 2)
+    assert final == pytest.approx({k: rows[-1][k] for k in final}, abs=1e-5)
+    assert rows[-1]["prefix_score"] > rows[0]["prefix_score"] + 0.2  # the trained model has induction heads
+
+
+def test_stuffed_mamba_compares_state_sizes_only_within_a_training_length():
+    """Claim 1 (a larger state collapses, a smaller one does not) pairs organisms trained at the same
+    length; the training length comes from the recipe's final task (tasks.task_kwargs)."""
+    import seqlens
+    from seqlens.studies import stuffed_mamba as sm
+
+    coll = {"small": {"collapsed": False}, "large": {"collapsed": True}}
+    d_state = {"small": 2, "large": 16}
+    assert sm.judge(coll, {}, d_state, {"small": 64, "large": 128})["collapse_with_large_state"] is None
+    assert sm.judge(coll, {}, d_state, {"small": 64, "large": 64})["collapse_with_large_state"] is True
+    flipped = {"small": {"collapsed": True}, "large": {"collapsed": False}}
+    assert sm.judge(flipped, {}, d_state, {"small": 64, "large": 64})["collapse_with_large_state"] is False
+    assert sm.train_len(seqlens.load("passkey-mamba-n2")) == 64
+
+
+def test_fox_forgetting_uses_the_zoos_fox_pair_and_trains_no_stand_in(tmp_path, monkeypatch):
+    """With a FoX organism in the zoo (here an untrained fox-passkey written with its recipe into a
+    copy of the zoo folder), the study measures the zoo's pair on the same data and never trains."""
+    from seqlens.models import zoo
+    from seqlens.models.registry import build
+    from seqlens.studies import fox_forgetting as ff
+
+    organisms = tmp_path / "organisms"
+    organisms.mkdir()
+    (organisms / "transformer-passkey").symlink_to(zoo.checkpoint_dir("transformer-passkey"))
+    recipe = zoo.organisms()["fox-passkey"].recipe
+    build(recipe.model, seed=0).save(organisms / "fox-passkey", extra={"recipe": recipe.to_dict(), "metrics": {}})
+    monkeypatch.setattr(zoo, "ORGANISM_DIR", organisms)
+
+    def no_training(steps):
+        raise AssertionError("trained a stand-in FoX although the zoo has one")
+    monkeypatch.setattr(ff, "stand_in_fox", no_training)
+    assert ff.main(["--smoke", "--out", str(tmp_path / "out")]) == 0
+    metrics = strict_json((tmp_path / "out" / "metrics.json").read_text())
+    pair = metrics["measured"]["pairs"]["fox-passkey"]
+    assert pair["fox"]["name"] == "fox-passkey" and pair["transformer"]["name"] == "transformer-passkey"
+    assert pair["fox"]["train_len"] == pair["transformer"]["train_len"] == 64  # the task's seq_len, not n_ctx
+    assert metrics["reproduced"] in (True, False) and "text-fox" in metrics["missing"]
+    assert sorted(metrics["organisms"]) == ["fox-passkey", "transformer-passkey"]

@@ -112,6 +112,7 @@ def test_build_organism_saves_a_trajectory_and_stops_on_its_probe_targets(tmp_pa
     assert steps == [3, 6, 9]
     for step, folder in zoo.trajectory("tiny-induction"):
         assert seqlens.load(folder).cfg == org.recipe.model
+        assert seqlens.load(folder).recipe == org.recipe  # a checkpoint knows its task on its own
         assert json.loads((folder / "config.json").read_text())["metrics"]["score"] == 3.0 * steps.index(step) + 3
     assert zoo.record("tiny-induction")["stopped_at"] == 9
 
@@ -183,6 +184,7 @@ def test_induction_attn2_trajectory_has_eight_checkpoints_ending_at_the_shipped_
     final = seqlens.load(steps[-1][1]).state_dict()
     shipped = seqlens.load("induction-attn2").state_dict()
     assert all(torch.equal(final[k], shipped[k]) for k in shipped)
+    assert all(seqlens.load(d).recipe == seqlens.load("induction-attn2").recipe for _, d in steps)
     scores = [json.loads((d / "config.json").read_text())["metrics"]["induction_prefix"] for _, d in steps]
     assert scores[0] < 0.3 < scores[-1]  # the phase change happens inside the trajectory
 
