@@ -23,7 +23,7 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from seqlens.result import to_jsonable
 from seqlens.version import __version__
@@ -89,6 +89,17 @@ class Study:
         """Add an organism's figures, their titles prefixed with its name."""
         for f in figs:
             self.figure(f, f"{name}: {f.layout.title.text or ''}")
+
+    def measure_each(self, names: list[str], measure: Callable[[Any], tuple[Any, list[Any]]],
+                     summary: Callable[[str, Any], str]) -> dict[str, Any]:
+        """``{name: result}`` of ``measure(model) -> (result, figures)`` on each built organism of
+        ``names``, adding its figures and logging ``summary(name, result)``."""
+        results = {}
+        for name, model in self.organisms(names):
+            results[name], figs = measure(model)
+            self.figures_of(name, figs)
+            self.log(summary(name, results[name]))
+        return results
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -51,13 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:
         a.models, a.n_random, a.batch = ["icll-transformer"], 2, 2
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
-    results = {}
-    for name, model in study.organisms(a.models):
-        results[name], figs = measure(model, a)
-        study.figures_of(name, figs)
-        r = results[name]
-        study.log(f"{name}: best 2/3-gram score {r['best_23']:.2f}; ablating {r['ablated_heads']}: {r['metric']} "
-                  f"{r['baseline']:.3f} → {r['ablated']:.3f} (drop {r['drop']:.3f}; random {r['random_drop_mean']:.3f})")
+    results = study.measure_each(a.models, lambda model: measure(model, a), lambda name, r: (
+        f"{name}: best 2/3-gram score {r['best_23']:.2f}; ablating {r['ablated_heads']}: {r['metric']} "
+        f"{r['baseline']:.3f} → {r['ablated']:.3f} (drop {r['drop']:.3f}; random {r['random_drop_mean']:.3f})"))
     t = results.get("icll-transformer")
     if t is None:
         study.finish({"models": results}, None, "organism missing: icll-transformer")

@@ -48,14 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:
         a.models, a.windows, a.seq_len = ["text-mamba"], 2, 32
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
-    results = {}
-    for name, model in study.organisms(a.models):
-        results[name], figs = measure(model, a)
-        study.figures_of(name, figs)
-        r = results[name]
-        study.log(f"{name}: {r['outlier_channels']} outlier channels in {r['outlier_layers']}/{r['n_layers']} "
-                  f"layers; loss fp {r['loss']['fp']:.4f}, {a.bits}-bit {r['loss']['quant']:.4f}, "
-                  f"outliers kept {r['loss']['kept']:.4f}")
+    results = study.measure_each(a.models, lambda model: measure(model, a), lambda name, r: (
+        f"{name}: {r['outlier_channels']} outlier channels in {r['outlier_layers']}/{r['n_layers']} "
+        f"layers; loss fp {r['loss']['fp']:.4f}, {a.bits}-bit {r['loss']['quant']:.4f}, "
+        f"outliers kept {r['loss']['kept']:.4f}"))
     m = results.get("text-mamba")
     if m is None:
         study.finish({"models": results}, None, "text-mamba is missing from the zoo")

@@ -70,16 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
     a.models = a.models or [n for n in zoo.names() if any(k in n for k in KINDS)]
     study = Study(INFO.name, INFO.paper, INFO.claim, a)
-    results = {}
-    for name, model in study.organisms(a.models):
-        results[name], figs = measure(model, a)
-        study.figures_of(name, figs)
-        r = results[name]
-        study.log(f"{name}: {r['n_retrieval']}/{r['n_heads']} retrieval heads; accuracy {r['accuracy']:.2f}, "
-                  f"top-{a.top} masked {r['accuracy_top_masked']:.2f}, random mean "
-                  f"{sum(r['accuracy_random_masked']) / max(1, len(r['accuracy_random_masked'])):.2f}"
-                  + (f"; all {r['n_retrieval']} masked {r['all_retrieval_masked']['accuracy']:.2f} (as many random: "
-                     f"{r['all_retrieval_masked']['random_mean']:.2f})" if r["all_retrieval_masked"] else ""))
+    results = study.measure_each(a.models, lambda model: measure(model, a), lambda name, r: (
+        f"{name}: {r['n_retrieval']}/{r['n_heads']} retrieval heads; accuracy {r['accuracy']:.2f}, "
+        f"top-{a.top} masked {r['accuracy_top_masked']:.2f}, random mean "
+        f"{sum(r['accuracy_random_masked']) / max(1, len(r['accuracy_random_masked'])):.2f}"
+        + (f"; all {r['n_retrieval']} masked {r['all_retrieval_masked']['accuracy']:.2f} (as many random: "
+           f"{r['all_retrieval_masked']['random_mean']:.2f})" if r["all_retrieval_masked"] else "")))
     if not results:
         study.finish({}, None, "no passkey / needle organism in the zoo")
         return 0
