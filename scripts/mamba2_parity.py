@@ -10,26 +10,9 @@ import argparse
 import tempfile
 
 import torch
-import transformers
 
 import seqlens
-
-
-def random_mamba2(groups: int, seed: int = 0) -> torch.nn.Module:
-    """A tiny random transformers Mamba-2 with perturbed norms, A, D and biases (as the tests)."""
-    torch.manual_seed(seed)
-    cfg = transformers.Mamba2Config(vocab_size=101, hidden_size=32, num_hidden_layers=2, state_size=8,
-                                    num_heads=8, head_dim=8, n_groups=groups, expand=2, conv_kernel=4,
-                                    chunk_size=16, initializer_range=0.2)
-    hf = transformers.Mamba2ForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D", "conv1d.bias", "dt_bias")):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-            if name.endswith("A_log"):
-                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
-    return hf
+from seqlens.testing.hf_mamba2 import random_hf_mamba2
 
 
 def main() -> None:
@@ -38,7 +21,7 @@ def main() -> None:
     length = ap.parse_args().length
     toks = torch.randint(0, 101, (2, length), generator=torch.Generator().manual_seed(0))
     for groups in (1, 2, 8):
-        hf = random_mamba2(groups)
+        hf = random_hf_mamba2(groups)
         with tempfile.TemporaryDirectory() as d:
             hf.save_pretrained(d)
             ours = seqlens.load(d)

@@ -15,6 +15,7 @@ import seqlens
 from seqlens.models.hf import from_hf
 from seqlens.models.io import CheckpointError
 from seqlens.models.kernels.ssd import ssd_chunked, ssd_ref, ssd_scan
+from seqlens.testing.hf_mamba2 import random_hf_mamba2
 from seqlens.testing.tiny import make, tokens
 
 transformers = pytest.importorskip("transformers")
@@ -123,29 +124,13 @@ def test_model_backends_agree(backend):
 # ----------------------------------------------------------------------------- transformers parity
 
 
-def _hf_mamba2(groups: int = 2, tied: bool = False, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.Mamba2Config(vocab_size=101, hidden_size=32, num_hidden_layers=2, state_size=8,
-                                    num_heads=8, head_dim=8, n_groups=groups, expand=2, conv_kernel=4,
-                                    chunk_size=16, tie_word_embeddings=tied, initializer_range=0.2)
-    hf = transformers.Mamba2ForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # no mapping mistake may pass by symmetry: perturb norms, A, D, biases
-        for name, p in hf.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D", "conv1d.bias", "dt_bias")):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-            if name.endswith("A_log"):
-                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
-    return hf
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     cache = {}
 
     def get(groups: int = 2, tied: bool = False):
         if (groups, tied) not in cache:
-            hf = _hf_mamba2(groups, tied)
+            hf = random_hf_mamba2(groups, tied)
             directory = tmp_path_factory.mktemp(f"mamba2_{groups}_{tied}")
             hf.save_pretrained(directory)
             cache[groups, tied] = (hf, seqlens.load(str(directory)), directory)
