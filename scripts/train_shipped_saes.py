@@ -6,7 +6,7 @@ deterministic), stores it in fp16 (SAELens format) and measures it on held-out w
 validation split; the metrics go into ``metrics.json`` beside ``cfg.json`` (and into the cfg's
 metadata). A few minutes on 2 CPU cores.
 
-Usage: ``python scripts/train_shipped_saes.py [--only text-mamba/state-l1 ...] [--out DIR]``
+Usage: ``python scripts/train_shipped_saes.py [--only text-mamba/state-l1 ...] [--out DIR] [--threads N]``
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="names <organism>/<sae> to train (default all)")
     parser.add_argument("--out", type=Path, default=ROOT, help="organisms folder to write into")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     for spec in SPECS:
         name = f"{spec.organism}/{spec.name}"
         if args.only and name not in args.only:
