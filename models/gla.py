@@ -271,8 +271,9 @@ class Retention(LinearAttentionMixer):
     """RetNet's multi-scale retention: a fixed decay ``γ_h = 1 − 2^(−5−h)`` per head (paper
     §2.2), shared by every key dimension, so ``α_{t,s} = γ_h^{t−s} q_t·k_s``; with
     ``positions="rotary"`` q and k are rotated first (the paper's xPos ``Θ``, :func:`theta_shift`),
-    so ``α_{t,s} = γ_h^{t−s} Re[Σ_i q_{t,i} k̄_{s,i} e^{i(t−s)θ_i}]``. Without it positions enter
-    only through the decay (the shipped ``text-retnet`` before issue #16's fix)."""
+    so ``α_{t,s} = γ_h^{t−s} Re[Σ_i q_{t,i} k̄_{s,i} e^{i(t−s)θ_i}]`` and the state holds the rotated
+    keys, ``S_t = Σ_s γ_h^{t−s} (Θ_s k_s)ᵀ v_s``. Without it positions enter only through the decay
+    (the shipped ``text-retnet`` before issue #16's fix)."""
 
     HOOKS = LinearAttentionMixer.HOOKS[:4] + (
         HookSpec("hook_rot_q", "[B, L, H, d_k]", "queries after the xPos rotation Θ", "rotary"),
