@@ -51,8 +51,10 @@ STATE_POSITIONS = list(range(15, SEQ_LEN, 16))
 SPECS = [
     Spec("text-transformer", "resid-l1", "blocks.1.hook_resid_post", "topk", 512, 16),
     Spec("text-mamba", "resid-l1", "blocks.1.hook_resid_post", "topk", 512, 16),
+    # 1000 steps: on the v2 text-mamba 200 steps left FVU 0.446 held out (0.489 on the test's windows, at
+    # its 0.5 bound); 1000 give 0.398 (48 atoms stay: each costs 8 KB of the size budget)
     Spec("text-mamba", "state-l1", "blocks.1.mixer.hook_state", "matching_pursuit", 48, 8, n_seqs=400,
-         positions=STATE_POSITIONS, steps=200, batch_size=128),
+         positions=STATE_POSITIONS, steps=1000, batch_size=128),
     Spec("text-lstm", "resid-l1", "blocks.1.hook_resid_post", "topk", 512, 16),
     Spec("text-mingru", "state-l1", "blocks.1.mixer.hook_state", "topk", 256, 16, positions=STATE_POSITIONS),
 ]
