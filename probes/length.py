@@ -238,3 +238,36 @@ def held_out_documents(rows: int, length: int, seed: int = 0, split: str = "val"
     pick = torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[:rows].sort().values
     idx = torch.tensor(starts)[pick]
     return data[idx[:, None] + torch.arange(length + 1)].long()
+
+
+def task_prompts(model, seq_len: int, rows: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """``(tokens, targets, mask)`` of ``rows`` fresh single prompts of ``seq_len`` tokens from the
+    task ``model.recipe`` was trained on (its final task's kwargs, ``seq_len`` replaced; the mask
+    is the task's ``loss_mask``, e.g. a passkey's key digits). ValueError for a text recipe or
+    a model without one."""
+    from seqlens.tasks import make_task, task_kwargs
+
+    recipe = getattr(model, "recipe", None)
+    if recipe is None or not str(recipe.data).startswith("task:"):
+        raise ValueError(f"model: task_prompts needs an organism trained on a task ('task:<name>'), got "
+                         f"{None if recipe is None else recipe.data!r}")
+    kwargs = {**task_kwargs(recipe), "seq_len": _check_positive("seq_len", seq_len)}
+    tb = make_task(recipe.data.removeprefix("task:"), batch=_check_positive("rows", rows), seed=seed, **kwargs)
+    return tb.tokens, tb.targets, tb.loss_mask
+
+
+def prompt_lengths(model, lengths: list[int], rows: int, seed: int = 0, chunk: int | None = None,
+                   batch_size: int = 16, progress: Progress = False) -> dict[int, dict[str, float]]:
+    """Per prompt length: ``loss`` (mean over a prompt's scored positions), ``acc`` (their greedy
+    hits) and ``exact`` (all of them hit: the passkey retrieved), each with its SE over the
+    ``rows`` prompts (:func:`task_prompts`, seed ``seed + length``), via :func:`position_loss`."""
+    out = {}
+    for n in lengths:
+        x, y, m = task_prompts(model, n, rows, seed + n)
+        r = position_loss(model, x, y, m, bucket=n, batch_size=batch_size, chunk=chunk, progress=progress)
+        T = r.loss.shape[1]
+        stats = {"loss": mean_se(r.row_mean(0, T)), "acc": mean_se(r.row_mean(0, T, "hit")),
+                 "exact": mean_se(r.row_exact(0, T))}
+        out[n] = {**{k: v[0] for k, v in stats.items()}, **{f"{k}_se": v[1] for k, v in stats.items()},
+                  "rows": stats["loss"][2]}
+    return out

@@ -130,3 +130,22 @@ def test_held_out_documents_are_seeded_validation_windows_inside_one_file():
     assert all(bytes(row.tolist()) in val for row in a)
     with pytest.raises(ValueError, match="rows"):
         held_out_documents(10**6, 300)
+
+
+def test_prompt_lengths_exact_retrieval_equals_greedy_decoding_of_the_key():
+    """On the zoo's passkey organism: task_prompts are the recipe's own task at a new length, and
+    prompt_lengths' exact retrieval is the share of prompts whose greedy 5-token answer is the key."""
+    import seqlens
+    from seqlens.probes import prompt_lengths, task_prompts
+
+    model = seqlens.load("passkey-mamba-n2")
+    x, y, m = task_prompts(model, 128, 6, seed=7 + 128)
+    assert x.shape == (6, 128) and int(m.sum()) == 6 * 5  # 5 key digits per prompt
+    assert torch.equal(m, m[:1].expand_as(m))  # the key ends every prompt
+    first = int(m[0].nonzero()[0])  # the position predicting the first key digit
+    greedy = greedy_decode(model, x[:, :first + 1], 5)
+    want = (greedy == y[:, first:first + 5]).all(1).float().mean().item()
+    got = prompt_lengths(model, [128], 6, seed=7)[128]
+    assert got["exact"] == pytest.approx(want) and got["rows"] == 6
+    with pytest.raises(ValueError, match="model"):
+        task_prompts(seqlens.load("text-mamba"), 64, 2)
