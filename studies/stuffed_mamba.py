@@ -111,13 +111,18 @@ def split_at(coll: dict[str, bool | None], d_state: dict[str, int]) -> bool | No
     return 0 < k < len(flags) and all(flags[k:]) and not any(flags[:k])
 
 
-def judge(coll: dict, fits: dict, d_state: dict, lengths: dict) -> dict[str, bool | None]:
-    """Each claim True / False, or None when these organisms cannot test it. ``coll[name]``
-    holds ``collapsed`` (True / False / None) and, when collapsed, ``mitigated``."""
+def splits_by_len(coll: dict, d_state: dict, lengths: dict) -> dict[int, bool | None]:
+    """:func:`split_at` per training length."""
     by_len: dict[int, dict[str, bool | None]] = {}
     for n, c in coll.items():
         by_len.setdefault(lengths[n], {})[n] = c["collapsed"]
-    splits = [s for s in (split_at(c, d_state) for c in by_len.values()) if s is not None]
+    return {L: split_at(c, d_state) for L, c in sorted(by_len.items())}
+
+
+def judge(coll: dict, fits: dict, d_state: dict, lengths: dict) -> dict[str, bool | None]:
+    """Each claim True / False, or None when these organisms cannot test it. ``coll[name]``
+    holds ``collapsed`` (True / False / None) and, when collapsed, ``mitigated``."""
+    splits = [s for s in splits_by_len(coll, d_state, lengths).values() if s is not None]
     c1 = None if not splits else all(splits)
     mitigated = [m for c in coll.values() for m in c.get("mitigated", {}).values()]
     c2 = None if not mitigated else all(not m["collapsed"] for m in mitigated)
@@ -215,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     coverage_note(study, d_state, lengths)
     text = text_loss(study, a.text, a)
     old_c1 = old_claim1(old, d_state, lengths)
-    measured = {"train_len": lengths, "single_prompts": coll, "T_max": {n: s.longest_perfect for n, s in sweeps.items()},
+    by_split = splits_by_len(coll, d_state, lengths)
+    measured = {"train_len": lengths, "single_prompts": coll, "claim1_by_train_len": by_split, "T_max": {n: s.longest_perfect for n, s in sweeps.items()},
                 "accuracy": {n: s.accuracy for n, s in sweeps.items()}, "fits": fits, "claims": claims,
                 "d_state": d_state, "text_loss": text,
                 "old_stream_rule": {"collapse": old, "collapse_with_large_state": old_c1}}
     verdict = "; ".join(f"{k}: {'not testable' if v is None else ('yes' if v else 'no')}" for k, v in claims.items())
+    verdict += " (claim 1 per training length: " + ", ".join(
+        f"L={L} {'not testable' if v is None else ('yes' if v else 'no')}" for L, v in by_split.items()) + ")"
     verdict += "; " + "; ".join(describe(n, d_state[n], c) for n, c in coll.items())
     verdict += "; T_max " + ", ".join(f"{n} {s.longest_perfect}" for n, s in sweeps.items())
     verdict += (f"; old stream rule: {sum(bool(o['collapsed']) for o in old.values())} of {len(old)} collapsed, "
