@@ -78,13 +78,6 @@ def sink_mask(received: Tensor, tau: float = 0.1) -> Tensor:
     return mask
 
 
-def pattern_masses(pattern: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``(score, first_k_mass)``, each ``[..., H]``-shaped like ``pattern [..., H, T, T]`` minus the
-    last two dims: ``mean_{i≥1} A[i, 0]`` and ``mean_{i≥k} Σ_{j<k} A[i, j]``."""
-    p = pattern.float()
-    return p[..., 1:, 0].mean(-1), p[..., k:, :k].sum(-1).mean(-1)
-
-
 # ----------------------------------------------------------------------------- ACT calibration
 
 

@@ -57,6 +57,9 @@ _ENTRIES = [
      "once the string outgrows their state"),
     ("just_read_twice", "Arora et al. 2024, Just read twice",
      "a recurrent model recalls better when the context is repeated (read twice) before the question"),
+    ("zoology_mqar", "Arora et al. 2023, Zoology: measuring and improving recall in efficient language models",
+     "a recurrent model's multi-query associative recall rises with its state size, while attention solves "
+     "the task"),
     ("fox_forgetting", "Lin et al. 2025, Forgetting Transformer (FoX)",
      "FoX's forget gates decay mostly locally with a few long-range heads, and FoX extrapolates beyond "
      "its training length better than a Transformer"),

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from seqlens.cli import main as cli
 from seqlens.studies._report import Study, parser
@@ -44,7 +45,7 @@ def test_study_smoke_writes_metrics_and_report(name, tmp_path, capsys):
 def test_registry_lists_every_paper_of_the_issue():
     wanted = {"induction_phase_change", "retrieval_heads", "successor_heads", "sinks_act", "stuffed_mamba",
               "verbatim_memory", "icll_ngram_heads", "outliers_ptq", "copying", "just_read_twice",
-              "fox_forgetting", "zoo_circuits", "lrp_faithfulness", "sae_frontier"}
+              "zoology_mqar", "fox_forgetting", "zoo_circuits", "lrp_faithfulness", "sae_frontier"}
     assert wanted <= set(STUDIES)
     assert all(STUDIES[n].available for n in wanted - {"sae_frontier"})
     assert all(info.claim and info.paper for info in STUDIES.values())
@@ -171,3 +172,33 @@ def test_fox_forgetting_criterion_needs_the_gap_beyond_two_standard_errors():
     assert ff.extrapolates(ref, fox)["holds"] is False  # FoX rising more never holds
     assert ff.extrapolates(fox, {"rise": 0.3, "rise_se": float("nan")})["holds"] is None  # one row: no SE
 
+
+def test_zoology_state_floats_count_the_recurrent_state_or_the_whole_kv_cache():
+    from seqlens.models import ModelConfig, build
+    from seqlens.studies.zoology_mqar import state_floats
+
+    toks = torch.arange(10) % 32
+    mamba = build(ModelConfig(arch="mamba", vocab_size=32, d_model=16, n_layers=3, d_state=4, expand=2), seed=0)
+    assert state_floats(mamba, toks) == 3 * 32 * 4  # layers x d_inner x d_state (the conv buffer is not state)
+    gla = build(ModelConfig(arch="gla", vocab_size=32, d_model=16, n_layers=2, n_heads=2, d_key=8, d_value=16), seed=0)
+    assert state_floats(gla, toks) == 2 * 2 * 4 * 8  # layers x heads x d_k/head x d_v/head
+    attn = build(ModelConfig(arch="transformer", vocab_size=32, d_model=16, n_layers=2, n_heads=4, n_ctx=32), seed=0)
+    assert state_floats(attn, toks) == 2 * 2 * 10 * 16  # layers x (K, V) x tokens read x d_model
+    assert state_floats(attn, toks[:5]) == 2 * 2 * 5 * 16  # the cache grows with the sequence
+
+
+def test_zoology_judge_needs_a_monotone_rise_beyond_two_standard_errors():
+    from seqlens.studies.zoology_mqar import judge
+
+    def row(acc, n, se=0.01):
+        return {"accuracy": acc, "state_floats": n, "se": se}
+    results = {"a-n1": row(0.2, 100), "a-n2": row(0.3, 200), "a-n4": row(0.5, 400),   # rises
+               "b-n1": row(0.3, 100), "b-n2": row(0.2, 200), "b-n4": row(0.6, 400),   # not monotone
+               "c-n1": row(0.30, 100), "c-n2": row(0.31, 200), "c-n4": row(0.32, 400),  # within 2 SE
+               "d-n1": row(0.1, 100), "d-n2": row(0.9, 200)}                          # too few sizes
+    series = {k: [(int(n[-1]), n) for n in results if n.startswith(k)] for k in "abcd"}
+    j = judge(series, results)
+    assert set(j) == {"a", "b", "c"}
+    assert j["a"]["rises"] and j["a"]["accuracy"] == [0.2, 0.3, 0.5]
+    assert not j["b"]["rises"] and not j["b"]["monotone"]
+    assert j["c"]["monotone"] and not j["c"]["rises"]

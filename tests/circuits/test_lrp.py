@@ -14,6 +14,8 @@ from seqlens.models.mixer import NotApplicableError
 
 from seqlens.testing.planted import DH, V, planted_model
 
+from lrp_by_hand import linear_back, rms
+
 LLAMA = dict(mlp="gated", norm="rmsnorm", positions="rotary", act="silu")
 CONSERVATIVE = {  # arch -> (config extras, the rule set that must conserve)
     "mamba": ({}, "mambalrp"),
@@ -128,8 +130,6 @@ def hand_lrp_mingru(model, toks: torch.Tensor, position: int) -> tuple[torch.Ten
     D = mix.hidden_dim
     e = model.embed.weight[toks[0]]  # [L, d]
 
-    def rms(x, norm):
-        return norm.weight * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
     x1 = rms(e, blk.ln1)
     W = mix.in_proj.weight
     v, gate = x1 @ W[:D].T, x1 @ W[D:].T
@@ -152,9 +152,6 @@ def hand_lrp_mingru(model, toks: torch.Tensor, position: int) -> tuple[torch.Ten
     logits = f @ model.unembed.weight.T
     tgt = int(logits[position].argmax())
 
-    def linear_back(x, Wm, R_out):  # y = x Wmᵀ, LRP-0: R_x_j = x_j Σ_i W_ij R_i / y_i
-        y = x @ Wm.T
-        return x * ((R_out / y) @ Wm)
     R_f = torch.zeros_like(f)
     R_f[position] = f[position] * model.unembed.weight[tgt]  # the logit's share of each feature
     R_r2 = R_f  # norm with constant 1/rms: element-wise linear
@@ -192,11 +189,7 @@ def hand_mambalrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
     e = model.embed.weight[toks[0]].double()
     L = e.shape[0]
 
-    def rms(x, norm):
-        return norm.weight.double() * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
 
-    def linear_back(x, Wm, R_out):
-        return x * ((R_out / (x @ Wm.T)) @ Wm)
     x1 = rms(e, model.blocks[0].ln1)
     xs, z = x1 @ W["in_proj.weight"][:D].T, x1 @ W["in_proj.weight"][D:].T
     w = W["conv1d.weight"][:, 0]  # [D, K]
@@ -259,11 +252,7 @@ def hand_attnlrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
     e = model.embed.weight[toks[0]]
     L = e.shape[0]
 
-    def rms(x, norm):
-        return norm.weight * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
 
-    def linear_back(x, Wm, R_out):
-        return x * ((R_out / (x @ Wm.T)) @ Wm)
     x1 = rms(e, model.blocks[0].ln1)
     q, k, v = (x1 @ W.weight.T for W in (mix.q, mix.k, mix.v))
     qh, kh, vh = (t.view(L, H, dh) for t in (q, k, v))

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from seqlens.circuits import lrp
 from seqlens.models import ModelConfig, build
 
+from lrp_by_hand import linear_back, rms
+
 
 def tiny(n_layers: int = 1, groups: int = 2) -> torch.nn.Module:
     cfg = ModelConfig(arch="mamba2", d_model=16, n_layers=n_layers, vocab_size=64, n_heads=4, n_bc_groups=groups,
@@ -42,11 +44,7 @@ def hand_mamba2lrp(model, toks: torch.Tensor, position: int) -> torch.Tensor:
     e = model.embed.weight[toks[0]].double()
     L = e.shape[0]
 
-    def rms(x, norm):
-        return norm.weight.double() * x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
 
-    def linear_back(x, Wm, R_out):
-        return x * ((R_out / (x @ Wm.T)) @ Wm)
     x1 = rms(e, model.blocks[0].ln1)
     Win = W["in_proj.weight"]
     z, xs, b_in, c_in, dt = (x1 @ Win.T).split([D, D, GN, GN, H], dim=-1)
