@@ -129,20 +129,21 @@ def extrapolates(fox: dict, ref: dict) -> dict:
 
 
 def measure_pair(fox, ref, a) -> dict:
+    """Gates, the single-sequence measure (text windows or task prompts by the recipe's data) and
+    the old stream measure for one FoX / Transformer pair, with the criterion and a figure."""
     from seqlens.probes import held_out_documents
 
     if fox.recipe is not None and fox.recipe.data == "corpus:stdlib":
         windows = held_out_documents(a.rows, a.factor * train_len(fox), seed=a.seed)
         (f, rf), (t, rt) = on_text(fox, windows, a.factor), on_text(ref, windows, a.factor)
-        figs = [rf.figure(name=f"{fox.name} (FoX)"), None]
-        figs[1] = rt.figure(name=ref.name, fig=figs[0])
+        fig = rt.figure(name=ref.name, fig=rf.figure(name=f"{fox.name} (FoX)"))  # both on one plot
     else:
         seed = 1000 + a.seed + (fox.recipe.seed if fox.recipe else 0)  # fresh prompts, the same for both
         f, t = on_prompts(fox, a.factor, a.prompts, seed), on_prompts(ref, a.factor, a.prompts, seed)
-        figs = [prompts_figure({fox.name: f, ref.name: t})]
+        fig = prompts_figure({fox.name: f, ref.name: t})
     f = {"name": fox.name, **forget_stats(fox, a.seed), **f, "old_stream": old_stream(fox, a.factor, a.seed, a.stream_rows)}
     t = {"name": ref.name, **t, "old_stream": old_stream(ref, a.factor, a.seed, a.stream_rows)}
-    return {"fox": f, "transformer": t, "criterion": extrapolates(f, t), "figure": figs[0]}
+    return {"fox": f, "transformer": t, "criterion": extrapolates(f, t), "figure": fig}
 
 
 def prompts_figure(results: dict):
