@@ -141,8 +141,9 @@ class LayerNorm(Norm):
 
 
 class RMSNorm(Norm):
-    """RMSNorm computed in float32 (as Llama and Mamba do), then cast back. With ``offset`` (Gemma:
-    1) the gain is ``offset + weight`` and is applied in float32 before the cast, as Gemma does."""
+    """RMSNorm computed in float32 (as Llama and Mamba do; float64 stays float64), then cast back.
+    With ``offset`` (Gemma: 1) the gain is ``offset + weight`` and is applied before the cast, as
+    Gemma does."""
 
     def __init__(self, d: int, eps: float, offset: float = 0.0):
         super().__init__(d, eps)
@@ -152,15 +153,16 @@ class RMSNorm(Norm):
         return self.weight + self.offset if self.offset else self.weight
 
     def fused(self, x: Tensor) -> Tensor:
-        x32 = x.float()
+        x32 = x if x.dtype == torch.float64 else x.float()  # reference checks run in float64
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
-            return (y * (self.offset + self.weight.float())).to(x.dtype)
+            return (y * (self.offset + self.weight.to(y.dtype))).to(x.dtype)
         return self.weight * y.to(x.dtype)
 
     def affine(self, y: Tensor, dtype: torch.dtype) -> Tensor:
         if self.offset:
-            return (y.float() * (self.offset + self.weight.float())).to(dtype)
+            y = y if y.dtype == torch.float64 else y.float()
+            return (y * (self.offset + self.weight.to(y.dtype))).to(dtype)
         return self.weight * y.to(dtype)
 
 

@@ -470,3 +470,20 @@ def test_nnsight_reads_and_edits_hooks(name):
         logits = wrapped.output.save()
     torch.testing.assert_close(logits, expected)
     assert not torch.allclose(expected, model(toks))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_rmsnorm_keeps_float64_and_matches_its_formula(offset):
+    """Low precision is normalised in float32, but a float64 model (the reference checks) stays float64."""
+    from seqlens.models.base import RMSNorm
+
+    norm = RMSNorm(8, 1e-6, offset=offset).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2, 8, dtype=torch.float64))
+    x = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e3
+    expected = (offset + norm.weight) * x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
+    for out in (norm(x), norm.affine(x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt(), torch.float64)):
+        assert out.dtype == torch.float64
+        assert (out - expected).abs().max() < 1e-12 * expected.abs().max()
+    half = norm.float()(x.float())  # float32 in, float32 out, within float32 rounding
+    assert torch.allclose(half.double(), expected, rtol=1e-5)
