@@ -321,7 +321,8 @@ class ModelConfig:
 
     Shared: ``arch`` (one of :data:`ARCHS`), ``vocab_size``, ``d_model``, ``n_layers``, ``n_ctx``
     (the context the model was trained on; a hard limit only with learned positions),
-    ``norm``/``norm_eps``, ``tied_embeddings``, ``positions`` ("rotary" needs an attention mixer);
+    ``norm``/``norm_eps``, ``tied_embeddings``, ``positions`` ("rotary" needs an attention mixer, or
+    RetNet: its xPos rotation of q and k; "learned" adds embeddings to attention models only);
     MLP: ``mlp`` ("plain" = fc_out(act(fc_in x)), "gated" = SwiGLU-style fc_out(act(fc_gate x) *
     fc_in x)), ``d_mlp``, ``act``, ``mlp_bias``, ``attn_only`` (no MLP), ``parallel_residual``
     (GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)); ``meta`` (free-form provenance, not compared).
@@ -400,8 +401,12 @@ class ModelConfig:
             _check_positive(name, getattr(self, name))
         if isinstance(self.mixer, AttentionConfig):
             self._check_attention()
-        elif self.positions == "rotary":
-            raise ValueError(f"ModelConfig.positions: 'rotary' needs an attention mixer, not arch {self.arch!r}")
+        elif self.positions == "rotary" and self.arch != "retnet":  # RetNet: the paper's xPos rotation Θ
+            raise ValueError(f"ModelConfig.positions: 'rotary' needs an attention mixer or arch 'retnet', "
+                             f"not arch {self.arch!r}")
+        elif self.positions == "rotary" and (self.key_dim // self.n_heads) % 2:
+            raise ValueError(f"ModelConfig.positions: 'rotary' rotates pairs of key features; d_key per head "
+                             f"{self.key_dim // self.n_heads} (d_key={self.key_dim}, n_heads={self.n_heads}) is odd")
         if isinstance(self.mixer, Mamba2Config) and self.d_inner % self.n_heads:
             raise ValueError(f"Mamba2Config.n_heads: {self.n_heads} must divide d_inner={self.d_inner}")
         if isinstance(self.mixer, MambaConfig) and self.d_inner % self.n_groups:

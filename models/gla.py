@@ -14,8 +14,13 @@ GLA's decay is data dependent and per key dimension, ``g_t = σ(W2 W1 x_t + b)^{
 a per-head RMS "group norm" then a swish output gate (GLA §4.4; RetNet §2.2, with fla's RMSNorm
 in place of GroupNorm).
 
-Omitted: RetNet's xPos / rotary (positions come only from the decay), GLA's optional short
-convolutions, feature maps and grouped key / value heads.
+RetNet with ``positions="rotary"`` rotates q and k by the paper's ``Θ_n = e^{inθ}`` (its xPos
+without the length-extrapolation scale, as torchscale does; :func:`theta_shift`); without it
+(the default, and the shipped ``text-retnet`` trained before issue #16) positions come only from the
+decay, which on byte-level text learned far worse (docs/architectures.md). Omitted: GLA's optional
+short convolutions, feature maps and grouped key / value heads; torchscale's normalisations of the
+parallel form (decay rows divided by their root sum, scores by their clamped absolute sum) are
+per-row, per-head scalars that the group norm removes, so only their numerics differ.
 
 The sequence runs through :func:`~seqlens.models.kernels.linear_attention.gated_linear_attention`
 (the "chunkwise parallel form" of GLA §4.2: inside a chunk an attention-like matrix weighted by
@@ -24,7 +29,8 @@ products of gates, across chunks the state): Triton kernels on CUDA, ``gla_chunk
 
 Hooks (``blocks.{l}.mixer.*``): ``hook_q``, ``hook_k [B, L, H, d_k]`` (q before its d_k^-0.5
 scale), ``hook_v [B, L, H, d_v]``, ``hook_log_decay [B, L, H, d_k]`` (log g_t; constant log γ_h for
-RetNet), ``hook_z [B, L, H, d_v]`` (per-head output before the group norm: the "z" that head
+RetNet), RetNet with rotation: ``hook_rot_q``, ``hook_rot_k [B, L, H, d_k]`` (after Θ),
+``hook_z [B, L, H, d_v]`` (per-head output before the group norm: the "z" that head
 ablations edit), ``g_norm.hook_scale / hook_normalized / hook_out [B, L, H, d_v]`` (the group norm,
 before / after its weight), ``hook_out_gate [B, L, value_dim]`` (SiLU(g_proj x); ``hook_gate``
 before), ``hook_out [B, L, d_model]``; inside ``SeqModel.tap_states``, ``hook_state
@@ -86,6 +92,28 @@ def gla_attention_matrix(q: Tensor, k: Tensor, log_g: Tensor, scale: float | Non
         decay = diff.masked_fill(~causal[t0:t1], float("-inf")).to(dtype).exp()
         out[:, :, t0:t1] = torch.einsum("bhti,bhsi,bhtsi->bhts", qs[:, :, t0:t1], kt, decay)
     return out
+
+
+# ----------------------------------------------------------------------------- RetNet's rotation
+
+
+def retention_angles(d_k: int, device: torch.device | None = None) -> Tensor:
+    """``θ [d_k]`` float64: RetNet's xPos angles as torchscale's ``RetNetRelPos`` sets them,
+    ``θ_i = 10000^(−i / (d_k/2 − 1))`` for the pair ``i < d_k/2``, each repeated for both
+    features of its pair (2i, 2i+1)."""
+    angle = 1.0 / 10000 ** torch.linspace(0, 1, d_k // 2, dtype=torch.float64, device=device)
+    return angle.repeat_interleave(2)
+
+
+def theta_shift(x: Tensor, positions: Tensor) -> Tensor:
+    """RetNet's ``Θ_n = e^{inθ}`` (paper §2.1; torchscale's ``theta_shift``): features (2i, 2i+1)
+    of ``x [B, T, H, d_k]`` are the complex number ``x_{2i} + i x_{2i+1}``, multiplied by
+    ``e^{i n θ_i}`` at position ``n = positions[t]``. Applied to q and k, ``q_n · k_m`` then
+    depends on ``n − m`` only. Angles in float64 so that long positions lose no phase."""
+    angles = positions.to(torch.float64)[:, None] * retention_angles(x.shape[-1], x.device)  # [T, d_k]
+    cos, sin = (f(angles).to(x.dtype)[None, :, None, :] for f in (torch.cos, torch.sin))
+    swapped = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)  # i·z per pair
+    return x * cos + swapped * sin
 
 
 # ----------------------------------------------------------------------------- mixers
@@ -180,8 +208,9 @@ class LinearAttentionMixer(Mixer):
         return self.d_k ** -0.5
 
     # -- pieces ----------------------------------------------------------------------------------
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``q, k, log_g [B, T, H, d_k]`` and ``v [B, T, H, d_v]``, each through its hook."""
+    def project(self, x: Tensor, pos: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``q, k, log_g [B, T, H, d_k]`` and ``v [B, T, H, d_v]`` of ``x`` starting at absolute
+        position ``pos`` (RetNet's rotation reads it), each through its hook."""
         B, T, _ = x.shape
         H = self.n_heads
         q = self.hook_q(self.q_proj(x).view(B, T, H, self.d_k))
@@ -201,7 +230,7 @@ class LinearAttentionMixer(Mixer):
         T = x.shape[1]
         taps = self.local_taps(pos, T)
         self.check_tap_range(T, state)
-        q, k, v, log_g = self.project(x)
+        q, k, v, log_g = self.project(x, pos)
         # log_g is hook_log_decay's output (also for RetNet), so edits made by hooks take effect
         res = gated_linear_attention(q, k, v, g=log_g, scale=self.scale, tap_positions=taps,
                                      initial_state=None if state is None else state["S"],
@@ -240,8 +269,32 @@ class GatedLinearAttention(LinearAttentionMixer):
 
 class Retention(LinearAttentionMixer):
     """RetNet's multi-scale retention: a fixed decay ``γ_h = 1 − 2^(−5−h)`` per head (paper
-    §2.2), shared by every key dimension, so ``α_{t,s} = γ_h^{t−s} q_t·k_s``. xPos is omitted:
-    positions enter only through the decay."""
+    §2.2), shared by every key dimension, so ``α_{t,s} = γ_h^{t−s} q_t·k_s``; with
+    ``positions="rotary"`` q and k are rotated first (the paper's xPos ``Θ``, :func:`theta_shift`),
+    so ``α_{t,s} = γ_h^{t−s} Re[Σ_i q_{t,i} k̄_{s,i} e^{i(t−s)θ_i}]`` and the state holds the rotated
+    keys, ``S_t = Σ_s γ_h^{t−s} (Θ_s k_s)ᵀ v_s``. Without it positions enter only through the decay
+    (the shipped ``text-retnet`` before issue #16's fix)."""
+
+    HOOKS = LinearAttentionMixer.HOOKS[:4] + (
+        HookSpec("hook_rot_q", "[B, L, H, d_k]", "queries after the xPos rotation Θ", "rotary"),
+        HookSpec("hook_rot_k", "[B, L, H, d_k]", "keys after the xPos rotation Θ", "rotary"),
+    ) + LinearAttentionMixer.HOOKS[4:]
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.rotary = cfg.positions == "rotary"
+        if self.rotary:
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+
+    def project(self, x: Tensor, pos: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """As the base class; with the rotation, q and k leave rotated (``hook_rot_q`` /
+        ``hook_rot_k``). Only ``t − s`` matters, so left padding (real tokens shifted) and
+        streaming (``pos`` carried) agree with one plain forward."""
+        q, k, v, log_g = super().project(x, pos)
+        if self.rotary:
+            positions = torch.arange(pos, pos + x.shape[1], device=x.device)
+            q, k = self.hook_rot_q(theta_shift(q, positions)), self.hook_rot_k(theta_shift(k, positions))
+        return q, k, v, log_g
 
     def gates(self) -> list[GateSpec]:
         return [GateSpec("γ (constant)", "hook_log_decay", lambda x: torch.exp(x.float()),
@@ -259,9 +312,11 @@ class Retention(LinearAttentionMixer):
         return torch.exp2(-5.0 - torch.arange(self.n_heads, dtype=torch.float64))  # 1 − γ_h
 
     def log_decay(self, x: Tensor) -> Tensor:
-        """``log γ_h`` (log1p keeps it exact for γ near 1) for every token and key dimension."""
+        """``log γ_h`` (log1p keeps it exact for γ near 1) for every token and key dimension, in
+        float32 (float64 for a float64 model: γ^t over long distances keeps its precision)."""
         B, T, _ = x.shape
-        log_gamma = torch.log1p(-self._forget_rate()).to(device=x.device, dtype=torch.float32)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        log_gamma = torch.log1p(-self._forget_rate()).to(device=x.device, dtype=dtype)
         return log_gamma.view(1, 1, -1, 1).expand(B, T, self.n_heads, self.d_k).contiguous()
 
 

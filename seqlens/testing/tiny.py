@@ -31,8 +31,9 @@ CONFIGS: dict[str, ModelConfig] = {
                           n_bc_groups=2, norm="rmsnorm", chunk_size=8),
     "gla": ModelConfig(arch="gla", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_key=16, d_value=32,
                        gate_low_rank=8, norm="rmsnorm", mlp="gated", act="silu"),
+    # RetNet as the paper: xPos rotation of q and k (positions "rotary"), value dim 2 x key dim
     "retnet": ModelConfig(arch="retnet", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_key=16,
-                          d_value=32, norm="rmsnorm", mlp="gated", act="silu"),
+                          d_value=32, norm="rmsnorm", mlp="gated", act="silu", positions="rotary"),
     "mingru": ModelConfig(arch="mingru", vocab_size=V, d_model=32, n_layers=2, d_hidden=48, n_groups=4,
                           norm="rmsnorm", mlp="gated", act="silu"),
     "minlstm": ModelConfig(arch="minlstm", vocab_size=V, d_model=32, n_layers=2, d_hidden=48,

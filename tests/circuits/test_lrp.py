@@ -24,7 +24,7 @@ CONSERVATIVE = {  # arch -> (config extras, the rule set that must conserve)
     "minlstm": (dict(positions="none"), "lrp"),
     "lstm": (dict(positions="none"), "lrp"),
     "gla": (dict(positions="none"), "lrp"),
-    "retnet": (dict(positions="none"), "lrp"),
+    "retnet": (dict(positions="rotary"), "lrp"),  # the paper's xPos rotation (linear in q, k)
     "transformer": (LLAMA, "cp-lrp"),
     "fox": (dict(LLAMA, positions="none"), "cp-lrp"),
 }

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqlens.models.gla import GatedLinearAttention, Retention, gla_recurrent_ref
+from seqlens.models.gla import GatedLinearAttention, Retention, gla_recurrent_ref, theta_shift
 from seqlens.testing.tiny import CONFIGS, make, tokens
 
 # ----------------------------------------------------------------------------- mixers in models
@@ -34,7 +34,10 @@ def test_mixer_output_matches_formula(name):
     x = cache["blocks.1.ln1.hook_out"]
     Bt, T, _ = x.shape
     heads = lambda t: t.view(Bt, T, m.n_heads, -1)  # noqa: E731
-    o = gla_recurrent_ref(heads(m.q_proj(x)), heads(m.k_proj(x)), heads(m.v_proj(x)), m.log_decay(x)).o
+    q, k = heads(m.q_proj(x)), heads(m.k_proj(x))
+    if model.cfg.positions == "rotary":  # RetNet's xPos rotation (checked against the paper in test_retnet.py)
+        q, k = theta_shift(q, torch.arange(T)), theta_shift(k, torch.arange(T))
+    o = gla_recurrent_ref(q, k, heads(m.v_proj(x)), m.log_decay(x)).o
     torch.testing.assert_close(o, cache["blocks.1.mixer.hook_z"], atol=1e-5, rtol=1e-4)
     normed = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + model.cfg.norm_eps) * m.g_norm.weight
     out = m.o_proj(normed.reshape(Bt, T, -1) * F.silu(m.g_proj(x)))
@@ -59,11 +62,12 @@ def test_pattern_rebuilds_hook_z(name):
 
 
 def test_retnet_pattern_is_gamma_power_times_qk():
-    model = make("retnet")
+    model = make("retnet")  # with the xPos rotation: q, k after it (tests/models/test_retnet.py checks Θ)
     toks = tokens(1, 12)
     m = model.blocks[0].mixer
     x = model.mixer_input(toks, 0)
-    q, k = (p(x).view(1, 12, m.n_heads, m.d_k) for p in (m.q_proj, m.k_proj))
+    _, cache = model.run_with_cache(toks)
+    q, k = cache["blocks.0.mixer.hook_rot_q"], cache["blocks.0.mixer.hook_rot_k"]
     t = torch.arange(12)
     powers = (t[:, None] - t[None, :]).clamp(min=0).double()
     decay = (m.gamma[:, None, None] ** powers).float().tril()  # [H, L, L]
@@ -92,6 +96,8 @@ def expected_mixer_hooks(name: str, Bt: int, L: int) -> dict[str, tuple[int, ...
               "g_norm.hook_scale": (Bt, L, H, 1), "g_norm.hook_normalized": (Bt, L, H, dv),
               "g_norm.hook_out": (Bt, L, H, dv),
               "hook_out_gate": (Bt, L, cfg.value_dim), "hook_out": (Bt, L, cfg.d_model)}
+    if cfg.positions == "rotary":  # RetNet's xPos rotation
+        shapes.update({"hook_rot_q": (Bt, L, H, dk), "hook_rot_k": (Bt, L, H, dk)})
     return {f"blocks.{l}.mixer.{k}": v for l in range(cfg.n_layers) for k, v in shapes.items()}
 
 

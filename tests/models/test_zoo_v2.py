@@ -142,7 +142,11 @@ def test_shipped_probe_metrics_reproduce_on_fresh_data(name):
 
     org, record = zoo.organisms()[name], zoo.record(name)
     model = seqlens.load(name).eval()
-    for probe in org.probes:
+    # a probe added to the organism after its checkpoint was trained is not in its record
+    # (text-fox, text-minlstm: trained with repeat_surprisal only; `zoo list` prints "-")
+    recorded = [p for p in org.probes if p in record["metrics"]]
+    assert recorded, f"{name}: none of its probes {org.probes} was recorded in training"
+    for probe in recorded:
         value = PROBES[probe][0](model, 1)  # seed 1: training measured with seed 0
         assert value == pytest.approx(record["metrics"][probe], abs=PROBE_TOLERANCE[probe]), probe
 
