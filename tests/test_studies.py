@@ -103,6 +103,38 @@ def test_stuffed_mamba_compares_state_sizes_only_within_a_training_length():
     assert sm.train_len(seqlens.load("passkey-mamba-n2")) == 64
 
 
+def test_stuffed_mamba_collapse_is_judged_on_single_prompts_and_splits_by_state_size():
+    """The run-C rule: collapsed = works at L (exact ≥ 0.9) but exact < 0.5 at 2L; claim 1 needs the
+    collapsed organisms of a training length to be exactly its largest judged states."""
+    from seqlens.studies import stuffed_mamba as sm
+
+    at = lambda e1, e2: {64: {"exact": e1}, 128: {"exact": e2}}  # noqa: E731
+    assert sm.collapsed(at(1.0, 0.2), 64) is True and sm.collapsed(at(0.95, 0.6), 64) is False
+    assert sm.collapsed(at(0.5, 0.0), 64) is None  # fails at its own length: not judged
+    d = {"a": 2, "b": 4, "c": 8, "d": 16}
+    assert sm.split_at({"a": False, "b": False, "c": True, "d": True}, d) is True
+    assert sm.split_at({"a": False, "b": None, "c": True, "d": None}, d) is True  # unjudged ones ignored
+    assert sm.split_at({"a": False, "b": True, "c": False, "d": True}, d) is False  # not an upper set
+    assert sm.split_at({"a": True, "b": True}, d) is False and sm.split_at({"a": False, "b": False}, d) is False
+    assert sm.split_at({"a": False, "b": None}, d) is None
+
+
+def test_stuffed_mamba_runs_the_three_mitigations_on_a_collapsed_organism(monkeypatch):
+    """With the collapse threshold raised above 1 every working organism counts as collapsed, so
+    the mitigation path runs: each mitigation is measured on the same single prompts at 2L."""
+    import argparse
+
+    import seqlens
+    from seqlens.studies import stuffed_mamba as sm
+
+    monkeypatch.setattr(sm, "COLLAPSED", 1.01)
+    a = argparse.Namespace(prompts=3, chunk=32, seed=0)
+    out = sm.single_prompts(seqlens.load("passkey-mamba-n2"), a)
+    assert out["train_len"] == 64 and sorted(out["at"]) == [64, 128, 256] and out["collapsed"] is True
+    assert sorted(out["mitigated"]) == ["forget_more", "normalize_states", "state_window"]
+    assert all(0 <= m["exact"] <= 1 and m["collapsed"] is True for m in out["mitigated"].values())
+
+
 def test_fox_forgetting_uses_the_zoos_fox_pair_and_trains_no_stand_in(tmp_path, monkeypatch):
     """With a FoX organism in the zoo (here an untrained fox-passkey written with its recipe into a
     copy of the zoo folder), the study measures the zoo's pair on the same data and never trains."""
@@ -125,8 +157,20 @@ def test_fox_forgetting_uses_the_zoos_fox_pair_and_trains_no_stand_in(tmp_path, 
     pair = metrics["measured"]["pairs"]["fox-passkey"]
     assert pair["fox"]["name"] == "fox-passkey" and pair["transformer"]["name"] == "transformer-passkey"
     assert pair["fox"]["train_len"] == pair["transformer"]["train_len"] == 64  # the task's seq_len, not n_ctx
-    assert metrics["reproduced"] in (True, False) and "text-fox" in metrics["missing"]
+    assert set(pair["fox"]["at"]) == {"64", "128"} and pair["fox"]["measure"] == "prompts"  # 1 and 2 L (smoke)
+    assert "rise" in pair["fox"]["old_stream"] and pair["criterion"]["holds"] in (True, False, None)
+    assert metrics["reproduced"] in (True, False, None) and "text-fox" in metrics["missing"]
     assert sorted(metrics["organisms"]) == ["fox-passkey", "transformer-passkey"]
+
+
+def test_fox_forgetting_criterion_needs_the_gap_beyond_two_standard_errors():
+    from seqlens.studies import fox_forgetting as ff
+
+    fox, ref = {"rise": 0.0, "rise_se": 0.05}, {"rise": 0.3, "rise_se": 0.05}
+    assert ff.extrapolates(fox, ref)["holds"] is True  # gap 0.3 > 2·0.071
+    assert ff.extrapolates(fox, {"rise": 0.1, "rise_se": 0.05})["holds"] is False  # 0.1 < 0.14
+    assert ff.extrapolates(ref, fox)["holds"] is False  # FoX rising more never holds
+    assert ff.extrapolates(fox, {"rise": 0.3, "rise_se": float("nan")})["holds"] is None  # one row: no SE
 
 
 def test_zoology_state_floats_count_the_recurrent_state_or_the_whole_kv_cache():
