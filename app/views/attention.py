@@ -40,16 +40,19 @@ with state.errors_shown("Attention patterns"):
     st.caption(f"{L} tokens ({prompt.source}); layer {layer}: {H} {'channel groups' if model.blocks[0].mixer.groups.unit == 'channel' else 'heads'}.")
     head_names = res.head_names()
 
-    tab_hover, tab_grid = st.tabs(["Token view", "Heatmaps"])
+    # lazy tabs: only the open one is drawn (the heatmaps of every head cost seconds on long prompts)
+    tab_hover, tab_grid = st.tabs(["Token view", "Heatmaps"], key="attn_view", on_change="rerun")
     with tab_hover:
-        if H * L * L <= HOVER_MAX_VALUES:
-            shown, names = pats, head_names
-        else:
-            h = st.selectbox("Head", list(range(H)), format_func=lambda i: head_names[i], key="attn_hover_head")
-            shown, names = pats[h:h + 1], head_names[h:h + 1]
-        st.iframe(token_hover_html(shown, prompt.labels, names,
-                                   caption=f"{model_key.partition(':')[2]} · layer {layer} · {kind}"))
+        if tab_hover.open:
+            if H * L * L <= HOVER_MAX_VALUES:
+                shown, names = pats, head_names
+            else:
+                h = st.selectbox("Head", list(range(H)), format_func=lambda i: head_names[i], key="attn_hover_head")
+                shown, names = pats[h:h + 1], head_names[h:h + 1]
+            st.iframe(token_hover_html(shown, prompt.labels, names,
+                                       caption=f"{model_key.partition(':')[2]} · layer {layer} · {kind}"))
     with tab_grid:
-        result_figure(res.figure(cols=2), "attn_grid", res, title_chars=90)
-        if res.signed:
-            st.caption("Raw implicit attention: signed weights (red/blue), rows need not sum to 1.")
+        if tab_grid.open:
+            result_figure(res.figure(cols=2), "attn_grid", res, title_chars=90)
+            if res.signed:
+                st.caption("Raw implicit attention: signed weights (red/blue), rows need not sum to 1.")

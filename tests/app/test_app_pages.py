@@ -137,10 +137,19 @@ def test_attention_page_task_sample_heatmaps_and_hover_view():
     assert [s.label for s in at.selectbox if s.key == "w_attn_layer"]
     (view,) = iframes(at)
     assert '"BOS"' in view and "mouseenter" in view  # token labels with special names; hover logic
-    assert any("Layer 0" in t for t in chart_titles(at))
+    assert not chart_titles(at)  # lazy tabs: the heatmaps are drawn only when their tab is open
+    show_heatmaps(at)
+    assert any("Layer 0" in t for t in chart_titles(at)) and not iframes(at)
     at.selectbox(key="w_attn_layer").set_value(1).run()
     no_problem(at)
     assert any("Layer 1" in t for t in chart_titles(at))
+
+
+def show_heatmaps(at):
+    """Open the Attention page's Heatmaps tab (what a click on it does)."""
+    at.session_state["attn_view"] = "Heatmaps"
+    at.run()
+    no_problem(at)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -174,6 +183,7 @@ def test_attention_free_text_on_a_byte_model():
 def test_attention_implicit_attention_of_a_recurrent_model():
     at = open_app("attention", model="tiny-mamba")
     no_problem(at)
+    show_heatmaps(at)
     assert at.toggle(key="attn_norm").value is True
     assert any("implicit attention" in t for t in chart_titles(at))
     at.toggle(key="attn_norm").set_value(False).run()  # raw signed α

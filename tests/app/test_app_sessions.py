@@ -70,6 +70,8 @@ def attention_in_b(model: str, ids: list[int], layer: int):
     at.radio(key="w_prompt_mode").set_value("Token ids").run()
     at.text_input(key="w_prompt_ids").input(", ".join(map(str, ids))).run()
     at.selectbox(key="w_attn_layer").set_value(layer).run()
+    at.session_state["attn_view"] = "Heatmaps"  # the lazy Heatmaps tab
+    at.run()
     no_problem(at)
     fig = keyed_charts(at)["attn_grid"]
     return np.array([plotly_array(trace["z"]) for trace in fig["data"]]), at
