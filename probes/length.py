@@ -33,6 +33,7 @@ from torch import Tensor
 
 from seqlens.progress import Progress, progress_bar
 from seqlens.result import Result
+from seqlens.validate import positive_int
 
 
 def mean_se(values: Tensor) -> tuple[float, float, int]:
@@ -159,14 +160,6 @@ def _check_inputs(model, tokens: Tensor, targets: Tensor | None, mask: Tensor | 
     return tokens, targets, mask.bool()
 
 
-def _check_positive(name: str, value: Any, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, got {value!r}")
-    return value
-
-
 @torch.no_grad()
 def _logits(model, tokens: Tensor, chunk: int | None) -> Tensor:
     """Logits ``[B, T, V]``: one forward, or ``model.stream`` in chunks carrying the state."""
@@ -193,10 +186,10 @@ def position_loss(model, tokens: Tensor, targets: Tensor | None = None, mask: Te
     from seqlens.probes.collapse_sources import train_length
 
     inputs, targets, mask = _check_inputs(model, tokens, targets, mask)
-    batch_size = _check_positive("batch_size", batch_size)
-    chunk = _check_positive("chunk", chunk, allow_none=True)
+    batch_size = positive_int("batch_size", batch_size)
+    chunk = None if chunk is None else positive_int("chunk", chunk)
     L, source = train_length(model)
-    bucket = _check_positive("bucket", bucket if bucket is not None else L)
+    bucket = positive_int("bucket", bucket if bucket is not None else L)
     device = next(model.parameters()).device
     was_training, t0 = model.training, time.time()
     model.eval()
@@ -228,7 +221,7 @@ def held_out_documents(rows: int, length: int, seed: int = 0, split: str = "val"
     windows; ``rows`` of them are drawn without replacement with ``seed``."""
     from seqlens.corpus import EOS_ID, StdlibCorpus
 
-    rows, length = _check_positive("rows", rows), _check_positive("length", length)
+    rows, length = positive_int("rows", rows), positive_int("length", length)
     data = StdlibCorpus().tokens(split)  # type: ignore[arg-type]
     ends = torch.nonzero(data == EOS_ID).flatten().tolist()
     starts = [s + k for s, e in zip([0] + [e + 1 for e in ends[:-1]], ends) for k in range(0, e - s - length, length)]
@@ -251,8 +244,8 @@ def task_prompts(model, seq_len: int, rows: int, seed: int = 0) -> tuple[Tensor,
     if recipe is None or not str(recipe.data).startswith("task:"):
         raise ValueError(f"model: task_prompts needs an organism trained on a task ('task:<name>'), got "
                          f"{None if recipe is None else recipe.data!r}")
-    kwargs = {**task_kwargs(recipe), "seq_len": _check_positive("seq_len", seq_len)}
-    tb = make_task(recipe.data.removeprefix("task:"), batch=_check_positive("rows", rows), seed=seed, **kwargs)
+    kwargs = {**task_kwargs(recipe), "seq_len": positive_int("seq_len", seq_len)}
+    tb = make_task(recipe.data.removeprefix("task:"), batch=positive_int("rows", rows), seed=seed, **kwargs)
     return tb.tokens, tb.targets, tb.loss_mask
 
 
