@@ -45,8 +45,10 @@ def state_floats(model, tokens: torch.Tensor) -> int:
 def accuracy(model, batches: int, seed: int) -> dict:
     """Per-query accuracy pooled over ``batches`` fresh evaluation batches, with its standard error."""
     from seqlens.tasks import get_batch
+    from seqlens.validate import positive_int
 
     hits = []
+    batches = positive_int("batches", batches)
     for i in range(batches):
         b = get_batch(model.recipe, 1000 * seed + i, split="eval")
         hits.append(b.correct(model(b.tokens.to(model.device)).cpu())[b.loss_mask])

@@ -187,6 +187,13 @@ def test_zoology_state_floats_count_the_recurrent_state_or_the_whole_kv_cache():
     assert state_floats(attn, toks[:5]) == 2 * 2 * 5 * 16  # the cache grows with the sequence
 
 
+def test_zoology_refuses_zero_batches():
+    from seqlens.studies.zoology_mqar import accuracy
+
+    with pytest.raises(ValueError, match="batches"):
+        accuracy(None, 0, seed=0)
+
+
 def test_zoology_judge_needs_a_monotone_rise_beyond_two_standard_errors():
     from seqlens.studies.zoology_mqar import judge
 
