@@ -138,12 +138,12 @@ def _copy_organisms() -> dict[str, Organism]:
         for arch, cfg in models.items()}
 
 
-def _text_models(n_ctx: int, v2: bool = True) -> dict[str, ModelConfig]:
-    """Byte-level text models, one per architecture (~0.4-0.8M parameters); the v2 Transformer has
-    two layers (the minimum for induction heads) to fit the CPU budget."""
+def _text_models(n_ctx: int) -> dict[str, ModelConfig]:
+    """Byte-level text models, one per architecture (~0.4-0.8M parameters); the Transformer has two
+    layers (the minimum for induction heads; v1 had four) to fit the CPU budget."""
     base = dict(vocab_size=256, d_model=128, n_ctx=n_ctx)
     return {
-        "transformer": ModelConfig(arch="transformer", n_layers=2 if v2 else 4, n_heads=4, d_mlp=256, **LLAMA,
+        "transformer": ModelConfig(arch="transformer", n_layers=2, n_heads=4, d_mlp=256, **LLAMA,
                                    **base),
         "fox": ModelConfig(arch="fox", n_layers=4, n_heads=4, d_mlp=256, positions="none", **RECURRENT, **base),
         "mamba": ModelConfig(arch="mamba", n_layers=4, d_state=16, norm="rmsnorm", **base),
@@ -174,14 +174,13 @@ TEXT_V2_EVAL = {"repeat_share": 0.0}
 # at 500 (docs/zoo.md)
 TEXT_INDUCTION_WARMUP = [{"until": 700, "data": "task:induction", "seq_len": 256, "vocab_size": 256,
                           "min_prefix": 8}]
-# every text organism is v2; only the Transformer starts with the induction-task warm-up. The same
-# warm-up was tried on FoX (batch 8, 2400 steps), Mamba and minGRU (2000 steps): none learned the
-# induction task (prefix score <= 0.012, repeat surprisal 100 %) and each ended worse on text (FoX
-# 1.920 vs 1.583 bits/byte, Mamba 1.777, minGRU 2.403; docs/zoo.md), so they train on the text mix alone
-TEXT_V2_ARCHS = ("transformer", "fox", "mamba", "gla", "retnet", "mingru", "minlstm", "lstm")
+# every text organism is v2 (the v1 recipes, 128-byte plain windows, are in git history); only the
+# Transformer starts with the induction-task warm-up. The same warm-up was tried on FoX (batch 8,
+# 2400 steps), Mamba and minGRU (2000 steps): none learned the induction task (prefix score <= 0.012,
+# repeat surprisal 100 %) and each ended worse on text (FoX 1.920 vs 1.583 bits/byte, Mamba 1.777,
+# minGRU 2.403; docs/zoo.md), so they train on the text mix alone
 TEXT_WARMUP_ARCHS = ("transformer",)  # the warm-up and the stop rule's induction target
-# steps per text organism: v1 sized to five minutes, v2 to the issue's ~20 minutes on 2 CPU cores
-TEXT_STEPS = {"transformer": 1000, "mamba": 800, "mingru": 800, "lstm": 800}
+# steps per text organism, sized to the issue's ~20 minutes on 2 CPU cores
 TEXT_V2_STEPS = {"transformer": 2000, "fox": 2400, "mamba": 1500, "gla": 2000, "retnet": 2000,
                  "mingru": 1500, "minlstm": 1500, "lstm": 1500}
 # targets of the text Transformer (issue #16): induction heads and verbatim memory; a margin over
@@ -194,28 +193,18 @@ TEXT_V2_BATCH = {"transformer": 16}  # the others: 8
 def _text_organisms() -> dict[str, Organism]:
     """Byte-level LMs on the standard-library corpus; metric: validation bits/byte (plain text)."""
     orgs = {}
-    for arch in _text_models(256):
-        v2 = arch in TEXT_V2_ARCHS
-        cfg = _text_models(256, v2)[arch]
+    for arch, cfg in _text_models(256).items():
         warm = arch in TEXT_WARMUP_ARCHS
-        if v2:
-            recipe = Recipe(
-                name=f"text-{arch}", description=f"byte-level {arch} LM on the Python standard library "
-                "source, 256-byte windows, 90 % with a repeated span (zoo v2); metric: validation bits "
-                "per byte on plain text", model=cfg, data="corpus:stdlib",
-                data_kwargs={**TEXT_V2, "curriculum": TEXT_INDUCTION_WARMUP} if warm else TEXT_V2,
-                eval_kwargs=TEXT_V2_EVAL, steps=TEXT_V2_STEPS[arch], batch_size=TEXT_V2_BATCH.get(arch, 8), lr=3e-3, warmup=100,
-                eval_every=200, eval_batches=8, metric="bits_per_byte")
-        else:
-            recipe = Recipe(
-                name=f"text-{arch}", description=f"byte-level {arch} LM on the Python standard library "
-                "source; metric: validation bits per byte", model=cfg, data="corpus:stdlib",
-                data_kwargs={"seq_len": 128}, steps=TEXT_STEPS[arch], batch_size=16, lr=2e-3, warmup=100,
-                eval_every=200, eval_batches=8, metric="bits_per_byte")
-        orgs[f"text-{arch}"] = Organism(recipe, "stdlib text",
-                                        probes=("induction_prefix", "repeat_surprisal") if v2 else (),
-                                        stop_when=TEXT_STOP if v2 and warm else {},
-                                        stop_after=TEXT_STOP_AFTER if v2 and warm else 0)
+        recipe = Recipe(
+            name=f"text-{arch}", description=f"byte-level {arch} LM on the Python standard library "
+            "source, 256-byte windows, 90 % with a repeated span (zoo v2); metric: validation bits "
+            "per byte on plain text", model=cfg, data="corpus:stdlib",
+            data_kwargs={**TEXT_V2, "curriculum": TEXT_INDUCTION_WARMUP} if warm else TEXT_V2,
+            eval_kwargs=TEXT_V2_EVAL, steps=TEXT_V2_STEPS[arch], batch_size=TEXT_V2_BATCH.get(arch, 8), lr=3e-3,
+            warmup=100, eval_every=200, eval_batches=8, metric="bits_per_byte")
+        orgs[f"text-{arch}"] = Organism(recipe, "stdlib text", probes=("induction_prefix", "repeat_surprisal"),
+                                        stop_when=TEXT_STOP if warm else {},
+                                        stop_after=TEXT_STOP_AFTER if warm else 0)
     return orgs
 
 
